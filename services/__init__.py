@@ -1,0 +1,1 @@
+"""The ordersaga services: one package per service, plus the shared kit in `services.kit`."""

@@ -1,0 +1,107 @@
+"""The app factory every service uses: errors, middleware, health, readiness, metrics, migrations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
+
+from services.kit.db import Database
+from services.kit.errors import PROBLEM_JSON, install_problem_handlers, problem_response
+from services.kit.logging import configure_logging
+from services.kit.metrics import metrics_endpoint
+from services.kit.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from services.kit.migrations import upgrade
+from services.kit.settings import ServiceSettings
+
+# A background part of a service (a sender loop, a sweeper, an outbox relay) that lives with the app.
+LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+}
+
+
+def create_service_app(
+    *,
+    settings: ServiceSettings,
+    title: str,
+    routers: Sequence[APIRouter],
+    description: str = "",
+    hooks: Sequence[LifespanHook] = (),
+    database: Database | None = None,
+) -> FastAPI:
+    service = settings.service_name
+    db = database or Database(settings.resolved_database_url())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level, service=service)
+        if settings.auto_migrate:
+            await upgrade(service, db.url)
+        async with AsyncExitStack() as stack:
+            for hook in hooks:
+                await stack.enter_async_context(hook(app))
+            log.info("service_started", service=service)
+            yield
+        await db.dispose()
+
+    app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.db = db
+    install_problem_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, service=service)
+
+    @app.get("/health", tags=["ops"], summary="Liveness")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/ready", tags=["ops"], summary="Readiness: the database answers")
+    async def ready() -> JSONResponse:
+        try:
+            await db.ping()
+        except Exception as exc:  # any driver error means not ready
+            log.warning("not_ready", error=str(exc))
+            return problem_response(503, "not_ready", "The database is not reachable.")
+        return JSONResponse({"status": "ready", "service": service})
+
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    for router in routers:
+        app.include_router(router)
+    _add_problem_schema(app)
+    return app
+
+
+def _add_problem_schema(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+__all__ = ["PROBLEM_JSON", "LifespanHook", "create_service_app"]

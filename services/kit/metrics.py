@@ -1,0 +1,30 @@
+"""RED metrics for every HTTP service, labelled by route template, method and status."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+# Buckets sized for in-process CRUD calls on this class of machine (ms to a few hundred ms).
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests handled.", ["service", "method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency.",
+    ["service", "method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def observe_request(service: str, method: str, route: str, status: int, seconds: float) -> None:
+    labels = {"service": service, "method": method, "route": route, "status": str(status)}
+    HTTP_REQUESTS.labels(**labels).inc()
+    HTTP_DURATION.labels(**labels).observe(seconds)
+
+
+async def metrics_endpoint(_: Request) -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

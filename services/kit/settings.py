@@ -1,0 +1,57 @@
+"""Settings shared by every service; each service subclasses with its own env prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def data_dir_default() -> Path:
+    return Path(".data")
+
+
+class ServiceSettings(BaseSettings):
+    """Per-service settings. Subclasses set `env_prefix` (for example `USERS_`) and `service_name`."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_prefix="SERVICE_")
+
+    service_name: str = "service"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Empty means: SQLite in the data dir, the embedded default.
+    database_url: str = ""
+    # Development applies migrations on start; production runs `ordersaga migrate <service>`.
+    auto_migrate: bool = True
+    max_body_bytes: int = MAX_BODY_BYTES
+    log_level: str = "INFO"
+
+    # Shared across services, hence unprefixed.
+    data_dir: Path = Field(
+        default_factory=data_dir_default, validation_alias=AliasChoices("ORDERSAGA_DATA_DIR", "data_dir")
+    )
+    internal_token: str = Field(
+        default="ordersaga-dev-internal-token",
+        validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),
+        description="Shared credential by which services trust identity headers set by the gateway or saga.",
+    )
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{self.data_dir / (self.service_name + '.db')}"
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URLs people paste (postgresql://, sqlite:///) and pick the async driver."""
+    for plain, async_scheme in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return async_scheme + url[len(plain) :]
+    return url

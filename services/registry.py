@@ -1,0 +1,46 @@
+"""Where each service lives: its app factory, settings class and default port."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from services.kit.settings import ServiceSettings
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    port: int
+
+    @property
+    def module(self) -> str:
+        return f"services.{self.name}"
+
+    def settings(self, **overrides: object) -> ServiceSettings:
+        module = importlib.import_module(f"{self.module}.settings")
+        settings_cls: type[ServiceSettings] = module.Settings
+        return settings_cls(**overrides)
+
+    def create_app(self, settings: ServiceSettings | None = None) -> FastAPI:
+        module = importlib.import_module(f"{self.module}.app")
+        app: FastAPI = module.create_app(settings)
+        return app
+
+
+DATA_SERVICES: tuple[str, ...] = ("users", "inventory", "payments", "orders", "notifications")
+
+SERVICES: dict[str, ServiceSpec] = {
+    spec.name: spec
+    for spec in (
+        ServiceSpec("users", 8001),
+        ServiceSpec("inventory", 8002),
+        ServiceSpec("payments", 8003),
+        ServiceSpec("orders", 8004),
+        ServiceSpec("notifications", 8005),
+    )
+}

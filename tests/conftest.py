@@ -1,0 +1,94 @@
+"""Fixtures shared by the whole suite: databases on both backends, and in-process service clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from services.registry import SERVICES
+from tests.support.databases import (
+    PostgresDatabases,
+    SqliteDatabases,
+    postgres_admin_url,
+    postgres_reachable,
+)
+from tests.support.identity import INTERNAL_TOKEN
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    url = postgres_admin_url()
+    reason = postgres_reachable(url)
+    if reason is not None:
+        message = f"PostgreSQL not reachable at {url}: {reason}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    databases = PostgresDatabases(url)
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(scope="session")
+def sqlite_databases(tmp_path_factory: pytest.TempPathFactory) -> SqliteDatabases:
+    return SqliteDatabases(tmp_path_factory.mktemp("sqlite-templates"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+DatabaseFactory = Callable[[str], Any]
+
+
+@pytest.fixture
+def fresh_database(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, sqlite_databases: SqliteDatabases
+) -> DatabaseFactory:
+    """`await fresh_database("users")` → the URL of a new, migrated database on this test's backend."""
+
+    async def make(service: str) -> str:
+        if backend == "postgres":
+            databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+            return await databases.fresh(service)
+        return await sqlite_databases.fresh(service, tmp_path)
+
+    return make
+
+
+ServiceClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def service_client(fresh_database: DatabaseFactory, tmp_path: Path) -> ServiceClientFactory:
+    """`async with service_client("users", **settings) as client:` → the service app in-process."""
+
+    @asynccontextmanager
+    async def open_client(service: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        spec = SERVICES[service]
+        url = overrides.pop("database_url", None) or await fresh_database(service)
+        settings = spec.settings(
+            database_url=url,
+            auto_migrate=False,
+            internal_token=INTERNAL_TOKEN,
+            data_dir=tmp_path / "data",
+            **overrides,
+        )
+        app = spec.create_app(settings)
+        async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url=f"http://{service}") as client:
+                client.app = app  # type: ignore[attr-defined]
+                yield client
+
+    return open_client
