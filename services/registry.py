@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -21,7 +21,7 @@ class ServiceSpec:
     def module(self) -> str:
         return f"services.{self.name}"
 
-    def settings(self, **overrides: object) -> ServiceSettings:
+    def settings(self, **overrides: Any) -> ServiceSettings:
         module = importlib.import_module(f"{self.module}.settings")
         settings_cls: type[ServiceSettings] = module.Settings
         return settings_cls(**overrides)

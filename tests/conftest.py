@@ -56,11 +56,14 @@ def fresh_database(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, sqlite_databases: SqliteDatabases
 ) -> DatabaseFactory:
     """`await fresh_database("users")` → the URL of a new, migrated database on this test's backend."""
+    # Resolved here, in sync setup, so that an unreachable PostgreSQL skips (or fails under CI) early.
+    postgres: PostgresDatabases | None = (
+        request.getfixturevalue("postgres_databases") if backend == "postgres" else None
+    )
 
     async def make(service: str) -> str:
-        if backend == "postgres":
-            databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
-            return await databases.fresh(service)
+        if postgres is not None:
+            return await postgres.fresh(service)
         return await sqlite_databases.fresh(service, tmp_path)
 
     return make

@@ -87,7 +87,11 @@ def problem_response(
 def _safe_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     # pydantic puts the offending input in each error; it may be a password or a card number.
     return [
-        {"loc": [str(part) for part in err.get("loc", ())], "msg": err.get("msg", ""), "type": err.get("type", "")}
+        {
+            "loc": [str(part) for part in err.get("loc", ())],
+            "msg": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
         for err in exc.errors()
     ]
 
@@ -135,7 +139,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path)
-        return problem_response(500, "internal_error", "An unexpected error occurred.", instance=request.url.path)
+        return problem_response(
+            500, "internal_error", "An unexpected error occurred.", instance=request.url.path
+        )
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -38,7 +38,9 @@ class Identity:
         return self.is_privileged or self.user_id == owner_id
 
 
-def identity_headers(internal_token: str, role: Role, user_id: uuid.UUID | str | None = None) -> dict[str, str]:
+def identity_headers(
+    internal_token: str, role: Role, user_id: uuid.UUID | str | None = None
+) -> dict[str, str]:
     """The headers a trusted caller (gateway, saga activity) sends to a service."""
     headers = {INTERNAL_TOKEN_HEADER: internal_token, ROLE_HEADER: role}
     if user_id is not None:
@@ -63,7 +65,7 @@ def read_identity(request: Request) -> Identity | None:
             return None
     if role != "service" and user_id is None:
         return None
-    return Identity(role=role, user_id=user_id)  # type: ignore[arg-type]
+    return Identity(role=role, user_id=user_id)
 
 
 def optional_identity(request: Request) -> Identity | None:

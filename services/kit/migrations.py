@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from importlib import resources
+from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
@@ -43,7 +44,7 @@ def run_env(target_metadata: MetaData) -> None:
     """Body of every service's `migrations/env.py`."""
     config = context.config
     service = config.attributes.get("service", "service")
-    options = {
+    options: dict[str, Any] = {
         "target_metadata": target_metadata,
         "version_table": f"alembic_version_{service}",
         "render_as_batch": True,  # SQLite can only ALTER through table copies
@@ -51,9 +52,7 @@ def run_env(target_metadata: MetaData) -> None:
     }
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, **options)
-        with context.begin_transaction():
-            context.run_migrations()
+        _run_on(connection, options)
         return
     if context.is_offline_mode():
         context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True, **options)
@@ -65,7 +64,13 @@ def run_env(target_metadata: MetaData) -> None:
         url = config.get_main_option("sqlalchemy.url") or ""
         engine = create_async_engine(url, poolclass=pool.NullPool)
         async with engine.begin() as conn:
-            await conn.run_sync(lambda c: (context.configure(connection=c, **options), context.run_migrations()))
+            await conn.run_sync(_run_on, options)
         await engine.dispose()
 
     asyncio.run(_online())
+
+
+def _run_on(connection: Connection, options: dict[str, Any]) -> None:
+    context.configure(connection=connection, **options)
+    with context.begin_transaction():
+        context.run_migrations()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -31,10 +33,28 @@ def postgres_reachable(url: str) -> str | None:
         await conn.close()
 
     try:
-        asyncio.run(probe())
+        run_in_thread(probe())
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def run_in_thread(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even while a test's event loop is running."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 def _with_database(url: str, database: str) -> str:
@@ -81,7 +101,7 @@ class PostgresDatabases:
             for name in reversed(self.created):
                 await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-        asyncio.run(run())
+        run_in_thread(run())
 
 
 class SqliteDatabases:

@@ -1,0 +1,1 @@
+"""One module per service the saga calls; each a class holding an injected httpx client."""

@@ -1,0 +1,75 @@
+"""Translate a service's HTTP answers into what Temporal's retry policy understands.
+
+A business refusal (4xx with a known problem code) becomes a non-retryable ApplicationError whose
+type is the saga's cancel reason. A 5xx, a 429, a timeout or a connection error is raised as a
+retryable error, so the retry policy of the step owns the retries; no loop here retries by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from services.kit.identity import identity_headers
+
+# Conflicts that go away on their own: a concurrent writer, a charge still in flight.
+TRANSIENT_CODES = frozenset({"version_conflict", "charge_in_progress", "provider_unavailable"})
+
+
+def current_attempt() -> int:
+    return activity.info().attempt if activity.in_activity() else 1
+
+
+def idempotency_key(step: str) -> str:
+    """Derived from the workflow id and the step, so every retry and replay uses the same key."""
+    return f"{activity.info().workflow_id}:{step}"
+
+
+class ServiceCaller:
+    def __init__(self, client: httpx.AsyncClient, base_url: str, internal_token: str) -> None:
+        self._client = client
+        self._base_url = base_url.rstrip("/")
+        self._headers = identity_headers(internal_token, "service")
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        idempotency_key: str | None = None,
+        refusals: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        headers = dict(self._headers)
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        attempt = current_attempt()
+        try:
+            response = await self._client.request(method, self._base_url + path, json=json, headers=headers)
+        except httpx.HTTPError as err:
+            raise ApplicationError(
+                f"{method} {path}: {type(err).__name__}: {err}", {"attempt": attempt}, type="transport_error"
+            ) from err
+        if response.is_success:
+            return response
+        code, detail = _problem(response)
+        message = f"{method} {path} → {response.status_code} {code}: {detail}"
+        if refusals and code in refusals:
+            raise ApplicationError(message, {"attempt": attempt}, type=refusals[code], non_retryable=True)
+        if response.status_code >= 500 or response.status_code in (408, 429) or code in TRANSIENT_CODES:
+            raise ApplicationError(message, {"attempt": attempt}, type="upstream_unavailable")
+        raise ApplicationError(message, {"attempt": attempt}, type="upstream_rejected", non_retryable=True)
+
+
+def _problem(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return "unknown", response.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("code", "unknown")), str(body.get("detail", ""))[:300]
+    return "unknown", ""

@@ -1,0 +1,39 @@
+"""The saga's view of notifications: queue the confirmation or cancellation notice, once per key."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities.http import ServiceCaller, current_attempt, idempotency_key
+from workflows.payloads import Notice, NoticeResult
+
+NOTIFY_STEP = "notify_customer"
+
+
+class NotificationActivities:
+    def __init__(self, caller: ServiceCaller) -> None:
+        self._notifications = caller
+
+    @activity.defn(name="notify_customer")
+    async def notify_customer(self, notice: Notice) -> NoticeResult:
+        channels: list[tuple[str, str]] = []
+        if notice.contact.email:
+            channels.append(("email", notice.contact.email))
+        if notice.contact.phone:
+            channels.append(("sms", notice.contact.phone))
+        for channel, address in channels:
+            await self._notifications.call(
+                "POST",
+                "/notifications",
+                json={
+                    # One key per order, notice and channel: the notice goes out at most once.
+                    "idempotency_key": f"{idempotency_key(NOTIFY_STEP)}:{notice.template}:{channel}",
+                    "user_id": notice.user_id,
+                    "channel": channel,
+                    "to": address,
+                    "template": notice.template,
+                    "data": notice.data,
+                    "order_id": notice.order_id,
+                },
+            )
+        return NoticeResult(sent=len(channels), attempts=current_attempt())

@@ -1,0 +1,1 @@
+"""The operator CLI of ordersaga: up, serve, migrate, worker, seed, replay, load."""

@@ -1,0 +1,131 @@
+"""`ordersaga`: the operator's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from services.registry import DATA_SERVICES, SERVICES
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run and operate ordersaga.")
+console = Console(stderr=True)
+
+ServiceName = Annotated[str, typer.Argument(help=f"One of: {', '.join(DATA_SERVICES)}.")]
+
+
+def _spec_or_exit(service: str):  # type: ignore[no-untyped-def]
+    if service not in SERVICES:
+        console.print(f"[red]unknown service {service!r}[/]; choose one of {', '.join(SERVICES)}")
+        raise typer.Exit(2)
+    return SERVICES[service]
+
+
+@app.command()
+def serve(
+    service: ServiceName,
+    host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+) -> None:
+    """Run one service with uvicorn; its migrations are applied on start unless *_AUTO_MIGRATE=false."""
+    import uvicorn
+
+    spec = _spec_or_exit(service)
+    settings = spec.settings()
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    application = spec.create_app(settings)
+    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+@app.command()
+def migrate(service: ServiceName) -> None:
+    """Apply a service's migrations to its database (the explicit production step)."""
+    from services.kit.migrations import upgrade
+
+    spec = _spec_or_exit(service)
+    settings = spec.settings()
+    url = settings.resolved_database_url()
+    asyncio.run(upgrade(service, url))
+    console.print(f"[green]{service}[/]: migrated to head")
+
+
+@app.command()
+def worker() -> None:
+    """Run the Temporal worker (task queue `orders`) until SIGTERM or Ctrl-C."""
+    from workers.main import serve as serve_worker
+
+    asyncio.run(serve_worker())
+
+
+@app.command()
+def replay(
+    files: Annotated[list[Path] | None, typer.Argument(help="History JSON files or folders of them.")] = None,
+    workflow_id: Annotated[
+        list[str] | None, typer.Option("--workflow-id", "-w", help="Fetch from the server.")
+    ] = None,
+    query: Annotated[
+        str | None, typer.Option("--query", "-q", help="Visibility query, e.g. OrderStatus='CANCELLED'.")
+    ] = None,
+) -> None:
+    """Replay histories against the current workflow code; exit 1 on any nondeterminism."""
+    from ordersaga.replay import fetch_histories, load_history_file, replay_histories
+    from services.kit.temporal import connect
+
+    async def run() -> int:
+        sources = []
+        for path in _history_paths(files or []):
+            try:
+                sources.append((str(path), load_history_file(path)))
+            except (OSError, ValueError) as err:
+                print(f"error  {path}: {err}")
+                return 2
+        if workflow_id or query:
+            client = await connect()
+            sources.extend(
+                [item async for item in fetch_histories(client, workflow_ids=workflow_id or [], query=query)]
+            )
+        if not sources:
+            print("nothing to replay: give files, --workflow-id or --query")
+            return 2
+        outcomes = await replay_histories(sources)
+        for outcome in outcomes:
+            verdict = "ok" if outcome.ok else f"nondeterministic: {outcome.reason}"
+            print(
+                f"{verdict if outcome.ok else 'FAIL'}  {outcome.source}  ({outcome.workflow_id})"
+                + ("" if outcome.ok else f"  {verdict}")
+            )
+        failed = sum(not o.ok for o in outcomes)
+        print(f"{len(outcomes) - failed} replayed ok, {failed} failed")
+        return 1 if failed else 0
+
+    _exit(asyncio.run(run()))
+
+
+def _history_paths(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        found.extend(sorted(path.rglob("*.json")) if path.is_dir() else [path])
+    return found
+
+
+def _exit(code: int) -> None:
+    # The SDK's native runtime can crash during interpreter teardown (temporalio/sdk-python#300);
+    # leave without teardown so that the exit code is the command's own.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The inventory service: the product catalog, stock levels and per-order stock reservations."""

@@ -1,0 +1,131 @@
+"""The product catalog: creating, listing and reading products, and setting their on-hand stock."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import structlog
+from sqlalchemy import and_, or_
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.inventory import stock
+from services.inventory.models import InventoryProduct
+from services.inventory.schemas import ProductCreate
+from services.kit.errors import Problem
+from services.kit.outbox import add_event
+from services.kit.pagination import decode_cursor, encode_cursor
+
+log = structlog.get_logger(__name__)
+
+
+def product_not_found(product_id: uuid.UUID) -> Problem:
+    return Problem(404, "product_not_found", f"Product {product_id} does not exist.")
+
+
+async def create_product(session: AsyncSession, data: ProductCreate) -> InventoryProduct:
+    product = InventoryProduct(
+        sku=data.sku,
+        name=data.name,
+        description=data.description,
+        price_cents=data.price_cents,
+        currency=data.currency,
+        on_hand=data.stock,
+    )
+    try:
+        async with session.begin():
+            session.add(product)
+            # Flush now so that a duplicate SKU fails here, on the unique constraint.
+            await session.flush()
+            add_event(
+                session,
+                source=stock.EVENT_SOURCE,
+                type="product.created",
+                subject=str(product.id),
+                data={
+                    "product_id": str(product.id),
+                    "sku": product.sku,
+                    "name": product.name,
+                    "price_cents": product.price_cents,
+                    "currency": product.currency,
+                    "on_hand": product.on_hand,
+                },
+            )
+    except IntegrityError:
+        raise Problem(409, "sku_taken", f"A product with SKU {data.sku!r} already exists.") from None
+    log.info("product_created", product_id=str(product.id), sku=product.sku)
+    return product
+
+
+async def get_product(session: AsyncSession, product_id: uuid.UUID) -> InventoryProduct:
+    async with session.begin():
+        product = await session.get(InventoryProduct, product_id)
+    if product is None:
+        raise product_not_found(product_id)
+    return product
+
+
+def _read_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    created_raw, id_raw = decode_cursor(cursor, 2)
+    try:
+        created_at = datetime.fromisoformat(created_raw)
+        product_id = uuid.UUID(id_raw)
+    except ValueError:
+        raise Problem(422, "invalid_cursor", "The cursor cannot be read.") from None
+    if created_at.tzinfo is None:
+        raise Problem(422, "invalid_cursor", "The cursor cannot be read.")
+    return created_at, product_id
+
+
+async def list_products(
+    session: AsyncSession, *, limit: int, cursor: str | None
+) -> tuple[list[InventoryProduct], str | None]:
+    """One page in (created_at, id) order, and the cursor of the next page if there is one."""
+    created = col(InventoryProduct.created_at)
+    ident = col(InventoryProduct.id)
+    query = select(InventoryProduct).order_by(created, ident).limit(limit + 1)
+    if cursor is not None:
+        after_created, after_id = _read_cursor(cursor)
+        query = query.where(or_(created > after_created, and_(created == after_created, ident > after_id)))
+    async with session.begin():
+        rows = list((await session.exec(query)).all())
+    if len(rows) <= limit:
+        return rows, None
+    page = rows[:limit]
+    last = page[-1]
+    return page, encode_cursor(last.created_at.isoformat(), last.id)
+
+
+async def set_stock(
+    session: AsyncSession, product_id: uuid.UUID, on_hand: int, *, low_threshold: int
+) -> stock.StockLevel:
+    async with session.begin():
+        # Locked so that the level before the change, which decides `stock.low`, stays true.
+        current = (
+            await session.exec(
+                select(InventoryProduct).where(col(InventoryProduct.id) == product_id).with_for_update()
+            )
+        ).first()
+        if current is None:
+            raise product_not_found(product_id)
+        available_before = current.available
+        level = await stock.set_on_hand(session, product_id, on_hand)
+        if level is None:
+            raise Problem(
+                409,
+                "stock_below_reserved",
+                f"{current.reserved} units of this product are reserved; on-hand stock cannot go below that.",
+                reserved=current.reserved,
+            )
+        stock.stage_stock_events(
+            session, level, available_before=available_before, low_threshold=low_threshold
+        )
+    log.info("stock_set", product_id=str(product_id), on_hand=level.on_hand, reserved=level.reserved)
+    return level
+
+
+async def stock_level(session: AsyncSession, product_id: uuid.UUID) -> stock.StockLevel:
+    product = await get_product(session, product_id)
+    return stock.StockLevel(product.id, product.sku, product.name, product.on_hand, product.reserved)

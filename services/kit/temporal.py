@@ -1,0 +1,35 @@
+"""Connecting to Temporal the same way everywhere: our settings, then the standard TEMPORAL_* env."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from temporalio.client import Client
+from temporalio.envconfig import ClientConfig
+
+DEFAULT_ADDRESS = "127.0.0.1:7233"
+
+
+class TemporalSettings(BaseSettings):
+    """`TEMPORAL_ADDRESS` and `TEMPORAL_NAMESPACE`; TLS and API keys come from the SDK's env config."""
+
+    model_config = SettingsConfigDict(env_prefix="TEMPORAL_", extra="ignore")
+
+    address: str = DEFAULT_ADDRESS
+    namespace: str = "default"
+
+
+def connect_config(settings: TemporalSettings | None = None) -> dict[str, Any]:
+    settings = settings or TemporalSettings()
+    # The SDK's loader reads a temporal.toml profile and TEMPORAL_* variables (TLS, API key, ...).
+    config: dict[str, Any] = dict(ClientConfig.load_client_connect_config())
+    config["target_host"] = settings.address
+    config["namespace"] = settings.namespace
+    return config
+
+
+async def connect(settings: TemporalSettings | None = None, **overrides: Any) -> Client:
+    config = connect_config(settings)
+    config.update(overrides)
+    return await Client.connect(**config)

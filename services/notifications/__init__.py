@@ -1,0 +1,1 @@
+"""The notifications service: accepts notices idempotently and delivers them by email or SMS with retries."""

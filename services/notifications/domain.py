@@ -1,0 +1,105 @@
+"""Accepting notices (idempotently) and reading them back; free of FastAPI."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import structlog
+from sqlalchemy import and_, or_
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.kit.errors import Problem
+from services.kit.pagination import decode_cursor, encode_cursor
+from services.notifications.models import Notification
+from services.notifications.schemas import NotificationCreate
+
+log = structlog.get_logger(__name__)
+
+
+async def accept(session: AsyncSession, request: NotificationCreate) -> tuple[Notification, bool]:
+    """Queue a notice; `(stored, False)` when its idempotency key was already used for the same body."""
+    fingerprint = request.fingerprint()
+    notification = Notification(
+        idempotency_key=request.idempotency_key,
+        request_hash=fingerprint,
+        user_id=request.user_id,
+        channel=request.channel,
+        recipient=request.to,
+        template=request.template,
+        data=request.data,
+        order_id=request.order_id,
+    )
+    try:
+        async with session.begin():
+            session.add(notification)
+    except IntegrityError:
+        # The unique key decided it: someone (maybe a concurrent twin of this request) got there first.
+        await session.rollback()
+        existing = await _by_key(session, request.idempotency_key)
+        if existing is None:  # cannot happen while rows are never deleted; refuse rather than guess
+            raise
+        if existing.request_hash != fingerprint:
+            raise Problem(
+                422,
+                "idempotency_key_reused",
+                "This idempotency key was already used with a different request.",
+            ) from None
+        log.info("notification_repeat", notification_id=str(existing.id))
+        return existing, False
+    log.info(
+        "notification_queued",
+        notification_id=str(notification.id),
+        channel=notification.channel,
+        template=notification.template,
+    )
+    return notification, True
+
+
+async def _by_key(session: AsyncSession, key: str) -> Notification | None:
+    async with session.begin():
+        result = await session.exec(select(Notification).where(Notification.idempotency_key == key))
+        return result.first()
+
+
+async def get(session: AsyncSession, notification_id: uuid.UUID) -> Notification:
+    notification = await session.get(Notification, notification_id)
+    if notification is None:
+        raise Problem(404, "notification_not_found", "No notification has this id.")
+    return notification
+
+
+async def list_for_user(
+    session: AsyncSession, user_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> tuple[list[Notification], str | None]:
+    """Newest first, keyed by (created_at, id) so that equal timestamps neither repeat nor vanish."""
+    query = select(Notification).where(Notification.user_id == user_id)
+    if cursor is not None:
+        created_at, last_id = _read_cursor(cursor)
+        query = query.where(
+            or_(
+                col(Notification.created_at) < created_at,
+                and_(col(Notification.created_at) == created_at, col(Notification.id) < last_id),
+            )
+        )
+    query = query.order_by(col(Notification.created_at).desc(), col(Notification.id).desc()).limit(limit + 1)
+    rows = list((await session.exec(query)).all())
+    if len(rows) <= limit:
+        return rows, None
+    page = rows[:limit]
+    last = page[-1]
+    return page, encode_cursor(last.created_at.isoformat(), last.id)
+
+
+def _read_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    created_raw, id_raw = decode_cursor(cursor, 2)
+    try:
+        created_at = datetime.fromisoformat(created_raw)
+        last_id = uuid.UUID(id_raw)
+    except ValueError:
+        raise Problem(422, "invalid_cursor", "The cursor cannot be read.") from None
+    if created_at.tzinfo is None:
+        raise Problem(422, "invalid_cursor", "The cursor cannot be read.")
+    return created_at, last_id

@@ -1,0 +1,52 @@
+"""The notifications table: one row per accepted notice, which is also its delivery job."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from services.kit.models import UTCDateTime, new_id, utcnow
+
+MAX_IDEMPOTENCY_KEY = 200
+MAX_RECIPIENT = 320
+MAX_LAST_ERROR = 500
+
+STATUS_QUEUED = "queued"
+STATUS_SENT = "sent"
+STATUS_FAILED = "failed"
+
+
+class Notification(SQLModel, table=True):
+    __tablename__ = "notifications"
+    __table_args__ = (
+        # Decides idempotency: a repeated key loses the insert race instead of being checked first.
+        UniqueConstraint("idempotency_key", name="uq_notifications_idempotency_key"),
+        # What the sender polls: queued rows whose next attempt is due.
+        Index("ix_notifications_due", "status", "next_attempt_at"),
+        Index("ix_notifications_user_created", "user_id", "created_at", "id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    idempotency_key: str = Field(max_length=MAX_IDEMPOTENCY_KEY)
+    # sha256 of the canonical request, so a reused key with another body is recognised.
+    request_hash: str = Field(max_length=64)
+    user_id: uuid.UUID
+    channel: str = Field(max_length=16)
+    # `to` is a reserved word in SQL, hence the column name.
+    recipient: str = Field(max_length=MAX_RECIPIENT)
+    template: str = Field(max_length=32)
+    data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    order_id: uuid.UUID | None = Field(default=None)
+    status: str = Field(default=STATUS_QUEUED, max_length=16)
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None, max_length=MAX_LAST_ERROR)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    # The lease of the sender working on it; the token proves the lease is still ours when finishing.
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    claim_token: uuid.UUID | None = Field(default=None)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

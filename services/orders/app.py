@@ -1,0 +1,26 @@
+"""The orders service app: its routes, and the saga port that POST /orders starts sagas through."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.kit.app import create_service_app
+from services.orders import routes, saga_routes
+from services.orders.saga import NoSaga, SagaPort
+from services.orders.settings import Settings
+
+DESCRIPTION = (
+    "Orders as an append-only event log with a read model. POST /orders records a PENDING order and "
+    "starts its saga; the saga drives it through /internal/orders/{id}/commands."
+)
+
+
+def create_app(settings: Settings | None = None, saga: SagaPort | None = None) -> FastAPI:
+    app = create_service_app(
+        settings=settings or Settings(),
+        title="ordersaga orders",
+        description=DESCRIPTION,
+        routers=[routes.router, routes.internal_router, saga_routes.router],
+    )
+    app.state.saga = saga or NoSaga()
+    return app

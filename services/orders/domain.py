@@ -1,0 +1,196 @@
+"""Order rules without I/O: statuses, commands, the state machine, event types, pricing checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class OrderStatus(StrEnum):
+    PENDING = "PENDING"
+    AWAITING_REVIEW = "AWAITING_REVIEW"
+    CONFIRMED = "CONFIRMED"
+    SHIPPED = "SHIPPED"
+    DELIVERED = "DELIVERED"
+    CANCELLED = "CANCELLED"
+
+
+class CancelReason(StrEnum):
+    USER_INVALID = "user_invalid"
+    INVALID_ITEM = "invalid_item"
+    OUT_OF_STOCK = "out_of_stock"
+    INVALID_PAYMENT_METHOD = "invalid_payment_method"
+    PAYMENT_DECLINED = "payment_declined"
+    PAYMENT_FAILED = "payment_failed"
+    CUSTOMER_CANCELLED = "customer_cancelled"
+    REVIEW_REJECTED = "review_rejected"
+    REVIEW_TIMEOUT = "review_timeout"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CommandType(StrEnum):
+    CREATE = "create"
+    AWAIT_REVIEW = "await_review"
+    CONFIRM = "confirm"
+    CANCEL = "cancel"
+    SHIP = "ship"
+    DELIVER = "deliver"
+
+
+EVENT_TYPES: dict[CommandType, str] = {
+    CommandType.CREATE: "order.created",
+    CommandType.AWAIT_REVIEW: "order.awaiting_review",
+    CommandType.CONFIRM: "order.confirmed",
+    CommandType.CANCEL: "order.cancelled",
+    CommandType.SHIP: "order.shipped",
+    CommandType.DELIVER: "order.delivered",
+}
+
+_BEFORE_CONFIRMATION = frozenset({OrderStatus.PENDING, OrderStatus.AWAITING_REVIEW})
+
+# command → (statuses it may be applied in, status it leads to); `create` is not a transition.
+TRANSITIONS: dict[CommandType, tuple[frozenset[OrderStatus], OrderStatus]] = {
+    CommandType.AWAIT_REVIEW: (frozenset({OrderStatus.PENDING}), OrderStatus.AWAITING_REVIEW),
+    CommandType.CONFIRM: (_BEFORE_CONFIRMATION, OrderStatus.CONFIRMED),
+    CommandType.CANCEL: (_BEFORE_CONFIRMATION, OrderStatus.CANCELLED),
+    CommandType.SHIP: (frozenset({OrderStatus.CONFIRMED}), OrderStatus.SHIPPED),
+    CommandType.DELIVER: (frozenset({OrderStatus.SHIPPED}), OrderStatus.DELIVERED),
+}
+
+# What an admin may set through PUT /orders/{id}/status, and the command that does it.
+ADMIN_STATUS_COMMANDS: dict[OrderStatus, CommandType] = {
+    OrderStatus.SHIPPED: CommandType.SHIP,
+    OrderStatus.DELIVERED: CommandType.DELIVER,
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, current: OrderStatus, command: CommandType) -> None:
+        super().__init__(f"An order in status {current} cannot take the command '{command}'.")
+        self.current = current
+        self.command = command
+
+
+class ConfirmationMismatch(Exception):
+    """The priced lines of a confirmation do not describe the order that was placed."""
+
+
+def next_status(current: OrderStatus, command: CommandType) -> OrderStatus:
+    rule = TRANSITIONS.get(command)
+    if rule is None or current not in rule[0]:
+        raise IllegalTransition(current, command)
+    return rule[1]
+
+
+@dataclass(frozen=True)
+class Line:
+    product_id: uuid.UUID
+    quantity: int
+    unit_price_cents: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "product_id": str(self.product_id),
+            "quantity": self.quantity,
+            "unit_price_cents": self.unit_price_cents,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Line:
+        return cls(
+            product_id=uuid.UUID(str(raw["product_id"])),
+            quantity=int(raw["quantity"]),
+            unit_price_cents=raw.get("unit_price_cents"),
+        )
+
+
+def repeated_product(lines: Sequence[Line]) -> uuid.UUID | None:
+    seen: set[uuid.UUID] = set()
+    for line in lines:
+        if line.product_id in seen:
+            return line.product_id
+        seen.add(line.product_id)
+    return None
+
+
+def price_lines(ordered: Sequence[Line], priced: Sequence[Line], total_cents: int) -> list[Line]:
+    """The order's lines, in their original order, carrying the confirmed unit prices.
+
+    The saga confirms what inventory priced; a confirmation naming other products or quantities, or
+    whose total is not the sum of its lines, would make the read model contradict its own money.
+    """
+    prices = {line.product_id: line for line in priced}
+    if len(prices) != len(priced) or set(prices) != {line.product_id for line in ordered}:
+        raise ConfirmationMismatch("The confirmed lines are not the products of the order.")
+    result: list[Line] = []
+    for line in ordered:
+        match = prices[line.product_id]
+        if match.quantity != line.quantity or match.unit_price_cents is None:
+            raise ConfirmationMismatch(f"The confirmed quantity of {line.product_id} differs from the order.")
+        result.append(Line(line.product_id, line.quantity, match.unit_price_cents))
+    if sum(line.quantity * (line.unit_price_cents or 0) for line in result) != total_cents:
+        raise ConfirmationMismatch("total_cents is not the sum of the priced lines.")
+    return result
+
+
+def request_fingerprint(lines: Sequence[Line], payment_method_id: uuid.UUID) -> str:
+    """A stable hash of what a POST /orders asked for; the line order does not change the request."""
+    canonical = {
+        "items": sorted([str(line.product_id), line.quantity] for line in lines),
+        "payment_method_id": str(payment_method_id),
+    }
+    return hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode()).hexdigest()
+
+
+def workflow_id(order_id: uuid.UUID) -> str:
+    return f"order-{order_id}"
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    lines: tuple[Line, ...]
+    total_cents: int
+    currency: str
+    payment_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a command does to an order: its new status, the read-model fields, the event's data."""
+
+    status: OrderStatus
+    fields: dict[str, Any]
+    event_data: dict[str, Any]
+
+
+def decide(
+    current: OrderStatus,
+    lines: Sequence[Line],
+    command: CommandType,
+    *,
+    reason: CancelReason | None = None,
+    confirmation: Confirmation | None = None,
+) -> Decision:
+    status = next_status(current, command)
+    if command is CommandType.CONFIRM:
+        if confirmation is None:
+            raise ValueError("confirm needs a confirmation")
+        priced = [line.to_json() for line in price_lines(lines, confirmation.lines, confirmation.total_cents)]
+        fields: dict[str, Any] = {
+            "items": priced,
+            "total_cents": confirmation.total_cents,
+            "currency": confirmation.currency,
+            "payment_id": confirmation.payment_id,
+        }
+        data = {**fields, "payment_id": str(confirmation.payment_id)}
+        return Decision(status, fields, data)
+    if command is CommandType.CANCEL:
+        if reason is None:
+            raise ValueError("cancel needs a reason")
+        return Decision(status, {"cancel_reason": reason.value}, {"reason": reason.value})
+    return Decision(status, {}, {})

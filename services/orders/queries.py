@@ -1,0 +1,62 @@
+"""The read side: pages of a user's orders (newest first) and of an order's events (version order)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import and_, or_
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.kit.errors import Problem
+from services.kit.pagination import PageParams, decode_cursor, encode_cursor
+from services.orders.models import Order, OrderEvent
+
+
+def _invalid_cursor() -> Problem:
+    return Problem(422, "invalid_cursor", "The cursor cannot be read.")
+
+
+async def user_orders_page(
+    session: AsyncSession, user_id: uuid.UUID, page: PageParams
+) -> tuple[list[Order], str | None]:
+    statement = select(Order).where(Order.user_id == user_id)
+    if page.cursor is not None:
+        raw_created, raw_id = decode_cursor(page.cursor, 2)
+        try:
+            created_at, last_id = datetime.fromisoformat(raw_created), uuid.UUID(raw_id)
+        except ValueError:
+            raise _invalid_cursor() from None
+        if created_at.tzinfo is None:
+            raise _invalid_cursor()
+        statement = statement.where(
+            or_(
+                col(Order.created_at) < created_at,
+                and_(col(Order.created_at) == created_at, col(Order.id) < last_id),
+            )
+        )
+    statement = statement.order_by(col(Order.created_at).desc(), col(Order.id).desc()).limit(page.limit + 1)
+    rows = list((await session.exec(statement)).all())
+    if len(rows) <= page.limit:
+        return rows, None
+    rows = rows[: page.limit]
+    last = rows[-1]
+    return rows, encode_cursor(last.created_at.isoformat(), last.id)
+
+
+async def order_events_page(
+    session: AsyncSession, order_id: uuid.UUID, page: PageParams
+) -> tuple[list[OrderEvent], str | None]:
+    statement = select(OrderEvent).where(OrderEvent.order_id == order_id)
+    if page.cursor is not None:
+        (raw_version,) = decode_cursor(page.cursor, 1)
+        if not raw_version.isdigit() or len(raw_version) > 10:
+            raise _invalid_cursor()
+        statement = statement.where(col(OrderEvent.version) > int(raw_version))
+    statement = statement.order_by(col(OrderEvent.version)).limit(page.limit + 1)
+    rows = list((await session.exec(statement)).all())
+    if len(rows) <= page.limit:
+        return rows, None
+    rows = rows[: page.limit]
+    return rows, encode_cursor(rows[-1].version)

@@ -1,0 +1,235 @@
+"""HTTP routes: placing and reading orders, admin status changes, and the saga's command endpoint."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Body, Header, Request, Response
+
+from services.kit.db import SessionDep
+from services.kit.errors import Problem, problem_responses
+from services.kit.identity import AdminDep, CallerDep, CustomerDep, Identity, ServiceDep
+from services.kit.pagination import Page, PageDep
+from services.orders import store
+from services.orders.domain import ADMIN_STATUS_COMMANDS, CommandType, Confirmation, workflow_id
+from services.orders.models import Order, OrderEvent
+from services.orders.queries import order_events_page, user_orders_page
+from services.orders.saga import OrderStart, SagaPort, start_saga
+from services.orders.schemas import (
+    CancelCommand,
+    ConfirmCommand,
+    CreateCommand,
+    OrderAccepted,
+    OrderCommandIn,
+    OrderEventOut,
+    OrderItemOut,
+    OrderOut,
+    PlaceOrderIn,
+    StatusChangeIn,
+)
+from services.orders.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter(tags=["orders"])
+internal_router = APIRouter(tags=["internal"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=200, description="Makes a retried POST safe."),
+]
+
+
+def order_out(order: Order) -> OrderOut:
+    return OrderOut(
+        id=order.id,
+        user_id=order.user_id,
+        status=order.status,
+        items=[OrderItemOut.model_validate(line) for line in order.items],
+        total_cents=order.total_cents,
+        currency=order.currency,
+        payment_id=order.payment_id,
+        cancel_reason=order.cancel_reason,
+        version=order.version,
+        created_at=order.created_at,
+        updated_at=order.updated_at,
+    )
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _visible_order(session: SessionDep, order_id: uuid.UUID, caller: Identity) -> Order:
+    """The order if the caller may see it; another customer's order is as absent as a missing one."""
+    async with session.begin():
+        order = await store.load_order(session, order_id)
+    if order is None or not caller.owns(order.user_id):
+        raise store.order_not_found(order_id)
+    return order
+
+
+@router.post(
+    "/orders",
+    status_code=202,
+    response_model=OrderAccepted,
+    summary="Place an order; its saga runs asynchronously",
+    responses=problem_responses(400, 401, 403, 413, 422),
+)
+async def place_order(
+    body: PlaceOrderIn,
+    caller: CustomerDep,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> OrderAccepted:
+    lines = [line.to_line() for line in body.items]
+    store.reject_repeated_products(lines)
+    assert caller.user_id is not None  # a customer identity always carries its user id
+    order, _ = await store.place_order(
+        session,
+        user_id=caller.user_id,
+        lines=lines,
+        payment_method_id=body.payment_method_id,
+        idempotency_key=idempotency_key,
+    )
+    # After the commit: the order is safe even if the start fails; the sweeper retries unstarted ones.
+    if order.saga_started_at is None:
+        saga: SagaPort = request.app.state.saga
+        await start_saga(session, saga, OrderStart.of(order))
+    response.headers["Location"] = f"/orders/{order.id}"
+    return OrderAccepted(id=order.id, status=order.status, workflow_id=workflow_id(order.id))
+
+
+@router.get(
+    "/orders/{order_id}",
+    response_model=OrderOut,
+    summary="One order (owner or admin)",
+    responses=problem_responses(401, 404, 422),
+)
+async def get_order(order_id: uuid.UUID, caller: CallerDep, session: SessionDep) -> OrderOut:
+    return order_out(await _visible_order(session, order_id, caller))
+
+
+@router.get(
+    "/orders/{order_id}/events",
+    response_model=Page[OrderEventOut],
+    summary="The order's event log, in version order",
+    responses=problem_responses(401, 404, 422),
+)
+async def get_order_events(
+    order_id: uuid.UUID, caller: CallerDep, session: SessionDep, page: PageDep
+) -> Page[OrderEventOut]:
+    await _visible_order(session, order_id, caller)
+    async with session.begin():
+        events, next_cursor = await order_events_page(session, order_id, page)
+    return Page[OrderEventOut](items=[_event_out(event) for event in events], next_cursor=next_cursor)
+
+
+def _event_out(event: OrderEvent) -> OrderEventOut:
+    return OrderEventOut(
+        version=event.version, type=event.type, data=event.data, occurred_at=event.occurred_at
+    )
+
+
+@router.get(
+    "/users/{user_id}/orders",
+    response_model=Page[OrderOut],
+    summary="A user's orders, newest first (self or admin)",
+    responses=problem_responses(401, 404, 422),
+)
+async def list_user_orders(
+    user_id: uuid.UUID, caller: CallerDep, session: SessionDep, page: PageDep
+) -> Page[OrderOut]:
+    if not caller.owns(user_id):
+        raise Problem(404, "user_not_found", f"User {user_id} does not exist.")
+    async with session.begin():
+        orders, next_cursor = await user_orders_page(session, user_id, page)
+    return Page[OrderOut](items=[order_out(order) for order in orders], next_cursor=next_cursor)
+
+
+@router.put(
+    "/orders/{order_id}/status",
+    response_model=OrderOut,
+    summary="Ship or deliver a confirmed order, one step at a time (admin)",
+    responses=problem_responses(400, 401, 403, 404, 409, 422),
+)
+async def change_status(
+    order_id: uuid.UUID, body: StatusChangeIn, caller: AdminDep, session: SessionDep, request: Request
+) -> OrderOut:
+    command = ADMIN_STATUS_COMMANDS.get(body.status)
+    if command is None:
+        order = await _visible_order(session, order_id, caller)
+        raise Problem(
+            409,
+            "illegal_transition",
+            f"An admin can only set SHIPPED or DELIVERED, not {body.status}.",
+            status_now=order.status,
+        )
+    order = await store.apply_transition(
+        session,
+        order_id,
+        store.Transition(command),
+        attempts=_settings(request).command_attempts,
+    )
+    log.info("order_status_set", order_id=str(order_id), status=order.status)
+    return order_out(order)
+
+
+@internal_router.post(
+    "/internal/orders/{order_id}/commands",
+    response_model=OrderOut,
+    summary="Apply a saga command to an order (idempotent by command_id)",
+    responses=problem_responses(400, 401, 403, 404, 409, 422),
+)
+async def apply_command(
+    order_id: uuid.UUID,
+    command: Annotated[OrderCommandIn, Body()],
+    caller: ServiceDep,
+    session: SessionDep,
+    request: Request,
+) -> OrderOut:
+    if isinstance(command, CreateCommand):
+        lines = [line.to_line() for line in command.items]
+        store.reject_repeated_products(lines)
+        order = await store.create_by_command(
+            session,
+            order_id=order_id,
+            user_id=command.user_id,
+            lines=lines,
+            payment_method_id=command.payment_method_id,
+            command_id=command.command_id,
+        )
+        return order_out(order)
+    transition = _transition(command)
+    order = await store.apply_transition(
+        session,
+        order_id,
+        transition,
+        expected_version=command.expected_version,
+        command_id=command.command_id,
+        from_saga=True,
+        attempts=_settings(request).command_attempts,
+    )
+    return order_out(order)
+
+
+def _transition(command: OrderCommandIn) -> store.Transition:
+    kind = CommandType(command.type)
+    if isinstance(command, CancelCommand):
+        return store.Transition(kind, reason=command.reason)
+    if isinstance(command, ConfirmCommand):
+        lines = [line.to_line() for line in command.items]
+        store.reject_repeated_products(lines)
+        confirmation = Confirmation(
+            lines=tuple(lines),
+            total_cents=command.total_cents,
+            currency=command.currency,
+            payment_id=command.payment_id,
+        )
+        return store.Transition(kind, confirmation=confirmation)
+    return store.Transition(kind)

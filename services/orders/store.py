@@ -1,0 +1,374 @@
+"""The write side: every change appends an event, moves the read model and stages the outbox row at once.
+
+Concurrency is settled by the database, never by reading first: the read model moves only through
+`UPDATE ... WHERE version = :expected` (rowcount 0 means another writer won), and the unique
+`(order_id, version)` of the event log refuses a second event at the same version.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import bindparam, func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.kit.errors import Problem
+from services.kit.models import UTCDateTime, utcnow
+from services.kit.outbox import add_event
+from services.orders import domain
+from services.orders.domain import CancelReason, CommandType, Confirmation, Line, OrderStatus
+from services.orders.models import Order, OrderCommand, OrderEvent
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "orders"
+
+
+class _LostRace(Exception):
+    """Another writer moved the order between our read and our write."""
+
+
+def order_not_found(order_id: uuid.UUID) -> Problem:
+    return Problem(404, "order_not_found", f"Order {order_id} does not exist.")
+
+
+def version_conflict() -> Problem:
+    return Problem(409, "version_conflict", "The order changed concurrently; read it again and retry.")
+
+
+def reject_repeated_products(lines: Sequence[Line]) -> None:
+    repeated = domain.repeated_product(lines)
+    if repeated is not None:
+        raise Problem(
+            422, "duplicate_product", "A product appears on more than one line.", product_id=str(repeated)
+        )
+
+
+async def load_order(session: AsyncSession, order_id: uuid.UUID) -> Order | None:
+    # populate_existing: the read model is moved by Core UPDATEs the identity map does not see.
+    statement = select(Order).where(Order.id == order_id).execution_options(populate_existing=True)
+    return (await session.exec(statement)).first()
+
+
+def order_lines(order: Order) -> list[Line]:
+    return [Line.from_json(raw) for raw in order.items]
+
+
+def _append(
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    user_id: uuid.UUID,
+    *,
+    command: CommandType,
+    version: int,
+    status: OrderStatus,
+    data: dict[str, Any],
+    command_id: str | None,
+) -> None:
+    """The event, the command record and the outbox row of one change, in the caller's transaction."""
+    now = utcnow()
+    event_type = domain.EVENT_TYPES[command]
+    session.add(
+        OrderEvent(
+            order_id=order_id,
+            version=version,
+            type=event_type,
+            data=data,
+            occurred_at=now,
+            command_id=command_id,
+        )
+    )
+    if command_id is not None:
+        session.add(
+            OrderCommand(command_id=command_id, order_id=order_id, type=command.value, version=version)
+        )
+    add_event(
+        session,
+        source=SOURCE,
+        type=event_type,
+        subject=str(order_id),
+        data={
+            "order_id": str(order_id),
+            "user_id": str(user_id),
+            "status": status.value,
+            "version": version,
+            **data,
+        },
+    )
+
+
+def _created_data(user_id: uuid.UUID, lines: Sequence[Line], payment_method_id: uuid.UUID) -> dict[str, Any]:
+    return {
+        "user_id": str(user_id),
+        "items": [line.to_json() for line in lines],
+        "payment_method_id": str(payment_method_id),
+    }
+
+
+async def place_order(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    lines: Sequence[Line],
+    payment_method_id: uuid.UUID,
+    idempotency_key: str | None,
+) -> tuple[Order, bool]:
+    """Record a new PENDING order → (order, created); a repeated idempotency key returns the first one."""
+    request_hash = domain.request_fingerprint(lines, payment_method_id)
+    now = utcnow()
+    order = Order(
+        user_id=user_id,
+        status=OrderStatus.PENDING.value,
+        items=[line.to_json() for line in lines],
+        payment_method_id=payment_method_id,
+        version=1,
+        created_at=now,
+        updated_at=now,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    try:
+        async with session.begin():
+            session.add(order)
+            await session.flush()
+            _append(
+                session,
+                order.id,
+                user_id,
+                command=CommandType.CREATE,
+                version=1,
+                status=OrderStatus.PENDING,
+                data=_created_data(user_id, lines, payment_method_id),
+                command_id=None,
+            )
+        log.info("order_placed", order_id=str(order.id), user_id=str(user_id))
+        return order, True
+    except IntegrityError:
+        # The only unique key a fresh random id can hit is (user_id, idempotency_key).
+        if idempotency_key is None:
+            raise
+    async with session.begin():
+        statement = select(Order).where(Order.user_id == user_id, Order.idempotency_key == idempotency_key)
+        existing = (await session.exec(statement.execution_options(populate_existing=True))).first()
+    if existing is None:
+        raise version_conflict()
+    if existing.request_hash != request_hash:
+        raise Problem(
+            422,
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used for a different order request.",
+        )
+    log.info("order_place_repeated", order_id=str(existing.id), user_id=str(user_id))
+    return existing, False
+
+
+async def _replayed(
+    session: AsyncSession, order_id: uuid.UUID, command: CommandType, command_id: str | None
+) -> Order | None:
+    """The order as it is now when `command_id` was already applied; 422 when it named another command."""
+    if command_id is None:
+        return None
+    prior = await session.get(OrderCommand, command_id, populate_existing=True)
+    if prior is None:
+        return None
+    if prior.type != command.value or prior.order_id != order_id:
+        raise Problem(
+            422,
+            "command_id_reused",
+            f"command_id was already used for '{prior.type}' on another order or with another type.",
+        )
+    order = await load_order(session, order_id)
+    if order is None:  # unreachable: the command row references the order
+        raise order_not_found(order_id)
+    return order
+
+
+async def create_by_command(
+    session: AsyncSession,
+    *,
+    order_id: uuid.UUID,
+    user_id: uuid.UUID,
+    lines: Sequence[Line],
+    payment_method_id: uuid.UUID,
+    command_id: str,
+) -> Order:
+    """The saga's `create`: idempotent on the order id; an existing order is returned unchanged."""
+    for _ in range(3):
+        try:
+            async with session.begin():
+                replay = await _replayed(session, order_id, CommandType.CREATE, command_id)
+                if replay is not None:
+                    return replay
+                existing = await load_order(session, order_id)
+                if existing is not None:
+                    session.add(
+                        OrderCommand(
+                            command_id=command_id,
+                            order_id=order_id,
+                            type=CommandType.CREATE.value,
+                            version=existing.version,
+                        )
+                    )
+                    await _note_saga_running(session, order_id)
+                    return existing
+                now = utcnow()
+                # The saga itself creates it, so there is nothing for the start sweeper to do.
+                order = Order(
+                    id=order_id,
+                    user_id=user_id,
+                    status=OrderStatus.PENDING.value,
+                    items=[line.to_json() for line in lines],
+                    payment_method_id=payment_method_id,
+                    version=1,
+                    created_at=now,
+                    updated_at=now,
+                    saga_started_at=now,
+                )
+                session.add(order)
+                await session.flush()
+                _append(
+                    session,
+                    order_id,
+                    user_id,
+                    command=CommandType.CREATE,
+                    version=1,
+                    status=OrderStatus.PENDING,
+                    data=_created_data(user_id, lines, payment_method_id),
+                    command_id=command_id,
+                )
+                await session.flush()
+                log.info("order_created_by_saga", order_id=str(order_id), command_id=command_id)
+                return order
+        except IntegrityError:
+            # A concurrent create of the same order or the same command id; the next pass sees it.
+            continue
+    raise version_conflict()
+
+
+async def _note_saga_running(session: AsyncSession, order_id: uuid.UUID) -> None:
+    """A command from the saga proves its workflow runs, so the start sweeper can skip the order."""
+    await session.exec(
+        update(Order)
+        .where(col(Order.id) == order_id, col(Order.saga_started_at).is_(None))
+        .values(saga_started_at=bindparam("now", utcnow(), type_=UTCDateTime))
+        .execution_options(synchronize_session=False)
+    )
+
+
+@dataclass(frozen=True)
+class Transition:
+    command: CommandType
+    reason: CancelReason | None = None
+    confirmation: Confirmation | None = None
+
+
+async def apply_transition(
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    transition: Transition,
+    *,
+    expected_version: int | None = None,
+    command_id: str | None = None,
+    from_saga: bool = False,
+    attempts: int = 3,
+) -> Order:
+    """Apply one state-changing command; a repeated `command_id` returns the order without a new event.
+
+    With `expected_version` a stale caller gets 409 at once. Without it the command is decided on the
+    version read in the transaction, and decided again (up to `attempts` times) if another writer wins.
+    """
+    for _ in range(max(1, attempts)):
+        try:
+            async with session.begin():
+                return await _transition_once(
+                    session, order_id, transition, expected_version, command_id, from_saga
+                )
+        except (IntegrityError, _LostRace):
+            pass
+        # Perhaps the writer that won was this very command, retried concurrently.
+        async with session.begin():
+            replay = await _replayed(session, order_id, transition.command, command_id)
+        if replay is not None:
+            return replay
+        if expected_version is not None:
+            break
+    log.info("order_version_conflict", order_id=str(order_id), command=transition.command.value)
+    raise version_conflict()
+
+
+async def _transition_once(
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    transition: Transition,
+    expected_version: int | None,
+    command_id: str | None,
+    from_saga: bool,
+) -> Order:
+    replay = await _replayed(session, order_id, transition.command, command_id)
+    if replay is not None:
+        return replay
+    order = await load_order(session, order_id)
+    if order is None:
+        raise order_not_found(order_id)
+    expected = order.version if expected_version is None else expected_version
+    if expected != order.version:
+        raise _LostRace
+    try:
+        decision = domain.decide(
+            OrderStatus(order.status),
+            order_lines(order),
+            transition.command,
+            reason=transition.reason,
+            confirmation=transition.confirmation,
+        )
+    except domain.IllegalTransition as exc:
+        raise Problem(409, "illegal_transition", str(exc), status_now=order.status) from None
+    except domain.ConfirmationMismatch as exc:
+        raise Problem(422, "confirmation_mismatch", str(exc)) from None
+    now = utcnow()
+    new_version = expected + 1
+    values: dict[str, Any] = {
+        **decision.fields,
+        "status": decision.status.value,
+        "version": new_version,
+        "updated_at": now,
+    }
+    if from_saga:
+        values["saga_started_at"] = func.coalesce(
+            col(Order.saga_started_at), bindparam("saga_now", now, type_=UTCDateTime)
+        )
+    result = await session.exec(
+        update(Order)
+        .where(col(Order.id) == order_id, col(Order.version) == expected)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise _LostRace
+    _append(
+        session,
+        order_id,
+        order.user_id,
+        command=transition.command,
+        version=new_version,
+        status=decision.status,
+        data=decision.event_data,
+        command_id=command_id,
+    )
+    await session.flush()
+    updated = await load_order(session, order_id)
+    assert updated is not None
+    log.info(
+        "order_transition",
+        order_id=str(order_id),
+        command=transition.command.value,
+        status=decision.status.value,
+        version=new_version,
+    )
+    return updated

@@ -1,0 +1,1 @@
+"""Payments service: tokenised cards, idempotent charges and refunds, and the card-network simulator."""

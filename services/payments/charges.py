@@ -1,0 +1,467 @@
+"""Charges and refunds: idempotent by key, with the provider call outside any database transaction.
+
+A charge first records a `pending` payment holding a short lease, then calls the provider, then
+records the outcome. The unique key decides which request owns a charge; the lease decides which
+request may talk to the provider for it right now; conditional updates make every outcome land once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import case, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.kit.errors import Problem
+from services.kit.models import new_id, utcnow
+from services.kit.outbox import add_event
+from services.payments.models import Payment, PaymentMethod, PaymentTransaction
+from services.payments.provider import Captured, CardProvider, Declined, NotCharged, Transient, Voided
+from services.payments.schemas import ChargeCreate
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "payments"
+SETTLED_CAPTURE = ("captured", "refunded")
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    payment: Payment
+    created: bool
+
+
+class _RefundTooLarge(Exception):
+    """Rolls back a refund whose conditional update found too little left to refund."""
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def charge_in_progress() -> Problem:
+    return Problem(
+        503,
+        "charge_in_progress",
+        "Another request is processing this charge; retry shortly.",
+        headers=RETRY_AFTER,
+    )
+
+
+class PaymentLedger:
+    """Charge and refund flows over one request's session and the provider."""
+
+    def __init__(self, session: AsyncSession, provider: CardProvider, *, lease_seconds: float) -> None:
+        self._session = session
+        self._provider = provider
+        self._lease = timedelta(seconds=lease_seconds)
+
+    # -- charges -------------------------------------------------------------------------------
+
+    async def charge(self, key: str, request: ChargeCreate) -> ChargeResult:
+        body_hash = request_hash(request.model_dump(mode="json"))
+        owner = new_id()
+        now = utcnow()
+        session = self._session
+        payment = Payment(
+            idempotency_key=key,
+            request_hash=body_hash,
+            order_id=request.order_id,
+            user_id=request.user_id,
+            payment_method_id=request.payment_method_id,
+            amount_cents=request.amount_cents,
+            currency=request.currency,
+            status="pending",
+            lease_owner=owner,
+            lease_until=now + self._lease,
+        )
+        try:
+            async with session.begin():
+                session.add(payment)
+                await session.flush()
+                method = await session.get(PaymentMethod, request.payment_method_id)
+                if method is None or method.user_id != request.user_id:
+                    # Raising rolls the pending row back, so a retry with this key decides afresh.
+                    raise Problem(
+                        422, "invalid_payment_method", "The payment method is unknown or not this user's."
+                    )
+        except IntegrityError:
+            resumed = await self._resume_charge(key, body_hash, owner)
+            if isinstance(resumed, ChargeResult):
+                return resumed
+            payment, method = resumed
+        log.info("charge_started", charge_key=key, payment_id=str(payment.id))
+        return await self._call_provider(payment, method, owner)
+
+    async def _resume_charge(
+        self, key: str, body_hash: str, owner: uuid.UUID
+    ) -> ChargeResult | tuple[Payment, PaymentMethod]:
+        """The key exists: replay its answer, or take over a pending charge whose lease ran out."""
+        session = self._session
+        async with session.begin():
+            existing = await self._by_key(key)
+        if existing is None:  # payments are never deleted; a vanished row means a broken invariant
+            raise charge_in_progress()
+        answer = _settled_answer(existing, body_hash)
+        if answer is not None:
+            return answer
+        if not await self._take_lease(existing.id, owner):
+            async with session.begin():
+                existing = await self._reload(existing.id)
+            answer = _settled_answer(existing, body_hash)
+            if answer is not None:
+                return answer
+            raise charge_in_progress()
+        async with session.begin():
+            payment = await self._reload(existing.id)
+            method = await session.get(PaymentMethod, payment.payment_method_id)
+        if method is None:
+            raise LookupError("payment method of a pending payment vanished")
+        log.info("charge_lease_taken_over", charge_key=key, payment_id=str(payment.id))
+        return payment, method
+
+    async def _call_provider(self, payment: Payment, method: PaymentMethod, owner: uuid.UUID) -> ChargeResult:
+        assert payment.amount_cents is not None
+        assert payment.currency is not None
+        key = payment.idempotency_key
+        outcome = await self._provider.charge(key, method.token, payment.amount_cents, payment.currency)
+        if isinstance(outcome, Transient):
+            await self._release_lease(payment.id, owner)
+            log.warning("charge_provider_unavailable", charge_key=key, reason=outcome.reason)
+            raise Problem(
+                503,
+                "provider_unavailable",
+                "The payment provider is unavailable; nothing was captured. Retry with the same key.",
+                headers=RETRY_AFTER,
+            )
+        if isinstance(outcome, Voided):
+            raise _voided_problem()
+        if isinstance(outcome, Declined):
+            created = await self._record_decline(payment, outcome.decline_code)
+        else:
+            created = await self._record_capture(payment, outcome.provider_ref)
+        async with self._session.begin():
+            payment = await self._reload(payment.id)
+        # Raises the 402 of a decline; a capture recorded by someone else replays as 200.
+        answer = _settled_answer(payment, payment.request_hash or "")
+        if answer is None:
+            raise charge_in_progress()
+        return ChargeResult(payment, created=created)
+
+    async def _record_capture(self, payment: Payment, provider_ref: str) -> bool:
+        session = self._session
+        async with session.begin():
+            result = await session.exec(
+                update(Payment)
+                .where(col(Payment.id) == payment.id, col(Payment.status) == "pending")
+                .values(
+                    status="captured",
+                    provider_ref=provider_ref,
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=utcnow(),
+                )
+            )
+            if result.rowcount != 1:
+                return False
+            assert payment.amount_cents is not None
+            session.add(
+                PaymentTransaction(payment_id=payment.id, kind="charge", amount_cents=payment.amount_cents)
+            )
+            add_event(
+                session,
+                source=SOURCE,
+                type="payment.captured",
+                subject=str(payment.id),
+                data={**_event_base(payment), "payment_method_id": str(payment.payment_method_id)},
+            )
+        log.info("payment_captured", payment_id=str(payment.id), order_id=str(payment.order_id))
+        return True
+
+    async def _record_decline(self, payment: Payment, decline_code: str) -> bool:
+        session = self._session
+        async with session.begin():
+            result = await session.exec(
+                update(Payment)
+                .where(col(Payment.id) == payment.id, col(Payment.status) == "pending")
+                .values(
+                    status="declined",
+                    decline_code=decline_code,
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=utcnow(),
+                )
+            )
+            if result.rowcount != 1:
+                return False
+            assert payment.amount_cents is not None
+            session.add(
+                PaymentTransaction(payment_id=payment.id, kind="decline", amount_cents=payment.amount_cents)
+            )
+            add_event(
+                session,
+                source=SOURCE,
+                type="payment.declined",
+                subject=str(payment.id),
+                data={**_event_base(payment), "decline_code": decline_code},
+            )
+        log.info("payment_declined", payment_id=str(payment.id), decline_code=decline_code)
+        return True
+
+    # -- refunds -------------------------------------------------------------------------------
+
+    async def refund(self, charge_key: str, refund_key: str, amount_cents: int | None) -> Payment:
+        refund_hash = request_hash({"charge_key": charge_key, "amount_cents": amount_cents})
+        session = self._session
+        async with session.begin():
+            previous = await self._refund_by_key(refund_key)
+            if previous is not None:
+                return await self._replayed_refund(previous, refund_hash)
+            payment = await self._by_key(charge_key)
+        if payment is None:
+            payment = await self._void_unseen_charge(charge_key)
+        if payment.status == "pending":
+            payment = await self._void_pending_charge(payment)
+        if payment.status not in SETTLED_CAPTURE:
+            return payment  # voided or declined: nothing was captured, so nothing to refund
+        return await self._refund_capture(payment, refund_key, refund_hash, amount_cents)
+
+    async def _replayed_refund(self, previous: PaymentTransaction, refund_hash: str) -> Payment:
+        if previous.request_hash != refund_hash:
+            raise _key_reused()
+        return await self._reload(previous.payment_id)
+
+    async def _void_unseen_charge(self, charge_key: str) -> Payment:
+        """Record a void for a key never charged, so that a late charge with it is refused."""
+        session = self._session
+        voided = Payment(idempotency_key=charge_key, status="voided")
+        try:
+            async with session.begin():
+                session.add(voided)
+                await session.flush()
+                add_event(
+                    session,
+                    source=SOURCE,
+                    type="payment.voided",
+                    subject=str(voided.id),
+                    data={"payment_id": str(voided.id), "order_id": None, "user_id": None},
+                )
+        except IntegrityError:
+            # A charge (or another void) took the key first: carry on with whatever it recorded.
+            async with session.begin():
+                existing = await self._by_key(charge_key)
+            if existing is None:
+                raise
+            return existing
+        log.info("charge_voided_before_start", charge_key=charge_key, payment_id=str(voided.id))
+        return voided
+
+    async def _void_pending_charge(self, payment: Payment) -> Payment:
+        """Void a charge nobody is working on; the provider settles whether it had captured after all."""
+        owner = new_id()
+        if not await self._take_lease(payment.id, owner):
+            async with self._session.begin():
+                payment = await self._reload(payment.id)
+            if payment.status == "pending":
+                raise charge_in_progress()
+            return payment
+        outcome = await self._provider.void(payment.idempotency_key)
+        if isinstance(outcome, Captured):
+            await self._record_capture(payment, outcome.provider_ref)
+        elif isinstance(outcome, Declined):
+            await self._record_decline(payment, outcome.decline_code)
+        elif isinstance(outcome, NotCharged | Voided):
+            await self._record_void(payment, owner)
+        else:  # void() never answers a transient failure
+            raise TypeError(f"unexpected void outcome {outcome!r}")
+        async with self._session.begin():
+            return await self._reload(payment.id)
+
+    async def _record_void(self, payment: Payment, owner: uuid.UUID) -> None:
+        session = self._session
+        async with session.begin():
+            result = await session.exec(
+                update(Payment)
+                .where(
+                    col(Payment.id) == payment.id,
+                    col(Payment.status) == "pending",
+                    col(Payment.lease_owner) == owner,
+                )
+                .values(status="voided", lease_owner=None, lease_until=None, updated_at=utcnow())
+            )
+            if result.rowcount == 1:
+                add_event(
+                    session,
+                    source=SOURCE,
+                    type="payment.voided",
+                    subject=str(payment.id),
+                    data={
+                        "payment_id": str(payment.id),
+                        "order_id": str(payment.order_id),
+                        "user_id": str(payment.user_id),
+                    },
+                )
+        log.info("pending_charge_voided", payment_id=str(payment.id))
+
+    async def _refund_capture(
+        self, payment: Payment, refund_key: str, refund_hash: str, requested: int | None
+    ) -> Payment:
+        session = self._session
+        # With no amount given, a concurrent refund may shrink what is left between read and write.
+        for _ in range(3):
+            assert payment.amount_cents is not None
+            amount = requested if requested is not None else payment.amount_cents - payment.refunded_cents
+            if amount <= 0:
+                return payment
+            try:
+                async with session.begin():
+                    session.add(
+                        PaymentTransaction(
+                            payment_id=payment.id,
+                            kind="refund",
+                            amount_cents=amount,
+                            idempotency_key=refund_key,
+                            request_hash=refund_hash,
+                        )
+                    )
+                    await session.flush()
+                    await self._apply_refund(payment, amount)
+            except IntegrityError:
+                async with session.begin():
+                    previous = await self._refund_by_key(refund_key)
+                    if previous is None:
+                        raise
+                    return await self._replayed_refund(previous, refund_hash)
+            except _RefundTooLarge:
+                async with session.begin():
+                    payment = await self._reload(payment.id)
+                if requested is None:
+                    continue
+                raise _refund_exceeds() from None
+            async with session.begin():
+                return await self._reload(payment.id)
+        raise _refund_exceeds()
+
+    async def _apply_refund(self, payment: Payment, amount: int) -> None:
+        """Inside the refund's transaction: the conditional update that never refunds past the capture."""
+        session = self._session
+        new_total = col(Payment.refunded_cents) + amount
+        result = await session.exec(
+            update(Payment)
+            .where(
+                col(Payment.id) == payment.id,
+                col(Payment.status).in_(SETTLED_CAPTURE),
+                new_total <= col(Payment.amount_cents),
+            )
+            .values(
+                refunded_cents=new_total,
+                status=case((new_total == col(Payment.amount_cents), "refunded"), else_=col(Payment.status)),
+                updated_at=utcnow(),
+            )
+        )
+        if result.rowcount != 1:
+            raise _RefundTooLarge
+        updated = await self._reload(payment.id)
+        add_event(
+            session,
+            source=SOURCE,
+            type="payment.refunded",
+            subject=str(payment.id),
+            data={**_event_base(updated), "amount_cents": amount, "refunded_cents": updated.refunded_cents},
+        )
+        log.info("payment_refunded", payment_id=str(payment.id), amount_cents=amount)
+
+    # -- leases and lookups --------------------------------------------------------------------
+
+    async def _take_lease(self, payment_id: uuid.UUID, owner: uuid.UUID) -> bool:
+        now = utcnow()
+        async with self._session.begin():
+            result = await self._session.exec(
+                update(Payment)
+                .where(
+                    col(Payment.id) == payment_id,
+                    col(Payment.status) == "pending",
+                    or_(col(Payment.lease_until).is_(None), col(Payment.lease_until) < now),
+                )
+                .values(lease_owner=owner, lease_until=now + self._lease, updated_at=now)
+            )
+        return bool(result.rowcount == 1)
+
+    async def _release_lease(self, payment_id: uuid.UUID, owner: uuid.UUID) -> None:
+        async with self._session.begin():
+            await self._session.exec(
+                update(Payment)
+                .where(
+                    col(Payment.id) == payment_id,
+                    col(Payment.status) == "pending",
+                    col(Payment.lease_owner) == owner,
+                )
+                .values(lease_owner=None, lease_until=None, updated_at=utcnow())
+            )
+
+    async def _by_key(self, key: str) -> Payment | None:
+        statement = (
+            select(Payment).where(Payment.idempotency_key == key).execution_options(populate_existing=True)
+        )
+        return (await self._session.exec(statement)).one_or_none()
+
+    async def _refund_by_key(self, key: str) -> PaymentTransaction | None:
+        statement = select(PaymentTransaction).where(col(PaymentTransaction.idempotency_key) == key)
+        return (await self._session.exec(statement)).one_or_none()
+
+    async def _reload(self, payment_id: uuid.UUID) -> Payment:
+        payment = await self._session.get(Payment, payment_id, populate_existing=True)
+        if payment is None:
+            raise LookupError("payment vanished")
+        return payment
+
+
+def _settled_answer(payment: Payment, body_hash: str) -> ChargeResult | None:
+    """The replayed answer for a charge key that already has an outcome; None while it is pending."""
+    if payment.status == "voided":
+        raise _voided_problem()
+    if payment.request_hash != body_hash:
+        raise _key_reused()
+    if payment.status in SETTLED_CAPTURE:
+        return ChargeResult(payment, created=False)
+    if payment.status == "declined":
+        raise Problem(
+            402,
+            "payment_declined",
+            "The card was declined.",
+            decline_code=payment.decline_code,
+            payment_id=str(payment.id),
+        )
+    return None
+
+
+def _event_base(payment: Payment) -> dict[str, Any]:
+    return {
+        "payment_id": str(payment.id),
+        "order_id": str(payment.order_id),
+        "user_id": str(payment.user_id),
+        "amount_cents": payment.amount_cents,
+        "currency": payment.currency,
+    }
+
+
+def _voided_problem() -> Problem:
+    return Problem(409, "charge_voided", "This charge was voided by a refund before it ran.")
+
+
+def _key_reused() -> Problem:
+    return Problem(422, "idempotency_key_reused", "This idempotency key was used with another request.")
+
+
+def _refund_exceeds() -> Problem:
+    return Problem(409, "refund_exceeds_capture", "The refund exceeds what is left of the capture.")

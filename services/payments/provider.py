@@ -1,0 +1,220 @@
+"""The card-network simulator: the only simulated part of the system.
+
+It behaves like a real provider as far as the rest of the service can tell: cards are exchanged for
+opaque tokens (the vault keeps a keyed fingerprint, never the number), and charges are idempotent by
+key (the ledger holds one row per key, so a repeated capture returns the same reference and never
+captures twice). Its state lives in its own tables, so attempt counts survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import random
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.kit.db import Database
+from services.kit.models import utcnow
+from services.payments.models import ProviderLedgerEntry, ProviderVaultEntry
+
+log = structlog.get_logger(__name__)
+
+
+class Behaviour(StrEnum):
+    """How a test card answers a charge."""
+
+    OK = "ok"
+    DECLINED = "declined"
+    INSUFFICIENT = "insufficient"
+    TRANSIENT_TWICE = "transient2"
+    TRANSIENT_ALWAYS = "transient_always"
+
+
+TEST_CARDS: dict[str, Behaviour] = {
+    "4000000000000002": Behaviour.DECLINED,
+    "4000000000009995": Behaviour.INSUFFICIENT,
+    "4000000000000119": Behaviour.TRANSIENT_TWICE,
+    "4000000000000101": Behaviour.TRANSIENT_ALWAYS,
+}
+TRANSIENT_TWICE_FAILURES = 2
+
+DECLINE_CODES: dict[Behaviour, str] = {
+    Behaviour.DECLINED: "card_declined",
+    Behaviour.INSUFFICIENT: "insufficient_funds",
+}
+
+
+@dataclass(frozen=True)
+class Captured:
+    provider_ref: str
+
+
+@dataclass(frozen=True)
+class Declined:
+    decline_code: str
+
+
+@dataclass(frozen=True)
+class Transient:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Voided:
+    pass
+
+
+@dataclass(frozen=True)
+class NotCharged:
+    """A void found no charge under that key and made sure none can happen any more."""
+
+
+ChargeOutcome = Captured | Declined | Transient | Voided
+
+
+class CardProvider:
+    def __init__(
+        self, db: Database, *, vault_secret: str, latency_ms: int = 0, failure_rate: float = 0.0
+    ) -> None:
+        self._db = db
+        self._secret = vault_secret.encode()
+        self._latency = latency_ms / 1000
+        self._failure_rate = failure_rate
+
+    def tokenise(self, session: AsyncSession, card_number: str) -> str:
+        """Stage the vault entry for a card in the caller's transaction and return its token."""
+        token = "pm_tok_" + secrets.token_urlsafe(24)
+        fingerprint = hmac.new(self._secret, card_number.encode(), hashlib.sha256).hexdigest()
+        behaviour = TEST_CARDS.get(card_number, Behaviour.OK)
+        session.add(ProviderVaultEntry(token=token, fingerprint=fingerprint, behaviour=behaviour.value))
+        return token
+
+    async def charge(self, key: str, token: str, amount_cents: int, currency: str) -> ChargeOutcome:
+        """Capture once per key. A final outcome is replayed; a transient one may be retried."""
+        await self._network_delay()
+        if self._failure_rate and random.random() < self._failure_rate:
+            log.info("provider_transient", charge_key=key, reason="random")
+            return Transient("network")
+        now = utcnow()
+        async with self._db.session() as session, session.begin():
+            entry_values = {
+                "charge_key": key,
+                "token": token,
+                "amount_cents": amount_cents,
+                "currency": currency,
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            await session.exec(_insert_ignoring_duplicate(self._db.is_sqlite, entry_values))
+            # The row lock taken here serialises concurrent attempts on one key.
+            await session.exec(
+                update(ProviderLedgerEntry)
+                .where(
+                    col(ProviderLedgerEntry.charge_key) == key, col(ProviderLedgerEntry.status) == "pending"
+                )
+                .values(attempts=ProviderLedgerEntry.attempts + 1, updated_at=now)
+            )
+            entry = await _ledger_entry(session, key)
+            if entry.status != "pending":
+                return _final_outcome(entry)
+            behaviour = await self._behaviour(session, entry.token or token)
+            outcome = _decide(behaviour, entry.attempts)
+            if isinstance(outcome, Captured):
+                await _finish(session, key, status="captured", provider_ref=outcome.provider_ref)
+            elif isinstance(outcome, Declined):
+                await _finish(session, key, status="declined", decline_code=outcome.decline_code)
+        log.info("provider_charge", charge_key=key, attempt=entry.attempts, outcome=type(outcome).__name__)
+        return outcome
+
+    async def void(self, key: str) -> ChargeOutcome | NotCharged:
+        """Forbid any further capture under `key`, or report the final outcome it already had."""
+        await self._network_delay()
+        now = utcnow()
+        async with self._db.session() as session, session.begin():
+            values = {
+                "charge_key": key,
+                "status": "voided",
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            await session.exec(_insert_ignoring_duplicate(self._db.is_sqlite, values))
+            await session.exec(
+                update(ProviderLedgerEntry)
+                .where(
+                    col(ProviderLedgerEntry.charge_key) == key, col(ProviderLedgerEntry.status) == "pending"
+                )
+                .values(status="voided", updated_at=now)
+            )
+            entry = await _ledger_entry(session, key)
+        if entry.status == "voided":
+            return NotCharged()
+        return _final_outcome(entry)
+
+    async def _behaviour(self, session: AsyncSession, token: str) -> Behaviour:
+        vault = await session.get(ProviderVaultEntry, token)
+        if vault is None:
+            # Tokens are only minted by tokenise(); a missing one is a broken invariant, not input.
+            raise LookupError("unknown provider token")
+        return Behaviour(vault.behaviour)
+
+    async def _network_delay(self) -> None:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+
+
+def _decide(behaviour: Behaviour, attempt: int) -> ChargeOutcome:
+    if behaviour is Behaviour.TRANSIENT_ALWAYS:
+        return Transient("card_network_unavailable")
+    if behaviour is Behaviour.TRANSIENT_TWICE and attempt <= TRANSIENT_TWICE_FAILURES:
+        return Transient("card_network_unavailable")
+    if behaviour in DECLINE_CODES:
+        return Declined(DECLINE_CODES[behaviour])
+    return Captured("ch_" + secrets.token_hex(12))
+
+
+def _final_outcome(entry: ProviderLedgerEntry) -> ChargeOutcome:
+    if entry.status == "captured" and entry.provider_ref:
+        return Captured(entry.provider_ref)
+    if entry.status == "declined" and entry.decline_code:
+        return Declined(entry.decline_code)
+    return Voided()
+
+
+def _insert_ignoring_duplicate(is_sqlite: bool, values: dict[str, Any]) -> Any:
+    table = ProviderLedgerEntry.__table__  # type: ignore[attr-defined]
+    insert = sqlite.insert if is_sqlite else postgresql.insert
+    return insert(table).values(**values).on_conflict_do_nothing(index_elements=["charge_key"])
+
+
+def _pending(key: str) -> tuple[Any, ...]:
+    return col(ProviderLedgerEntry.charge_key) == key, col(ProviderLedgerEntry.status) == "pending"
+
+
+async def _ledger_entry(session: AsyncSession, key: str) -> ProviderLedgerEntry:
+    statement = (
+        select(ProviderLedgerEntry)
+        .where(col(ProviderLedgerEntry.charge_key) == key)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.exec(statement)).one()
+
+
+async def _finish(session: AsyncSession, key: str, **values: Any) -> None:
+    await session.exec(
+        update(ProviderLedgerEntry)
+        .where(col(ProviderLedgerEntry.charge_key) == key)
+        .values(updated_at=utcnow(), **values)
+    )

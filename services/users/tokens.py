@@ -1,0 +1,167 @@
+"""RS256 access tokens: the signing key, issuing, the JWKS, and verification (reused by the gateway).
+
+Verification lives here, in one place: the gateway fetches the JWKS from this service and calls
+`verify_token(token, jwks)`, so issuer, audience, algorithm and required claims are checked the same
+way everywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import jwt
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ISSUER = "ordersaga"
+AUDIENCE = "ordersaga-api"
+ALGORITHM = "RS256"
+KEY_FILE_NAME = "users-jwt-key.pem"
+RSA_KEY_BITS = 2048
+
+TokenRole = Literal["customer", "admin"]
+_TOKEN_ROLES: tuple[TokenRole, ...] = ("customer", "admin")
+_REQUIRED_CLAIMS = ["sub", "role", "iss", "aud", "iat", "exp"]
+
+log = structlog.get_logger(__name__)
+
+
+class InvalidToken(Exception):
+    """The token is malformed, expired, signed by an unknown key, or carries unexpected claims."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    user_id: uuid.UUID
+    role: TokenRole
+    issued_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str
+    expires_in: int
+
+
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def public_jwk(public_key: rsa.RSAPublicKey) -> dict[str, str]:
+    numbers = public_key.public_numbers()
+    return {"kty": "RSA", "n": _b64url_uint(numbers.n), "e": _b64url_uint(numbers.e)}
+
+
+def jwk_thumbprint(public_key: rsa.RSAPublicKey) -> str:
+    """RFC 7638: SHA-256 over the required members, sorted, without whitespace."""
+    canonical = json.dumps(public_jwk(public_key), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def load_private_key(pem: str | bytes) -> rsa.RSAPrivateKey:
+    data = pem.encode() if isinstance(pem, str) else pem
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < RSA_KEY_BITS:
+        raise ValueError(f"the JWT signing key must be an RSA key of at least {RSA_KEY_BITS} bits")
+    return key
+
+
+def load_or_create_key_file(data_dir: Path) -> rsa.RSAPrivateKey:
+    """The key kept in the data dir, created (mode 0600) on first start so restarts keep it.
+
+    Two processes starting at once must end up with the same key: the new key is written to a
+    private temporary file and published with `os.link`, which fails if the file already exists, and
+    then the loser reads the winner's key.
+    """
+    path = data_dir / KEY_FILE_NAME
+    if path.exists():
+        return load_private_key(path.read_bytes())
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd, tmp_name = tempfile.mkstemp(dir=data_dir, prefix=".users-jwt-key-")  # created with mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp_name, path)
+        except FileExistsError:
+            return load_private_key(path.read_bytes())
+    finally:
+        os.unlink(tmp_name)
+    log.info("jwt_key_created", path=str(path))
+    return key
+
+
+class TokenIssuer:
+    def __init__(self, private_key: rsa.RSAPrivateKey, ttl_seconds: int) -> None:
+        self._private_key = private_key
+        self.ttl_seconds = ttl_seconds
+        self.kid = jwk_thumbprint(private_key.public_key())
+
+    def issue(self, user_id: uuid.UUID, role: TokenRole, *, now: int | None = None) -> IssuedToken:
+        issued_at = int(time.time()) if now is None else now
+        claims = {
+            "sub": str(user_id),
+            "role": role,
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": issued_at,
+            "exp": issued_at + self.ttl_seconds,
+        }
+        token = jwt.encode(claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.kid})
+        return IssuedToken(access_token=token, expires_in=self.ttl_seconds)
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        jwk = public_jwk(self._private_key.public_key())
+        return {"keys": [{**jwk, "kid": self.kid, "alg": ALGORITHM, "use": "sig"}]}
+
+
+def verify_token(token: str, jwks: dict[str, Any] | jwt.PyJWKSet, *, leeway_seconds: int = 30) -> Claims:
+    """Check signature (key chosen by `kid`), algorithm, issuer, audience, expiry and claim shapes."""
+    try:
+        key_set = jwks if isinstance(jwks, jwt.PyJWKSet) else jwt.PyJWKSet.from_dict(jwks)
+        header = jwt.get_unverified_header(token)
+        kid = header.get("kid")
+        if header.get("alg") != ALGORITHM or not isinstance(kid, str):
+            raise InvalidToken("unexpected token header")
+        try:
+            key = key_set[kid]
+        except KeyError:
+            raise InvalidToken("unknown signing key") from None
+        payload = jwt.decode(
+            token,
+            key.key,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            leeway=leeway_seconds,
+            options={"require": _REQUIRED_CLAIMS},
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(str(exc)) from exc
+    role = payload["role"]
+    if role not in _TOKEN_ROLES:
+        raise InvalidToken("unexpected role")
+    try:
+        user_id = uuid.UUID(str(payload["sub"]))
+    except ValueError:
+        raise InvalidToken("the subject is not a user id") from None
+    return Claims(user_id=user_id, role=role, issued_at=int(payload["iat"]), expires_at=int(payload["exp"]))

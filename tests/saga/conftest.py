@@ -1,0 +1,64 @@
+"""The saga tests run the real stack: a Temporal dev server, the five services and the worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.driver import Driver
+from tests.support.processes import VENV_BIN
+from tests.support.stack import Stack
+
+HISTORIES = Path(__file__).parent.parent / "replay" / "histories"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(tmp_path_factory.mktemp("stack"))
+    try:
+        running.start()
+    except Exception:
+        running.stop()
+        raise
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def driver(stack: Stack) -> AsyncIterator[Driver]:
+    client = Driver({name: stack.url(name) for name in stack.ports})
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def record_history(stack: Stack):  # type: ignore[no-untyped-def]
+    """With ORDERSAGA_RECORD_HISTORIES=1, export a finished saga's history for the replay corpus."""
+
+    def record(order_id: str, name: str) -> None:
+        if not os.environ.get("ORDERSAGA_RECORD_HISTORIES"):
+            return
+        HISTORIES.mkdir(parents=True, exist_ok=True)
+        output = subprocess.run(
+            [
+                str(VENV_BIN / "temporal"),
+                "workflow",
+                "show",
+                "--address",
+                stack.temporal_address,
+                "--workflow-id",
+                f"order-{order_id}",
+                "--output",
+                "json",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        (HISTORIES / f"{name}.json").write_text(output)
+
+    return record

@@ -1,0 +1,92 @@
+"""The whole ordersaga stack as real processes: Temporal dev server, five services, the worker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from services.registry import DATA_SERVICES
+from tests.support.identity import INTERNAL_TOKEN
+from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok
+from tests.support.temporal import dev_server
+
+# Short retry budgets so failure paths finish in seconds; production defaults are in WorkerSettings.
+TEST_WORKER_ENV = {
+    "WORKER_PAYMENT_MAX_ATTEMPTS": "4",
+    "WORKER_PAYMENT_INITIAL_INTERVAL_SECONDS": "0.2",
+    "WORKER_PAYMENT_BUDGET_SECONDS": "20",
+    "WORKER_REVIEW_THRESHOLD_CENTS": "100000",
+    "WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2",
+}
+
+
+class Stack:
+    def __init__(self, directory: Path, *, temporal_address: str | None = None) -> None:
+        self.directory = directory
+        self.temporal: ManagedProcess | None = None
+        self.temporal_address = temporal_address or ""
+        self.ports = {name: free_port() for name in DATA_SERVICES}
+        self.processes: dict[str, ManagedProcess] = {}
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    @property
+    def common_env(self) -> dict[str, str]:
+        return {
+            "ORDERSAGA_INTERNAL_TOKEN": INTERNAL_TOKEN,
+            "ORDERSAGA_DATA_DIR": str(self.directory / "data"),
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "TEMPORAL_NAMESPACE": "default",
+        }
+
+    def service_process(self, name: str) -> ManagedProcess:
+        env = dict(self.common_env)
+        env[f"{name.upper()}_DATABASE_URL"] = f"sqlite+aiosqlite:///{self.directory / 'data' / (name + '.db')}"
+        env.update(
+            ORDERS_SAGA_SWEEP_INTERVAL_SECONDS="0.5",
+            NOTIFICATIONS_POLL_INTERVAL_SECONDS="0.2",
+        )
+        argv = [str(VENV_BIN / "ordersaga"), "serve", name, "--port", str(self.ports[name])]
+        return ManagedProcess(name, argv, self.directory / f"{name}.log", env, ready=http_ok(self.url(name) + "/ready"))
+
+    def worker_process(self, extra_env: Mapping[str, str] | None = None) -> ManagedProcess:
+        env = dict(self.common_env)
+        env.update(TEST_WORKER_ENV)
+        env.update({f"WORKER_{name.upper()}_URL": self.url(name) for name in DATA_SERVICES})
+        env.update(extra_env or {})
+        argv = [str(VENV_BIN / "ordersaga"), "worker"]
+        return ManagedProcess("worker", argv, self.directory / "worker.log", env)
+
+    def start(self) -> Stack:
+        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        if not self.temporal_address:
+            self.temporal, self.temporal_address = dev_server(self.directory)
+            self.temporal.start(timeout=60)
+        for name in DATA_SERVICES:
+            self.processes[name] = self.service_process(name)
+            self.processes[name].start(wait=False)
+        for name in DATA_SERVICES:
+            self.processes[name].wait_ready(90)
+        self.processes["worker"] = self.worker_process().start()
+        return self
+
+    def restart(self, name: str, *, kill: bool = False) -> None:
+        process = self.processes[name]
+        if kill:
+            process.kill()
+        else:
+            process.stop()
+        fresh = self.worker_process() if name == "worker" else self.service_process(name)
+        fresh.start(timeout=90)
+        self.processes[name] = fresh
+
+    def stop(self) -> None:
+        for name in ["worker", *reversed(DATA_SERVICES)]:
+            if name in self.processes:
+                self.processes[name].stop()
+        if self.temporal is not None:
+            self.temporal.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name} ---\n{proc.tail(30)}" for name, proc in self.processes.items())

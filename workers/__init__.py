@@ -1,0 +1,1 @@
+"""The worker process: runs OrderWorkflow and its activities on task queue `orders`."""

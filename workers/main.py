@@ -1,0 +1,89 @@
+"""Build and run the worker: one pooled httpx client shared by every activity class."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.http import ServiceCaller
+from activities.inventory import InventoryActivities
+from activities.notifications import NotificationActivities
+from activities.orders import OrderActivities
+from activities.payments import PaymentActivities
+from activities.policy import PolicyActivities
+from activities.users import UserActivities
+from services.kit.logging import configure_logging
+from services.kit.temporal import TemporalSettings, connect
+from workers.settings import WorkerSettings
+from workflows.order import OrderWorkflow
+from workflows.payloads import TASK_QUEUE
+
+log = structlog.get_logger(__name__)
+
+
+def build_activities(http: httpx.AsyncClient, settings: WorkerSettings) -> Sequence[Any]:
+    def caller(base_url: str) -> ServiceCaller:
+        return ServiceCaller(http, base_url, settings.internal_token)
+
+    users = UserActivities(caller(settings.users_url))
+    inventory = InventoryActivities(caller(settings.inventory_url))
+    payments = PaymentActivities(caller(settings.payments_url))
+    orders = OrderActivities(caller(settings.orders_url))
+    notifications = NotificationActivities(caller(settings.notifications_url))
+    policy = PolicyActivities(settings.saga_policy())
+    return [
+        users.validate_user,
+        users.lookup_contact,
+        inventory.reserve_stock,
+        inventory.release_stock,
+        inventory.commit_stock,
+        payments.charge_payment,
+        payments.refund_payment,
+        orders.order_command,
+        notifications.notify_customer,
+        policy.saga_policy,
+    ]
+
+
+@asynccontextmanager
+async def running_worker(
+    client: Client, settings: WorkerSettings, *, task_queue: str = TASK_QUEUE
+) -> AsyncIterator[Worker]:
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    timeout = httpx.Timeout(settings.http_timeout_seconds, connect=3.0)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+        worker = Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[OrderWorkflow],
+            activities=build_activities(http, settings),
+            max_concurrent_activities=settings.max_concurrent_activities,
+            max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+            graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
+        )
+        async with worker:
+            yield worker
+
+
+async def serve(settings: WorkerSettings | None = None, temporal: TemporalSettings | None = None) -> None:
+    settings = settings or WorkerSettings()
+    configure_logging(settings.log_level, service="worker")
+    client = await connect(temporal)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_worker(client, settings):
+        log.info("worker_started", task_queue=TASK_QUEUE, namespace=client.namespace)
+        await stop.wait()
+        log.info("worker_stopping", graceful_seconds=settings.graceful_shutdown_seconds)
+    log.info("worker_stopped")

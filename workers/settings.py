@@ -1,0 +1,43 @@
+"""Worker settings (`WORKER_*`): where the services are, and the saga policy operators may tune."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workflows.payloads import SagaPolicy
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore")
+
+    users_url: str = "http://127.0.0.1:8001"
+    inventory_url: str = "http://127.0.0.1:8002"
+    payments_url: str = "http://127.0.0.1:8003"
+    orders_url: str = "http://127.0.0.1:8004"
+    notifications_url: str = "http://127.0.0.1:8005"
+    internal_token: str = Field(
+        default="ordersaga-dev-internal-token",
+        validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),
+    )
+
+    review_threshold_cents: int = Field(default=100_000, ge=0)
+    review_timeout_seconds: float = Field(default=24 * 3600, gt=0)
+    payment_max_attempts: int = Field(default=6, ge=1)
+    payment_initial_interval_seconds: float = Field(default=1.0, gt=0)
+    payment_budget_seconds: float = Field(default=120.0, gt=0)
+
+    http_timeout_seconds: float = 10.0
+    max_concurrent_activities: int = 200
+    max_concurrent_workflow_tasks: int = 100
+    graceful_shutdown_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    def saga_policy(self) -> SagaPolicy:
+        return SagaPolicy(
+            review_threshold_cents=self.review_threshold_cents,
+            review_timeout_seconds=self.review_timeout_seconds,
+            payment_max_attempts=self.payment_max_attempts,
+            payment_initial_interval_seconds=self.payment_initial_interval_seconds,
+            payment_budget_seconds=self.payment_budget_seconds,
+        )

@@ -1,0 +1,1 @@
+"""Deterministic workflow code only: the order saga, its saga helper and its payload types."""
