@@ -38,15 +38,6 @@ class RecordingSaga:
         raise NotImplementedError
 
 
-@pytest.fixture(autouse=True)
-def _postgres_before_the_event_loop(request: pytest.FixtureRequest) -> None:
-    """Work around tests/conftest.py: `postgres_databases` probes with asyncio.run(), which fails (and
-    skips every postgres test) when first requested from inside the running loop of an async fixture.
-    Requesting it from a sync fixture creates it before the loop starts."""
-    if "backend" in request.fixturenames and request.getfixturevalue("backend") == "postgres":
-        request.getfixturevalue("postgres_databases")
-
-
 @pytest.fixture
 async def orders(service_client: Any) -> AsyncIterator[httpx.AsyncClient]:
     async with service_client("orders") as client:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -77,7 +78,7 @@ async def test_the_happy_path_through_every_command(orders: httpx.AsyncClient) -
     assert [line["product_id"] for line in confirmed["items"]] == [
         line["product_id"] for line in order["items"]
     ]
-    assert confirmed["updated_at"] > confirmed["created_at"]
+    assert datetime.fromisoformat(confirmed["updated_at"]) > datetime.fromisoformat(confirmed["created_at"])
 
     response = await command(orders, order_id, "ship", expected_version=3)
     assert (response.status_code, response.json()["status"]) == (200, "SHIPPED")

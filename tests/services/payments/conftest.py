@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Executable, text
 
 from tests.support.identity import as_customer, as_service
 
@@ -72,11 +72,11 @@ async def captured_payment(
     return key, dict(response.json()), user
 
 
-async def sql(client: httpx.AsyncClient, statement: str, **params: Any) -> list[Any]:
+async def sql(client: httpx.AsyncClient, statement: str | Executable, **params: Any) -> list[Any]:
     """Run SQL on the service's own database (for checks no API exposes, and to stage crashes)."""
     database = client.app.state.db  # type: ignore[attr-defined]
     async with database.engine.begin() as conn:
-        result = await conn.execute(text(statement), params)
+        result = await conn.execute(text(statement) if isinstance(statement, str) else statement, params)
         return list(result.all()) if result.returns_rows else []
 
 

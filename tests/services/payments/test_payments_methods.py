@@ -35,7 +35,12 @@ async def test_add_card_returns_token_view_only(payments: httpx.AsyncClient) -> 
     body = response.json()
     assert set(body) == {"id", "user_id", "brand", "last4", "exp_month", "exp_year", "created_at"}
     assert body["user_id"] == str(user)
-    assert (body["brand"], body["last4"], body["exp_month"], body["exp_year"]) == ("visa", "4242", 12, NEXT_YEAR)
+    assert (body["brand"], body["last4"], body["exp_month"], body["exp_year"]) == (
+        "visa",
+        "4242",
+        12,
+        NEXT_YEAR,
+    )
     assert body["created_at"].endswith("Z")
     uuid.UUID(body["id"])
     assert OK_CARD not in response.text
@@ -75,7 +80,9 @@ async def test_expiry_boundary_this_month_is_valid_last_month_is_expired(payment
     user = as_customer(uuid.uuid4())
     now = datetime.now(UTC)
     last_month = (now.month - 1, now.year) if now.month > 1 else (12, now.year - 1)
-    ok = await payments.post("/payment-methods", json=_card(exp_month=now.month, exp_year=now.year), headers=user)
+    ok = await payments.post(
+        "/payment-methods", json=_card(exp_month=now.month, exp_year=now.year), headers=user
+    )
     assert ok.status_code == 201
     expired = await payments.post(
         "/payment-methods", json=_card(exp_month=last_month[0], exp_year=last_month[1]), headers=user
@@ -103,7 +110,9 @@ async def test_expiry_boundary_this_month_is_valid_last_month_is_expired(payment
     ],
 )
 async def test_schema_violations_are_422(payments: httpx.AsyncClient, overrides: dict[str, Any]) -> None:
-    response = await payments.post("/payment-methods", json=_card(**overrides), headers=as_customer(uuid.uuid4()))
+    response = await payments.post(
+        "/payment-methods", json=_card(**overrides), headers=as_customer(uuid.uuid4())
+    )
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"
     assert OK_CARD not in response.text
@@ -142,7 +151,9 @@ async def test_list_is_self_or_admin_and_paginates(payments: httpx.AsyncClient) 
     assert len(page["items"]) == 2
     assert page["next_cursor"]
     second = await payments.get(
-        f"/users/{user}/payment-methods", params={"limit": 2, "cursor": page["next_cursor"]}, headers=as_customer(user)
+        f"/users/{user}/payment-methods",
+        params={"limit": 2, "cursor": page["next_cursor"]},
+        headers=as_customer(user),
     )
     rest = second.json()
     assert rest["next_cursor"] is None

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from services.kit.identity import identity_headers
+from services.users.tokens import verify_token
 from tests.services.users.conftest import (
     PASSWORD,
     UsersClientFactory,
@@ -107,8 +108,6 @@ async def test_only_an_admin_changes_roles(users_client: UsersClientFactory) -> 
         assert promoted.json()["role"] == "admin"
         token = (await login(client, user["username"])).json()["access_token"]
         jwks = (await client.get("/.well-known/jwks.json")).json()
-        from services.users.tokens import verify_token
-
         assert verify_token(token, jwks).role == "admin"
         bad_role = await _put(client, user, {"version": 2, "role": "service"}, as_admin())
         assert bad_role.status_code == 422
@@ -182,9 +181,9 @@ async def test_password_change(users_client: UsersClientFactory) -> None:
         [event] = [event for event in await outbox_events(client) if event.type == "user.updated"]
         assert event.data == {"user_id": user["id"], "changed": {}, "changed_fields": ["password"]}
         assert stored.password_hash not in str(event.data)
-        too_short = await _put(client, user, {"version": 2, "password": "short"}, as_customer(user["id"]))
+        too_short = await _put(client, user, {"version": 2, "password": "Zq9#xy"}, as_customer(user["id"]))
         assert too_short.status_code == 422
-        assert "short" not in str(too_short.json().get("errors"))
+        assert "Zq9#xy" not in too_short.text
 
 
 async def test_update_bad_input(users_client: UsersClientFactory) -> None:

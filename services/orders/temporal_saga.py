@@ -1,0 +1,128 @@
+"""The orders service's saga port backed by Temporal: start, cancel and review updates, status query."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from typing import Any
+
+import structlog
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from services.kit.errors import Problem
+from services.kit.identity import Identity
+from services.kit.temporal import TemporalSettings, connect
+from services.orders.saga import OrderStart
+from workflows.payloads import (
+    STEP_NAMES,
+    TASK_QUEUE,
+    CancelRequest,
+    OrderInput,
+    OrderLine,
+    ReviewDecision,
+    SagaView,
+    workflow_id_for,
+)
+
+ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
+CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+
+log = structlog.get_logger(__name__)
+
+
+class TemporalSaga:
+    """Connects lazily, so the service accepts orders while Temporal is down (the sweeper catches up)."""
+
+    def __init__(self, settings: TemporalSettings | None = None, *, task_queue: str = TASK_QUEUE) -> None:
+        self._settings = settings or TemporalSettings()
+        self._task_queue = task_queue
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> Client:
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    self._client = await connect(self._settings)
+        return self._client
+
+    async def start(self, order: OrderStart) -> None:
+        client = await self.client()
+        order_id = str(order.order_id)
+        try:
+            await client.start_workflow(
+                "OrderWorkflow",
+                OrderInput(
+                    order_id=order_id,
+                    user_id=str(order.user_id),
+                    payment_method_id=str(order.payment_method_id),
+                    lines=[OrderLine(str(line.product_id), line.quantity) for line in order.items],
+                ),
+                id=workflow_id_for(order_id),
+                task_queue=self._task_queue,
+                # A repeated start (retry, sweeper) attaches to the running saga or is refused once it
+                # has ended; it never starts a second saga for the same order.
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(
+                    [SearchAttributePair(CUSTOMER_ID, str(order.user_id)), SearchAttributePair(ORDER_STATUS, "PENDING")]
+                ),
+                static_summary=f"Order {order_id}: {len(order.items)} line{'s' if len(order.items) != 1 else ''}",
+            )
+        except WorkflowAlreadyStartedError:
+            log.info("saga_already_started", order_id=order_id)
+
+    async def cancel(self, order_id: uuid.UUID, by: Identity) -> None:
+        await self._update(order_id, "cancel", CancelRequest(requested_by=str(by.user_id or by.role)))
+
+    async def review(self, order_id: uuid.UUID, approve: bool, by: Identity) -> None:
+        await self._update(order_id, "review", ReviewDecision(approve=approve, reviewer=str(by.user_id or by.role)))
+
+    async def describe(self, order_id: uuid.UUID) -> dict[str, Any]:
+        client = await self.client()
+        handle = client.get_workflow_handle(workflow_id_for(str(order_id)))
+        try:
+            view = await handle.query("status", result_type=SagaView)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return not_started_view(order_id)
+            raise Problem(503, "saga_unavailable", "The saga engine did not answer.") from err
+        return dataclasses.asdict(view)
+
+    async def _update(self, order_id: uuid.UUID, name: str, argument: Any) -> None:
+        client = await self.client()
+        handle = client.get_workflow_handle(workflow_id_for(str(order_id)))
+        try:
+            await handle.execute_update(name, argument)
+        except WorkflowUpdateFailedError as err:
+            detail = str(err.cause.message if hasattr(err.cause, "message") else err.cause)
+            raise Problem(409, "illegal_transition", detail) from err
+        except RPCError as err:
+            if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+                raise Problem(409, "illegal_transition", "The order's saga has already ended.") from err
+            raise Problem(503, "saga_unavailable", "The saga engine did not answer.") from err
+
+
+def not_started_view(order_id: uuid.UUID) -> dict[str, Any]:
+    """An accepted order whose saga the sweeper has not started yet: every step still pending."""
+    return {
+        "order_id": str(order_id),
+        "workflow_id": workflow_id_for(str(order_id)),
+        "status": "running",
+        "order_status": "PENDING",
+        "cancel_reason": None,
+        "steps": [
+            {"name": name, "status": "pending", "attempts": 0, "started_at": None, "finished_at": None, "error": None, "compensation": None}
+            for name in STEP_NAMES
+        ],
+    }

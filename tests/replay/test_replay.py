@@ -1,0 +1,76 @@
+"""The recorded histories of every saga path replay against the current workflow code."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+
+from ordersaga.replay import load_history_file, replay_histories
+from tests.support.processes import VENV_BIN
+from workflows.order import OrderWorkflow
+from workflows.payloads import OrderInput, OrderResult
+
+HISTORIES = Path(__file__).parent / "histories"
+EXPECTED_PATHS = {
+    "success",
+    "user_invalid",
+    "out_of_stock",
+    "payment_declined",
+    "payment_retried",
+    "payment_failed",
+    "review_approved",
+    "review_rejected",
+    "customer_cancelled",
+    "compensation_retried",
+}
+
+
+def recorded() -> list[Path]:
+    return sorted(HISTORIES.glob("*.json"))
+
+
+def test_corpus_covers_every_saga_path() -> None:
+    assert {path.stem for path in recorded()} >= EXPECTED_PATHS
+
+
+@pytest.mark.parametrize("path", recorded(), ids=lambda p: p.stem)
+async def test_history_replays_against_current_code(path: Path) -> None:
+    [outcome] = await replay_histories([(str(path), load_history_file(path))])
+    assert outcome.ok, outcome.reason
+
+
+@workflow.defn(name="OrderWorkflow", sandboxed=False)
+class ReorderedOrderWorkflow(OrderWorkflow):
+    """A deliberately incompatible change: a timer before the first step, without workflow.patched."""
+
+    @workflow.run
+    async def run(self, order: OrderInput) -> OrderResult:
+        await workflow.sleep(1)
+        return await super().run(order)
+
+
+async def test_incompatible_change_is_detected_as_nondeterminism() -> None:
+    history = load_history_file(HISTORIES / "success.json")
+    [outcome] = await replay_histories([("success", history)], workflows=[ReorderedOrderWorkflow])
+    assert not outcome.ok
+    assert "nondetermin" in (outcome.reason or "").lower()
+
+
+def test_cli_replays_the_corpus_and_reports_each_history() -> None:
+    result = subprocess.run(
+        [str(VENV_BIN / "ordersaga"), "replay", str(HISTORIES)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
+    assert len(lines) == len(recorded())
+
+
+def test_cli_exits_non_zero_on_a_broken_history(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"events": []}')
+    result = subprocess.run([str(VENV_BIN / "ordersaga"), "replay", str(broken)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "broken.json" in result.stdout
