@@ -79,6 +79,8 @@ def service_client(fresh_database: DatabaseFactory, tmp_path: Path) -> ServiceCl
     @asynccontextmanager
     async def open_client(service: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
         spec = SERVICES[service]
+        if service == "orders":
+            overrides.setdefault("saga_engine", "none")  # in-process tests bring their own SagaPort
         url = overrides.pop("database_url", None) or await fresh_database(service)
         settings = spec.settings(
             database_url=url,

@@ -8,6 +8,8 @@ from services.kit.app import create_service_app
 from services.orders import routes, saga_routes
 from services.orders.saga import NoSaga, SagaPort
 from services.orders.settings import Settings
+from services.orders.sweeper import saga_sweeper
+from services.orders.temporal_saga import TemporalSaga
 
 DESCRIPTION = (
     "Orders as an append-only event log with a read model. POST /orders records a PENDING order and "
@@ -16,11 +18,14 @@ DESCRIPTION = (
 
 
 def create_app(settings: Settings | None = None, saga: SagaPort | None = None) -> FastAPI:
+    settings = settings or Settings()
+    temporal = saga is None and settings.saga_engine == "temporal"
     app = create_service_app(
-        settings=settings or Settings(),
+        settings=settings,
         title="ordersaga orders",
         description=DESCRIPTION,
         routers=[routes.router, routes.internal_router, saga_routes.router],
+        hooks=[saga_sweeper] if temporal else [],
     )
-    app.state.saga = saga or NoSaga()
+    app.state.saga = saga or (TemporalSaga() if temporal else NoSaga())
     return app

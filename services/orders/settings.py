@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import ServiceSettings
@@ -15,3 +17,9 @@ class Settings(ServiceSettings):
     # A command that races another writer without an expected version is re-decided on fresh state
     # this many times before the caller sees 409 version_conflict.
     command_attempts: int = 3
+    # `temporal` drives each order's saga on Temporal; `none` only records orders (tests of this service).
+    saga_engine: Literal["temporal", "none"] = "temporal"
+    # How often the sweeper looks for accepted orders whose saga start was lost, and how old such
+    # an order must be before the sweeper (rather than the accepting request) starts it.
+    saga_sweep_interval_seconds: float = 5.0
+    saga_start_grace_seconds: float = 5.0

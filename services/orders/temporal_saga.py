@@ -75,9 +75,12 @@ class TemporalSaga:
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(
-                    [SearchAttributePair(CUSTOMER_ID, str(order.user_id)), SearchAttributePair(ORDER_STATUS, "PENDING")]
+                    [
+                        SearchAttributePair(CUSTOMER_ID, str(order.user_id)),
+                        SearchAttributePair(ORDER_STATUS, "PENDING"),
+                    ]
                 ),
-                static_summary=f"Order {order_id}: {len(order.items)} line{'s' if len(order.items) != 1 else ''}",
+                static_summary=f"Order {order_id}: {_lines(len(order.items))}",
             )
         except WorkflowAlreadyStartedError:
             log.info("saga_already_started", order_id=order_id)
@@ -86,7 +89,9 @@ class TemporalSaga:
         await self._update(order_id, "cancel", CancelRequest(requested_by=str(by.user_id or by.role)))
 
     async def review(self, order_id: uuid.UUID, approve: bool, by: Identity) -> None:
-        await self._update(order_id, "review", ReviewDecision(approve=approve, reviewer=str(by.user_id or by.role)))
+        await self._update(
+            order_id, "review", ReviewDecision(approve=approve, reviewer=str(by.user_id or by.role))
+        )
 
     async def describe(self, order_id: uuid.UUID) -> dict[str, Any]:
         client = await self.client()
@@ -113,6 +118,10 @@ class TemporalSaga:
             raise Problem(503, "saga_unavailable", "The saga engine did not answer.") from err
 
 
+def _lines(count: int) -> str:
+    return f"{count} line" if count == 1 else f"{count} lines"
+
+
 def not_started_view(order_id: uuid.UUID) -> dict[str, Any]:
     """An accepted order whose saga the sweeper has not started yet: every step still pending."""
     return {
@@ -122,7 +131,15 @@ def not_started_view(order_id: uuid.UUID) -> dict[str, Any]:
         "order_status": "PENDING",
         "cancel_reason": None,
         "steps": [
-            {"name": name, "status": "pending", "attempts": 0, "started_at": None, "finished_at": None, "error": None, "compensation": None}
+            {
+                "name": name,
+                "status": "pending",
+                "attempts": 0,
+                "started_at": None,
+                "finished_at": None,
+                "error": None,
+                "compensation": None,
+            }
             for name in STEP_NAMES
         ],
     }

@@ -317,6 +317,8 @@ class PaymentLedger:
         self, payment: Payment, refund_key: str, refund_hash: str, requested: int | None
     ) -> Payment:
         session = self._session
+        # A rollback expires loaded objects, so the id is kept as a plain value.
+        payment_id = payment.id
         # With no amount given, a concurrent refund may shrink what is left between read and write.
         for _ in range(3):
             assert payment.amount_cents is not None
@@ -327,7 +329,7 @@ class PaymentLedger:
                 async with session.begin():
                     session.add(
                         PaymentTransaction(
-                            payment_id=payment.id,
+                            payment_id=payment_id,
                             kind="refund",
                             amount_cents=amount,
                             idempotency_key=refund_key,
@@ -335,7 +337,7 @@ class PaymentLedger:
                         )
                     )
                     await session.flush()
-                    await self._apply_refund(payment, amount)
+                    await self._apply_refund(payment_id, amount)
             except IntegrityError:
                 async with session.begin():
                     previous = await self._refund_by_key(refund_key)
@@ -344,22 +346,22 @@ class PaymentLedger:
                     return await self._replayed_refund(previous, refund_hash)
             except _RefundTooLarge:
                 async with session.begin():
-                    payment = await self._reload(payment.id)
+                    payment = await self._reload(payment_id)
                 if requested is None:
                     continue
                 raise _refund_exceeds() from None
             async with session.begin():
-                return await self._reload(payment.id)
+                return await self._reload(payment_id)
         raise _refund_exceeds()
 
-    async def _apply_refund(self, payment: Payment, amount: int) -> None:
+    async def _apply_refund(self, payment_id: uuid.UUID, amount: int) -> None:
         """Inside the refund's transaction: the conditional update that never refunds past the capture."""
         session = self._session
         new_total = col(Payment.refunded_cents) + amount
         result = await session.exec(
             update(Payment)
             .where(
-                col(Payment.id) == payment.id,
+                col(Payment.id) == payment_id,
                 col(Payment.status).in_(SETTLED_CAPTURE),
                 new_total <= col(Payment.amount_cents),
             )
@@ -371,15 +373,15 @@ class PaymentLedger:
         )
         if result.rowcount != 1:
             raise _RefundTooLarge
-        updated = await self._reload(payment.id)
+        updated = await self._reload(payment_id)
         add_event(
             session,
             source=SOURCE,
             type="payment.refunded",
-            subject=str(payment.id),
+            subject=str(payment_id),
             data={**_event_base(updated), "amount_cents": amount, "refunded_cents": updated.refunded_cents},
         )
-        log.info("payment_refunded", payment_id=str(payment.id), amount_cents=amount)
+        log.info("payment_refunded", payment_id=str(payment_id), amount_cents=amount)
 
     # -- leases and lookups --------------------------------------------------------------------
 

@@ -71,6 +71,8 @@ def test_cli_replays_the_corpus_and_reports_each_history() -> None:
 def test_cli_exits_non_zero_on_a_broken_history(tmp_path: Path) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text('{"events": []}')
-    result = subprocess.run([str(VENV_BIN / "ordersaga"), "replay", str(broken)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(VENV_BIN / "ordersaga"), "replay", str(broken)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode != 0
     assert "broken.json" in result.stdout

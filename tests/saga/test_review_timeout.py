@@ -19,7 +19,9 @@ from workflows.payloads import OrderInput, OrderLine, OrderResult, workflow_id_f
 pytestmark = [pytest.mark.slow, pytest.mark.temporal]
 
 
-async def test_unreviewed_order_times_out_after_24_hours_and_compensates(driver: Driver, stack: Stack) -> None:
+async def test_unreviewed_order_times_out_after_24_hours_and_compensates(
+    driver: Driver, stack: Stack
+) -> None:
     customer = await driver.customer()
     product = await driver.product(stock=3, price_cents=60_000)
     settings = WorkerSettings(
@@ -32,23 +34,26 @@ async def test_unreviewed_order_times_out_after_24_hours_and_compensates(driver:
         review_timeout_seconds=24 * 3600,
     )
     order_id = str(uuid.uuid4())
-    async with await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(VENV_BIN / "temporal-test-server")
-    ) as env:
-        async with running_worker(env.client, settings, task_queue="orders-timeskip"):
-            # The saga's own create_order step records the order, so no other server runs a saga for it.
-            result: OrderResult = await env.client.execute_workflow(
-                OrderWorkflow.run,
-                OrderInput(order_id, customer.user_id, customer.payment_method_id, [OrderLine(product, 2)]),
-                id=workflow_id_for(order_id),
-                task_queue="orders-timeskip",
-            )
-            handle = env.client.get_workflow_handle(workflow_id_for(order_id))
-            view = await handle.query(OrderWorkflow.status)
+    async with (
+        await WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=str(VENV_BIN / "temporal-test-server")
+        ) as env,
+        running_worker(env.client, settings, task_queue="orders-timeskip"),
+    ):
+        # The saga's own create_order step records the order, so no other server runs a saga for it.
+        result: OrderResult = await env.client.execute_workflow(
+            OrderWorkflow.run,
+            OrderInput(order_id, customer.user_id, customer.payment_method_id, [OrderLine(product, 2)]),
+            id=workflow_id_for(order_id),
+            task_queue="orders-timeskip",
+        )
+        handle = env.client.get_workflow_handle(workflow_id_for(order_id))
+        view = await handle.query(OrderWorkflow.status)
 
     assert (result.status, result.cancel_reason) == ("CANCELLED", "review_timeout")
     review = next(step for step in view.steps if step.name == "review")
-    assert review.status == "failed" and review.error == "review_timeout"
+    assert review.status == "failed"
+    assert review.error == "review_timeout"
     order = await driver.order(order_id)
     assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "review_timeout")
     await driver.assert_invariants(order, {product: 3})

@@ -39,7 +39,11 @@ async def test_failing_compensation_is_retried_until_it_succeeds(
     try:
         assert (await driver.review(order_id, approve=True)).status_code == 202
         await driver.wait_saga(
-            order_id, lambda v: v["status"] == "compensating" and (step(v, "reserve_stock")["compensation"] or {}).get("status") == "running"
+            order_id,
+            lambda v: (
+                v["status"] == "compensating"
+                and (step(v, "reserve_stock")["compensation"] or {}).get("status") == "running"
+            ),
         )
         await asyncio.sleep(3)  # let a few release attempts fail
     finally:
@@ -71,7 +75,11 @@ async def test_worker_killed_between_charge_and_confirmation(driver: Driver, sta
     stack.processes["inventory"].pause()
     try:
         await driver.wait_saga(
-            order_id, lambda v: step(v, "charge_payment")["status"] == "done" and step(v, "confirm_order")["status"] == "running"
+            order_id,
+            lambda v: (
+                step(v, "charge_payment")["status"] == "done"
+                and step(v, "confirm_order")["status"] == "running"
+            ),
         )
         stack.processes["worker"].kill()
     finally:
@@ -79,22 +87,29 @@ async def test_worker_killed_between_charge_and_confirmation(driver: Driver, sta
     assert (await driver.order(order_id))["status"] == "PENDING"
     stack.restart("worker")
 
-    order, view = await driver.wait_final(order_id, timeout=90)
+    order, _view = await driver.wait_final(order_id, timeout=90)
     assert order["status"] == "CONFIRMED"
     payments = await driver.payments_of(order_id)
     assert [p["status"] for p in payments] == ["captured"], payments
     await driver.assert_invariants(order, {product: 5})
 
 
-async def test_order_whose_start_was_lost_gets_its_saga_from_the_sweeper(driver: Driver, stack: Stack) -> None:
+async def test_order_whose_start_was_lost_gets_its_saga_from_the_sweeper(
+    driver: Driver, stack: Stack
+) -> None:
     """An orders replica that cannot reach Temporal still accepts; the sweeper starts the saga later."""
     port = free_port()
     env = dict(stack.service_process("orders").env)
     env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{free_port()}"  # nothing listens there
     env["ORDERS_SAGA_SWEEP_INTERVAL_SECONDS"] = "3600"
     argv = [a if a != str(stack.ports["orders"]) else str(port) for a in stack.service_process("orders").argv]
-    isolated = ManagedProcess("orders-no-temporal", argv, stack.directory / "orders-isolated.log", env,
-                              ready=http_ok(f"http://127.0.0.1:{port}/ready")).start(timeout=60)
+    isolated = ManagedProcess(
+        "orders-no-temporal",
+        argv,
+        stack.directory / "orders-isolated.log",
+        env,
+        ready=http_ok(f"http://127.0.0.1:{port}/ready"),
+    ).start(timeout=60)
     try:
         customer = await driver.customer()
         product = await driver.product()
@@ -105,7 +120,7 @@ async def test_order_whose_start_was_lost_gets_its_saga_from_the_sweeper(driver:
     finally:
         isolated.stop()
 
-    order, view = await driver.wait_final(accepted.json()["id"], timeout=90)
+    order, _view = await driver.wait_final(accepted.json()["id"], timeout=90)
     assert order["status"] == "CONFIRMED"
     await driver.assert_invariants(order, {product: 10})
 
@@ -114,7 +129,7 @@ async def test_history_size_of_a_successful_saga(driver: Driver, stack: Stack) -
     customer = await driver.customer()
     product = await driver.product()
     accepted = await driver.place_order(customer, [(product, 1)])
-    order, _ = await driver.wait_final(accepted.json()["id"])
+    _order, _ = await driver.wait_final(accepted.json()["id"])
     client = await Client.connect(stack.temporal_address)
     history = await client.get_workflow_handle(accepted.json()["workflow_id"]).fetch_history()
     print(f"history events of a successful saga: {len(history.events)}")

@@ -30,17 +30,22 @@ async def stock_of(driver: Driver, *product_ids: str) -> dict[str, int]:
 
 async def test_success_confirms_charges_once_and_commits_stock(driver: Driver, record_history: Any) -> None:
     customer = await driver.customer()
-    first, second = await driver.product(stock=10, price_cents=1_250), await driver.product(stock=5, price_cents=999)
+    first, second = (
+        await driver.product(stock=10, price_cents=1_250),
+        await driver.product(stock=5, price_cents=999),
+    )
     before = await stock_of(driver, first, second)
 
     accepted = await driver.place_order(customer, [(first, 2), (second, 1)])
     assert accepted.status_code == 202, accepted.text
     body = accepted.json()
-    assert body["status"] == "PENDING" and body["workflow_id"] == f"order-{body['id']}"
+    assert body["status"] == "PENDING"
+    assert body["workflow_id"] == f"order-{body['id']}"
 
     order, view = await driver.wait_final(body["id"])
     assert order["status"] == "CONFIRMED"
-    assert order["total_cents"] == 2 * 1_250 + 999 and order["currency"] == "USD"
+    assert order["total_cents"] == 2 * 1_250 + 999
+    assert order["currency"] == "USD"
     assert {i["product_id"]: i["unit_price_cents"] for i in order["items"]} == {first: 1_250, second: 999}
     assert view["status"] == "completed"
     assert statuses(view) == {
@@ -137,7 +142,9 @@ async def test_declined_card_refunds_nothing_releases_stock_and_cancels(
         record_history(order["id"], "payment_declined")
 
 
-async def test_transient_payment_failure_is_retried_then_confirms(driver: Driver, record_history: Any) -> None:
+async def test_transient_payment_failure_is_retried_then_confirms(
+    driver: Driver, record_history: Any
+) -> None:
     customer = await driver.customer(card=TRANSIENT_TWICE)
     product = await driver.product()
     before = await stock_of(driver, product)
@@ -198,4 +205,5 @@ async def test_same_key_with_another_body_is_refused(driver: Driver) -> None:
     first = await driver.place_order(customer, [(product, 1)], key="k-1")
     again = await driver.place_order(customer, [(product, 2)], key="k-1")
     assert first.status_code == 202
-    assert again.status_code == 422 and again.json()["code"] == "idempotency_key_reused"
+    assert again.status_code == 422
+    assert again.json()["code"] == "idempotency_key_reused"

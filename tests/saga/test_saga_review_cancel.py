@@ -16,7 +16,9 @@ BIG_PRICE = 60_000  # two of these cross the 100000-cent review threshold
 async def awaiting_review(driver: Driver, customer: Customer, product: str) -> str:
     accepted = await driver.place_order(customer, [(product, 2)])
     order_id: str = accepted.json()["id"]
-    await driver.wait_saga(order_id, lambda v: v["order_status"] == "AWAITING_REVIEW" if "order_status" in v else False)
+    await driver.wait_saga(
+        order_id, lambda v: v["order_status"] == "AWAITING_REVIEW" if "order_status" in v else False
+    )
     order = await driver.order(order_id)
     assert order["status"] == "AWAITING_REVIEW"
     return order_id
@@ -34,7 +36,8 @@ async def test_review_approved_confirms(driver: Driver, record_history: Any) -> 
     assert (await driver.review(order_id, approve=True)).status_code == 202
     order, view = await driver.wait_final(order_id)
 
-    assert order["status"] == "CONFIRMED" and order["total_cents"] == 2 * BIG_PRICE
+    assert order["status"] == "CONFIRMED"
+    assert order["total_cents"] == 2 * BIG_PRICE
     assert statuses(view)["review"] == "done"
     await driver.assert_invariants(order, {product: 3})
     record_history(order_id, "review_approved")
@@ -68,7 +71,8 @@ async def test_customer_cancels_during_review(driver: Driver, record_history: An
     order, view = await driver.wait_final(order_id)
     assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "customer_cancelled")
     review = next(step for step in view["steps"] if step["name"] == "review")
-    assert review["status"] == "failed" and review["error"] == "customer_cancelled"
+    assert review["status"] == "failed"
+    assert review["error"] == "customer_cancelled"
     assert view["status"] == "compensated"
     await driver.assert_invariants(order, {product: 3})
     notices = await driver.notifications_of(customer.user_id)
@@ -76,7 +80,8 @@ async def test_customer_cancels_during_review(driver: Driver, record_history: An
     record_history(order_id, "customer_cancelled")
 
     again = await driver.cancel(order_id, customer)
-    assert again.status_code == 409 and again.json()["code"] == "illegal_transition"
+    assert again.status_code == 409
+    assert again.json()["code"] == "illegal_transition"
 
 
 async def test_cancel_after_confirmation_is_refused(driver: Driver) -> None:
@@ -87,7 +92,8 @@ async def test_cancel_after_confirmation_is_refused(driver: Driver) -> None:
     assert order["status"] == "CONFIRMED"
 
     refused = await driver.cancel(order["id"], customer)
-    assert refused.status_code == 409 and refused.json()["code"] == "illegal_transition"
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "illegal_transition"
     assert (await driver.order(order["id"]))["status"] == "CONFIRMED"
     await driver.assert_invariants(order, {product: 10})
 
@@ -98,7 +104,8 @@ async def test_review_of_an_order_not_awaiting_review_is_refused(driver: Driver)
     accepted = await driver.place_order(customer, [(product, 1)])
     order, _ = await driver.wait_final(accepted.json()["id"])
     refused = await driver.review(order["id"], approve=True)
-    assert refused.status_code == 409 and refused.json()["code"] == "illegal_transition"
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "illegal_transition"
 
 
 async def test_another_customer_cannot_cancel(driver: Driver) -> None:

@@ -35,7 +35,9 @@ class Driver:
         return self.urls[service] + path
 
     async def _ok(self, response: httpx.Response) -> Any:
-        assert response.is_success, f"{response.request.method} {response.request.url} → {response.status_code} {response.text}"
+        assert response.is_success, (
+            f"{response.request.method} {response.request.url} → {response.status_code} {response.text}"
+        )
         return response.json() if response.content else None
 
     async def customer(self, card: str = OK_CARD, phone: str | None = None) -> Customer:
@@ -45,7 +47,12 @@ class Driver:
         user = await self._ok(
             await self.http.post(
                 self._u("users", "/users"),
-                json={"email": email, "username": f"c{tag}", "password": "correct-horse-battery", "profile": profile},
+                json={
+                    "email": email,
+                    "username": f"c{tag}",
+                    "password": "correct-horse-battery",
+                    "profile": profile,
+                },
             )
         )
         method = await self._ok(
@@ -76,7 +83,12 @@ class Driver:
         return str(product["id"])
 
     async def place_order(
-        self, customer: Customer, lines: list[tuple[str, int]], *, key: str | None = None, payment_method_id: str | None = None
+        self,
+        customer: Customer,
+        lines: list[tuple[str, int]],
+        *,
+        key: str | None = None,
+        payment_method_id: str | None = None,
     ) -> httpx.Response:
         headers = as_customer(customer.user_id) | ({"Idempotency-Key": key} if key else {})
         return await self.http.post(
@@ -89,10 +101,14 @@ class Driver:
         )
 
     async def order(self, order_id: str) -> dict[str, Any]:
-        return await self._ok(await self.http.get(self._u("orders", f"/orders/{order_id}"), headers=as_admin()))  # type: ignore[no-any-return]
+        return await self._ok(
+            await self.http.get(self._u("orders", f"/orders/{order_id}"), headers=as_admin())
+        )  # type: ignore[no-any-return]
 
     async def saga(self, order_id: str) -> dict[str, Any]:
-        return await self._ok(await self.http.get(self._u("orders", f"/orders/{order_id}/saga"), headers=as_admin()))  # type: ignore[no-any-return]
+        return await self._ok(
+            await self.http.get(self._u("orders", f"/orders/{order_id}/saga"), headers=as_admin())
+        )  # type: ignore[no-any-return]
 
     async def wait_saga(self, order_id: str, predicate: Any, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -107,11 +123,15 @@ class Driver:
         raise AssertionError(f"saga of {order_id} did not reach the expected state in {timeout}s: {view}")
 
     async def wait_final(self, order_id: str, timeout: float = 60.0) -> tuple[dict[str, Any], dict[str, Any]]:
-        view = await self.wait_saga(order_id, lambda v: v["status"] in FINAL_SAGA_STATES and _notified(v), timeout)
+        view = await self.wait_saga(
+            order_id, lambda v: v["status"] in FINAL_SAGA_STATES and _notified(v), timeout
+        )
         return await self.order(order_id), view
 
     async def cancel(self, order_id: str, customer: Customer) -> httpx.Response:
-        return await self.http.post(self._u("orders", f"/orders/{order_id}/cancel"), headers=as_customer(customer.user_id))
+        return await self.http.post(
+            self._u("orders", f"/orders/{order_id}/cancel"), headers=as_customer(customer.user_id)
+        )
 
     async def review(self, order_id: str, approve: bool) -> httpx.Response:
         return await self.http.post(
@@ -119,15 +139,21 @@ class Driver:
         )
 
     async def availability(self, product_id: str) -> dict[str, Any]:
-        return await self._ok(await self.http.get(self._u("inventory", f"/products/{product_id}/availability")))  # type: ignore[no-any-return]
+        return await self._ok(
+            await self.http.get(self._u("inventory", f"/products/{product_id}/availability"))
+        )  # type: ignore[no-any-return]
 
     async def payments_of(self, order_id: str) -> list[dict[str, Any]]:
-        body = await self._ok(await self.http.get(self._u("payments", f"/orders/{order_id}/payments"), headers=as_service()))
+        body = await self._ok(
+            await self.http.get(self._u("payments", f"/orders/{order_id}/payments"), headers=as_service())
+        )
         return list(body["items"] if isinstance(body, dict) else body)
 
     async def notifications_of(self, user_id: str) -> list[dict[str, Any]]:
         body = await self._ok(
-            await self.http.get(self._u("notifications", f"/users/{user_id}/notifications"), headers=as_admin())
+            await self.http.get(
+                self._u("notifications", f"/users/{user_id}/notifications"), headers=as_admin()
+            )
         )
         return list(body["items"])
 

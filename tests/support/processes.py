@@ -46,7 +46,9 @@ class ManagedProcess:
 
     def start(self, timeout: float = 60.0, *, wait: bool = True) -> ManagedProcess:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         log.close()
         if wait and self.ready is not None:
             self.wait_ready(timeout)

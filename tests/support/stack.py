@@ -42,13 +42,17 @@ class Stack:
 
     def service_process(self, name: str) -> ManagedProcess:
         env = dict(self.common_env)
-        env[f"{name.upper()}_DATABASE_URL"] = f"sqlite+aiosqlite:///{self.directory / 'data' / (name + '.db')}"
+        env[f"{name.upper()}_DATABASE_URL"] = (
+            f"sqlite+aiosqlite:///{self.directory / 'data' / (name + '.db')}"
+        )
         env.update(
             ORDERS_SAGA_SWEEP_INTERVAL_SECONDS="0.5",
             NOTIFICATIONS_POLL_INTERVAL_SECONDS="0.2",
         )
         argv = [str(VENV_BIN / "ordersaga"), "serve", name, "--port", str(self.ports[name])]
-        return ManagedProcess(name, argv, self.directory / f"{name}.log", env, ready=http_ok(self.url(name) + "/ready"))
+        return ManagedProcess(
+            name, argv, self.directory / f"{name}.log", env, ready=http_ok(self.url(name) + "/ready")
+        )
 
     def worker_process(self, extra_env: Mapping[str, str] | None = None) -> ManagedProcess:
         env = dict(self.common_env)

@@ -23,7 +23,7 @@ router = APIRouter(tags=["charges"])
     responses=problem_responses(400, 401, 402, 403, 409, 422, 503),
 )
 async def create_charge(
-    body: ChargeCreate, key: IdempotencyKeyDep, _: ServiceDep, ledger: LedgerDep, response: Response
+    _: ServiceDep, key: IdempotencyKeyDep, body: ChargeCreate, ledger: LedgerDep, response: Response
 ) -> Payment:
     result = await ledger.charge(key, body)
     if not result.created:
@@ -38,9 +38,9 @@ async def create_charge(
     responses=problem_responses(400, 401, 403, 409, 422, 503),
 )
 async def refund_charge(
+    _: ServiceDep,
     charge_key: Annotated[str, Path(pattern=IDEMPOTENCY_KEY_PATTERN, max_length=200)],
     key: IdempotencyKeyDep,
-    _: ServiceDep,
     ledger: LedgerDep,
     body: RefundCreate | None = None,
 ) -> Payment:

@@ -31,15 +31,6 @@ def signing_key_pem() -> str:
     ).decode()
 
 
-@pytest.fixture(autouse=True)
-def _postgres_before_the_event_loop(request: pytest.FixtureRequest) -> None:
-    # The shared `fresh_database` asks for `postgres_databases` from inside the running event loop,
-    # where its `asyncio.run` reachability probe fails and the postgres variant is skipped. Asking
-    # for it here, synchronously, sets it up before the loop runs.
-    if "backend" in request.fixturenames and request.getfixturevalue("backend") == "postgres":
-        request.getfixturevalue("postgres_databases")
-
-
 @pytest.fixture
 def users_client(service_client: UsersClientFactory, signing_key_pem: str) -> UsersClientFactory:
     """`async with users_client(**settings) as client:` → the users app on a fresh database."""

@@ -18,7 +18,7 @@ from services.users.bootstrap import ensure_admin
 from services.users.models import User
 from services.users.passwords import Passwords
 from services.users.settings import Settings
-from tests.services.users.conftest import FAST_ARGON2, UsersClientFactory, login, register, stored_users
+from tests.services.users.conftest import UsersClientFactory, login, register, stored_users
 from tests.support.identity import as_admin, as_customer, as_service
 
 ADMIN_PASSWORD = "admin-password-123"
@@ -150,7 +150,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_migration_matches_the_models(users_client: UsersClientFactory) -> None:
-    async with users_client(**FAST_ARGON2) as client:
+    async with users_client() as client:
         engine = client.app.state.db.engine  # type: ignore[attr-defined]
 
         def diff(connection: Connection) -> list[Any]:
@@ -179,3 +179,16 @@ async def test_migration_matches_the_models(users_client: UsersClientFactory) ->
         async with engine.connect() as connection:
             assert await connection.run_sync(diff) == []
             assert await connection.run_sync(lengths) == expected
+
+
+async def test_openapi_documents_every_endpoint(users_client: UsersClientFactory) -> None:
+    async with users_client() as client:
+        schema = (await client.get("/openapi.json")).json()
+        assert {
+            "/users",
+            "/users/{user_id}",
+            "/auth/token",
+            "/.well-known/jwks.json",
+            "/internal/users/{user_id}",
+        } <= set(schema["paths"])
+        assert "409" in schema["paths"]["/users"]["post"]["responses"]
