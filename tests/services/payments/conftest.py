@@ -78,14 +78,3 @@ async def sql(client: httpx.AsyncClient, statement: str | Executable, **params: 
     async with database.engine.begin() as conn:
         result = await conn.execute(text(statement) if isinstance(statement, str) else statement, params)
         return list(result.all()) if result.returns_rows else []
-
-
-@pytest.fixture(autouse=True)
-def _postgres_ready(backend: str, request: pytest.FixtureRequest) -> None:
-    """Start the session's PostgreSQL fixture outside the event loop.
-
-    Its reachability probe calls asyncio.run(), which fails (and skips every PostgreSQL test) when
-    the fixture is first requested lazily from inside an async test.
-    """
-    if backend == "postgres":
-        request.getfixturevalue("postgres_databases")

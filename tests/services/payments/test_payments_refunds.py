@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
+from services.payments.models import Payment
 from tests.services.payments.conftest import (
     DECLINED_CARD,
     TRANSIENT_ALWAYS_CARD,
@@ -158,7 +161,10 @@ async def test_refund_while_the_charge_is_in_flight_is_503(payments: httpx.Async
     user = uuid.uuid4()
     card = await add_card(payments, user, TRANSIENT_ALWAYS_CARD)
     assert (await post_charge(payments, "busy", charge_body(user, card["id"]))).status_code == 503
-    await sql(payments, "UPDATE payments SET lease_until = '2999-01-01 00:00:00+00:00'")
+    await sql(
+        payments,
+        update(Payment).values(lease_owner=uuid.uuid4(), lease_until=datetime(2999, 1, 1, tzinfo=UTC)),
+    )
     response = await post_refund(payments, "busy", "undo")
     assert response.status_code == 503
     assert response.json()["code"] == "charge_in_progress"
