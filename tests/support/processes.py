@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -14,6 +15,14 @@ from pathlib import Path
 import httpx
 
 VENV_BIN = Path(sys.executable).parent
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies, so no crash leaves orphans behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def free_port() -> int:
