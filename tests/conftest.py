@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.support.databases import (
 from tests.support.identity import INTERNAL_TOKEN
 
 IN_CI = bool(os.environ.get("CI"))
+_EXIT_STATUS = pytest.StashKey[int]()
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +99,19 @@ def service_client(fresh_database: DatabaseFactory, tmp_path: Path) -> ServiceCl
                 yield client
 
     return open_client
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave with pytest's own status: the Temporal SDK's native runtime can crash during
+    interpreter teardown (temporalio/sdk-python#300) and turn a green run into a red exit code."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)

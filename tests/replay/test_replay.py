@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,8 @@ EXPECTED_PATHS = {
     "review_rejected",
     "customer_cancelled",
     "compensation_retried",
+    "review_timeout",
+    "worker_killed",
 }
 
 
@@ -57,6 +60,21 @@ async def test_incompatible_change_is_detected_as_nondeterminism() -> None:
     [outcome] = await replay_histories([("success", history)], workflows=[ReorderedOrderWorkflow])
     assert not outcome.ok
     assert "nondetermin" in (outcome.reason or "").lower()
+
+
+async def test_tctl_export_format_replays(tmp_path: Path) -> None:
+    """tctl wrote enum names without their prefix ("WorkflowExecutionStarted"); both are accepted."""
+    raw = json.loads((HISTORIES / "success.json").read_text())
+    for event in raw["events"]:
+        event["eventType"] = _pascal(event["eventType"].removeprefix("EVENT_TYPE_"))
+    exported = tmp_path / "order-tctl.json"
+    exported.write_text(json.dumps(raw))
+    [outcome] = await replay_histories([(str(exported), load_history_file(exported))])
+    assert outcome.ok, outcome.reason
+
+
+def _pascal(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
 
 
 def test_cli_replays_the_corpus_and_reports_each_history() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from tests.saga.conftest import HISTORIES
 from tests.support.driver import Driver
 from tests.support.identity import INTERNAL_TOKEN
 from tests.support.processes import VENV_BIN
@@ -41,6 +43,8 @@ async def test_unreviewed_order_times_out_after_24_hours_and_compensates(
         running_worker(env.client, settings, task_queue="orders-timeskip"),
     ):
         # The saga's own create_order step records the order, so no other server runs a saga for it.
+        # Started without search attributes (the test server cannot define custom ones), the saga
+        # keeps none up to date.
         result: OrderResult = await env.client.execute_workflow(
             OrderWorkflow.run,
             OrderInput(order_id, customer.user_id, customer.payment_method_id, [OrderLine(product, 2)]),
@@ -49,6 +53,8 @@ async def test_unreviewed_order_times_out_after_24_hours_and_compensates(
         )
         handle = env.client.get_workflow_handle(workflow_id_for(order_id))
         view = await handle.query(OrderWorkflow.status)
+        if os.environ.get("ORDERSAGA_RECORD_HISTORIES"):
+            (HISTORIES / "review_timeout.json").write_text((await handle.fetch_history()).to_json())
 
     assert (result.status, result.cancel_reason) == ("CANCELLED", "review_timeout")
     review = next(step for step in view.steps if step.name == "review")

@@ -59,7 +59,9 @@ async def test_failing_compensation_is_retried_until_it_succeeds(
     record_history(order_id, "compensation_retried")
 
 
-async def test_worker_killed_between_charge_and_confirmation(driver: Driver, stack: Stack) -> None:
+async def test_worker_killed_between_charge_and_confirmation(
+    driver: Driver, stack: Stack, record_history: Any
+) -> None:
     customer = await driver.customer()
     product = await driver.product(stock=5, price_cents=BIG_PRICE)
     accepted = await driver.place_order(customer, [(product, 2)])
@@ -72,7 +74,10 @@ async def test_worker_killed_between_charge_and_confirmation(driver: Driver, sta
         assert (await driver.review(order_id, approve=True)).status_code == 202
         await driver.wait_saga(
             order_id,
-            lambda v: step(v, "charge_payment")["status"] == "done" and step(v, "confirm_order")["status"] == "running",
+            lambda v: (
+                step(v, "charge_payment")["status"] == "done"
+                and step(v, "confirm_order")["status"] == "running"
+            ),
         )
         stack.processes["worker"].kill()
         assert (await driver.order(order_id))["status"] == "AWAITING_REVIEW", "not confirmed yet"
@@ -85,6 +90,7 @@ async def test_worker_killed_between_charge_and_confirmation(driver: Driver, sta
     payments = await driver.payments_of(order_id)
     assert [p["status"] for p in payments] == ["captured"], payments
     await driver.assert_invariants(order, {product: 5})
+    record_history(order_id, "worker_killed")
 
 
 async def test_order_whose_start_was_lost_gets_its_saga_from_the_sweeper(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -19,10 +20,8 @@ VENV_BIN = Path(sys.executable).parent
 
 def _die_with_parent() -> None:
     """In the child: get SIGKILL when the test process dies, so no crash leaves orphans behind."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def free_port() -> int:

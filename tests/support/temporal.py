@@ -38,4 +38,3 @@ def dev_server(directory: Path) -> tuple[ManagedProcess, str]:
         argv += ["--search-attribute", attribute]
     process = ManagedProcess("temporal", argv, directory / "temporal.log", ready=lambda: tcp_open(port))
     return process, f"127.0.0.1:{port}"
-
