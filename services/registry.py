@@ -42,5 +42,6 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec("payments", 8003),
         ServiceSpec("orders", 8004),
         ServiceSpec("notifications", 8005),
+        ServiceSpec("gateway", 8000),
     )
 }

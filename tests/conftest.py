@@ -20,7 +20,9 @@ from tests.support.databases import (
     postgres_admin_url,
     postgres_reachable,
 )
+from tests.support.driver import Driver
 from tests.support.identity import INTERNAL_TOKEN
+from tests.support.stack import Stack
 
 IN_CI = bool(os.environ.get("CI"))
 _EXIT_STATUS = pytest.StashKey[int]()
@@ -99,6 +101,28 @@ def service_client(fresh_database: DatabaseFactory, tmp_path: Path) -> ServiceCl
                 yield client
 
     return open_client
+
+
+# ---- the whole stack as real processes (Temporal dev server, services, worker), once per session
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(tmp_path_factory.mktemp("stack"))
+    try:
+        running.start()
+    except Exception:
+        running.stop()
+        raise
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def driver(stack: Stack) -> AsyncIterator[Driver]:
+    client = Driver({name: stack.url(name) for name in stack.ports})
+    yield client
+    await client.close()
 
 
 @pytest.hookimpl(tryfirst=True)

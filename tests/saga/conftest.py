@@ -1,38 +1,17 @@
-"""The saga tests run the real stack: a Temporal dev server, the five services and the worker."""
+"""Saga tests run on the real stack (fixtures `stack` and `driver` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.driver import Driver
 from tests.support.processes import VENV_BIN
 from tests.support.stack import Stack
 
 HISTORIES = Path(__file__).parent.parent / "replay" / "histories"
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("stack"))
-    try:
-        running.start()
-    except Exception:
-        running.stop()
-        raise
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def driver(stack: Stack) -> AsyncIterator[Driver]:
-    client = Driver({name: stack.url(name) for name in stack.ports})
-    yield client
-    await client.close()
 
 
 @pytest.fixture
