@@ -65,6 +65,42 @@ def worker() -> None:
 
 
 @app.command()
+def up(
+    data_dir: Annotated[Path | None, typer.Option(help="State and logs (default .data).")] = None,
+) -> None:
+    """Run the whole system: Temporal + Web UI, NATS, the services, the worker and the gateway."""
+    from ordersaga.up import UpSettings, run_up
+
+    settings = UpSettings() if data_dir is None else UpSettings(data_dir=data_dir)
+    _exit(run_up(settings))
+
+
+@app.command()
+def seed(
+    data_dir: Annotated[Path, typer.Option(help="Where credentials.json lives.")] = Path(".data"),
+) -> None:
+    """Create the admin, the demo customer with test cards, and the demo catalog (idempotent)."""
+    import httpx
+
+    from ordersaga.seed import Credentials, Seeder
+    from ordersaga.up import UpSettings
+
+    settings = UpSettings(data_dir=data_dir)
+    creds = Credentials.load_or_create(
+        data_dir,
+        admin_email=settings.admin_email,
+        admin_password=settings.admin_password,
+        demo_email=settings.demo_email,
+        demo_password=settings.demo_password,
+        internal_token=settings.internal_token,
+    )
+    urls = {name: f"http://127.0.0.1:{SERVICES[name].settings().port}" for name in DATA_SERVICES}
+    with httpx.Client(timeout=30) as client:
+        result = Seeder(urls, creds, client).run()
+    console.print(f"seeded: {len(result.products)} products, demo customer {creds.demo_email}")
+
+
+@app.command()
 def replay(
     files: Annotated[list[Path] | None, typer.Argument(help="History JSON files or folders of them.")] = None,
     workflow_id: Annotated[

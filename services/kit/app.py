@@ -16,6 +16,7 @@ from services.kit.logging import configure_logging
 from services.kit.metrics import metrics_endpoint
 from services.kit.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from services.kit.migrations import upgrade
+from services.kit.relay import run_relay
 from services.kit.settings import ServiceSettings
 
 # A background part of a service (a sender loop, a sweeper, an outbox relay) that lives with the app.
@@ -59,6 +60,9 @@ def create_service_app(
         async with AsyncExitStack() as stack:
             for hook in hooks:
                 await stack.enter_async_context(hook(app))
+            if settings.nats_url:
+                # Without NATS the relay is off and outbox rows wait; they are published once it is set.
+                app.state.relay = await stack.enter_async_context(run_relay(db, settings))
             log.info("service_started", service=service)
             yield
         await db.dispose()

@@ -1,7 +1,7 @@
 """Transactional outbox: a service records its domain events in the same transaction as the change.
 
-The relay that publishes rows to NATS JetStream as CloudEvents lives beside this table; a row is
-marked published only after JetStream acknowledged it, and its id is the JetStream message id.
+The relay (`services.kit.relay`) publishes rows to NATS JetStream as CloudEvents; a row is marked
+published only after JetStream acknowledged it, and its id is the event id and the JetStream message id.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.models import UTCDateTime, new_id, utcnow
 
+MAX_LAST_ERROR = 500
+
 
 class OutboxEvent(SQLModel, table=True):
     __tablename__ = "outbox"
@@ -29,6 +31,8 @@ class OutboxEvent(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     published_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     attempts: int = Field(default=0)
+    # Why the last publish failed (NATS away, timeout); cleared once JetStream acknowledged the row.
+    last_error: str | None = Field(default=None, max_length=MAX_LAST_ERROR)
 
 
 def add_event(

@@ -38,6 +38,19 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),
         description="Shared credential by which services trust identity headers set by the gateway or saga.",
     )
+    nats_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("NATS_URL", "nats_url"),
+        description="NATS with JetStream for domain events; empty turns the outbox relay off (rows wait).",
+    )
+
+    # The outbox relay (services/kit/relay.py), per service: `<SERVICE>_OUTBOX_*`.
+    outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
+    outbox_batch_size: int = Field(default=100, ge=1, le=1000)
+    outbox_publish_timeout_seconds: float = Field(default=5.0, gt=0)
+    outbox_backoff_max_seconds: float = Field(default=10.0, gt=0)
+    # Fault injection for crash tests: exit right after JetStream acked a row, before it is marked sent.
+    outbox_crash_after_publish: bool = False
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from services.kit.models import UTCDateTime, new_id, utcnow
@@ -50,3 +50,48 @@ class Notification(SQLModel, table=True):
     claim_token: uuid.UUID | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Contact(SQLModel, table=True):
+    """Where to reach a user, fed by `user.created`/`user.updated` events: this service's own copy.
+
+    `stream_seq` is the JetStream sequence of the event that last wrote the row, so an older event
+    redelivered late never overwrites a newer address.
+    """
+
+    __tablename__ = "contacts"
+    __table_args__ = (Index("ix_contacts_email", "email"),)
+
+    user_id: uuid.UUID = Field(primary_key=True)
+    email: str = Field(max_length=MAX_RECIPIENT)
+    username: str | None = Field(default=None, max_length=64)
+    phone: str | None = Field(default=None, max_length=32)
+    role: str | None = Field(default=None, max_length=16)
+    stream_seq: int = Field(default=0)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """Events already handled, by CloudEvent id: a redelivery finds its row and is only acknowledged."""
+
+    __tablename__ = "processed_events"
+
+    event_id: str = Field(primary_key=True, max_length=128)
+    type: str = Field(max_length=128)
+    processed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class ParkedEvent(SQLModel, table=True):
+    """A message the consumer gave up on (malformed, or still failing after its last delivery)."""
+
+    __tablename__ = "parked_events"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    event_id: str | None = Field(default=None, max_length=128)
+    nats_subject: str = Field(max_length=256)
+    stream_seq: int
+    deliveries: int
+    reason: str = Field(max_length=MAX_LAST_ERROR)
+    # The raw message, decoded leniently, so an operator can inspect and republish it.
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    parked_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)

@@ -1,0 +1,296 @@
+"""`ordersaga up`: the whole system on one machine, as supervised child processes.
+
+Order: Temporal dev server (with Web UI) → NATS JetStream → the five services → the worker → the
+gateway. Each is waited for until healthy. `TEMPORAL_ADDRESS`, `NATS_URL` and `<SERVICE>_DATABASE_URL`
+switch to external servers, and the bundled ones are then not started.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.console import Console
+from rich.table import Table
+
+from ordersaga.seed import Credentials, Seeder, SeedResult
+from ordersaga.supervisor import Child, StartupError, Supervisor, port_in_use, python_entry
+from services.registry import DATA_SERVICES, SERVICES
+
+SEARCH_ATTRIBUTES = ("OrderStatus=Keyword", "CustomerId=Keyword")
+
+
+class UpSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERSAGA_", extra="ignore")
+
+    data_dir: Path = Path(".data")
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    # Not NATS's usual 4222, so that a NATS already running on the machine does not collide.
+    nats_port: int = 4322
+    nats_monitor_port: int = 8322
+    admin_email: str = "admin@example.com"
+    admin_password: str | None = None
+    demo_email: str = "demo@example.com"
+    demo_password: str | None = None
+    internal_token: str | None = None
+    temporal_address: str | None = Field(default=None, validation_alias=AliasChoices("TEMPORAL_ADDRESS"))
+    nats_url: str | None = Field(default=None, validation_alias=AliasChoices("NATS_URL"))
+
+
+@dataclass(frozen=True)
+class Port:
+    number: int
+    owner: str
+    setting: str
+
+
+def service_port(name: str) -> int:
+    return int(SERVICES[name].settings().port)
+
+
+def gateway_available() -> bool:
+    try:
+        import services.gateway.app  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Stack:
+    def __init__(self, settings: UpSettings, console: Console, *, echo_logs: bool = True) -> None:
+        self.settings = settings
+        self.console = console
+        self.data_dir = settings.data_dir.resolve()
+        self.logs = self.data_dir / "logs"
+        self.supervisor = Supervisor(console, echo_logs=echo_logs)
+        self.creds = Credentials.load_or_create(
+            self.data_dir,
+            admin_email=settings.admin_email,
+            admin_password=settings.admin_password,
+            demo_email=settings.demo_email,
+            demo_password=settings.demo_password,
+            internal_token=settings.internal_token,
+        )
+        self.temporal_address = settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
+        self.nats_url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+        self.services = [*DATA_SERVICES, *(["gateway"] if gateway_available() else [])]
+        self.ports = {name: service_port(name) for name in self.services}
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    # ---- checks --------------------------------------------------------------------------
+
+    def planned_ports(self) -> list[Port]:
+        ports = [Port(self.ports[n], n, f"{n.upper()}_PORT") for n in self.services]
+        if not self.settings.temporal_address:
+            ports += [
+                Port(
+                    self.settings.temporal_port, "temporal", "ORDERSAGA_TEMPORAL_PORT (or TEMPORAL_ADDRESS)"
+                ),
+                Port(self.settings.temporal_ui_port, "temporal web UI", "ORDERSAGA_TEMPORAL_UI_PORT"),
+            ]
+        if not self.settings.nats_url:
+            ports += [
+                Port(self.settings.nats_port, "nats", "ORDERSAGA_NATS_PORT (or NATS_URL)"),
+                Port(self.settings.nats_monitor_port, "nats monitoring", "ORDERSAGA_NATS_MONITOR_PORT"),
+            ]
+        return ports
+
+    def check_ports(self) -> None:
+        busy = [port for port in self.planned_ports() if port_in_use(port.number)]
+        if busy:
+            lines = [
+                f"port {p.number} ({p.owner}) is already in use; set {p.setting} to change it" for p in busy
+            ]
+            raise StartupError("\n".join(lines))
+
+    # ---- processes -----------------------------------------------------------------------
+
+    def common_env(self) -> dict[str, str]:
+        env = {
+            "ORDERSAGA_DATA_DIR": str(self.data_dir),
+            "ORDERSAGA_INTERNAL_TOKEN": self.creds.internal_token,
+            "ORDERSAGA_ADMIN_EMAIL": self.creds.admin_email,
+            "ORDERSAGA_ADMIN_PASSWORD": self.creds.admin_password,
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "NATS_URL": self.nats_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        urls = {name: self.url(name) for name in DATA_SERVICES}
+        return (
+            env
+            | {f"WORKER_{name.upper()}_URL": url for name, url in urls.items()}
+            | {f"GATEWAY_{name.upper()}_URL": url for name, url in urls.items()}
+        )
+
+    def start(self) -> None:
+        self.check_ports()
+        env = self.common_env()
+        bin_dir = Path(python_entry()).parent
+        if not self.settings.temporal_address:
+            argv = [
+                str(bin_dir / "temporal"), "server", "start-dev",
+                "--ip", "127.0.0.1",
+                "--port", str(self.settings.temporal_port),
+                "--ui-port", str(self.settings.temporal_ui_port),
+                "--db-filename", str(self.data_dir / "temporal.db"),
+                # Without WAL the dev server is disk-bound at a third of its throughput here.
+                "--sqlite-pragma", "journal_mode=WAL",
+                "--sqlite-pragma", "synchronous=NORMAL",
+                "--ui-disable-news-fetch",
+                "--log-level", "warn",
+            ]  # fmt: skip
+            for attribute in SEARCH_ATTRIBUTES:
+                argv += ["--search-attribute", attribute]
+            self._run("temporal", argv, env, _tcp(self.settings.temporal_port), timeout=90)
+        if not self.settings.nats_url:
+            argv = [
+                str(bin_dir / "nats-server"), "-js",
+                "-sd", str(self.data_dir / "nats"),
+                "-a", "127.0.0.1", "-p", str(self.settings.nats_port),
+                "-m", str(self.settings.nats_monitor_port),
+            ]  # fmt: skip
+            self._run("nats", argv, env, _http(f"http://127.0.0.1:{self.settings.nats_monitor_port}/healthz"))
+        entry = python_entry()
+        data_children = []
+        for name in DATA_SERVICES:
+            child = self._child(name, [entry, "serve", name], env, _http(self.url(name) + "/ready"))
+            self.supervisor.start(child)
+            data_children.append(child)
+        for child in data_children:
+            self.supervisor.wait_ready(child, 120)
+        worker = self._child("worker", [entry, "worker"], env, None)
+        worker.ready = lambda: _logged(worker, "worker_started")
+        self.supervisor.start(worker)
+        self.supervisor.wait_ready(worker, 60)
+        if "gateway" in self.services:
+            self._run("gateway", [entry, "serve", "gateway"], env, _http(self.url("gateway") + "/ready"))
+
+    def _child(self, name: str, argv: list[str], env: dict[str, str], ready: object) -> Child:
+        return Child(name=name, argv=argv, env=env, ready=ready, log_file=self.logs / f"{name}.log")  # type: ignore[arg-type]
+
+    def _run(
+        self, name: str, argv: list[str], env: dict[str, str], ready: object, timeout: float = 60
+    ) -> None:
+        child = self._child(name, argv, env, ready)
+        self.supervisor.start(child)
+        self.supervisor.wait_ready(child, timeout)
+
+    def seed(self) -> SeedResult:
+        with httpx.Client(timeout=30) as client:
+            return Seeder({n: self.url(n) for n in DATA_SERVICES}, self.creds, client).run()
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+
+    # ---- the welcome -----------------------------------------------------------------------
+
+    def welcome(self, seeded: SeedResult) -> None:
+        table = Table(title="ordersaga is up", show_lines=False)
+        table.add_column("what")
+        table.add_column("where")
+        public = self.url("gateway") + "/api/v1" if "gateway" in self.services else self.url("orders")
+        table.add_row("public API", public)
+        if "gateway" in self.services:
+            table.add_row("API docs", self.url("gateway") + "/docs")
+        for name in DATA_SERVICES:
+            table.add_row(f"{name} service", self.url(name) + "/docs")
+        if not self.settings.temporal_address:
+            table.add_row("Temporal Web UI", f"http://127.0.0.1:{self.settings.temporal_ui_port}")
+        table.add_row("Temporal", self.temporal_address)
+        table.add_row("NATS", self.nats_url)
+        table.add_row("data and logs", str(self.data_dir))
+        shown = self.creds.generated_now
+        secret = (lambda value: value) if shown else (lambda _: f"(in {self.data_dir / 'credentials.json'})")
+        table.add_row("admin", f"{self.creds.admin_email} / {secret(self.creds.admin_password)}")
+        table.add_row("demo customer", f"{self.creds.demo_email} / {secret(self.creds.demo_password)}")
+        self.console.print(table)
+        product = next((p for p in seeded.products if p["sku"] == "MUG-001"), seeded.products[0])
+        curl = first_order_curl(public, self.creds, product["id"], seeded.demo_payment_method_id)
+        self.console.print(curl, soft_wrap=True, highlight=False)
+
+
+def first_order_curl(public: str, creds: Credentials, product_id: str, payment_method_id: str) -> str:
+    order = (
+        f'{{"items":[{{"product_id":"{product_id}","quantity":1}}],'
+        f'"payment_method_id":"{payment_method_id}"}}'
+    )
+    token = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
+    return "\n".join(
+        [
+            "",
+            "[bold]A first order[/] (paste into a shell):",
+            "",
+            f"  API={public}",
+            f"  TOKEN=$(curl -s -X POST $API/auth/token -d username={creds.demo_email} \\",
+            f"      -d password='{creds.demo_password}' | {token})",
+            f"  ORDER='{order}'",
+            '  curl -s -X POST $API/orders -H "Authorization: Bearer $TOKEN" \\',
+            "      -H 'Idempotency-Key: first-order' -H 'Content-Type: application/json' -d \"$ORDER\"",
+            "",
+            "Stop with Ctrl-C; state stays in the data dir (delete it to start afresh).",
+        ]
+    )
+
+
+def _tcp(port: int) -> object:
+    import socket
+
+    def check() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+
+    return check
+
+
+def _http(url: str) -> object:
+    def check() -> bool:
+        return httpx.get(url, timeout=1.0).status_code == 200
+
+    return check
+
+
+def _logged(child: Child, event: str) -> bool:
+    return any(f'"event": "{event}"' in line for line in child.recent)
+
+
+def run_up(settings: UpSettings | None = None, *, console: Console | None = None) -> int:
+    settings = settings or UpSettings()
+    console = console or Console()
+    stack = Stack(settings, console)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    started = time.monotonic()
+    try:
+        stack.start()
+        marker = stack.data_dir / "seeded"
+        seeded = stack.seed()
+        if not marker.exists():
+            marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+        stack.welcome(seeded)
+        console.print(f"[green]ready in {time.monotonic() - started:.1f}s[/]")
+        died = stack.supervisor.watch(stop)
+        if died:
+            console.print(f"[red]{died} exited unexpectedly[/]; stopping everything")
+            return 1
+        console.print("[yellow]stopping[/] ...")
+        return 0
+    except StartupError as err:
+        console.print(f"[red bold]ordersaga up failed:[/] {err}")
+        return 1
+    finally:
+        stack.stop()
+        console.print("stopped")

@@ -1,0 +1,1 @@
+"""The API gateway: the public `/api/v1` surface in front of the five services."""

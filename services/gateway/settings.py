@@ -1,0 +1,84 @@
+"""Gateway settings (`GATEWAY_*`): upstreams, rate-limit policies, breaker, JWKS cache."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kit.settings import MAX_BODY_BYTES
+
+UPSTREAMS: tuple[str, ...] = ("users", "inventory", "payments", "orders", "notifications")
+
+
+class Upstream(BaseModel):
+    """One service behind the gateway."""
+
+    name: str
+    url: str
+    timeout: float
+    retries: int
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", env_prefix="GATEWAY_")
+
+    service_name: str = "gateway"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    # Upstream base URLs, per-attempt timeouts (seconds) and retry counts (idempotent calls only).
+    users_url: str = "http://127.0.0.1:8001"
+    inventory_url: str = "http://127.0.0.1:8002"
+    payments_url: str = "http://127.0.0.1:8003"
+    orders_url: str = "http://127.0.0.1:8004"
+    notifications_url: str = "http://127.0.0.1:8005"
+    users_timeout: float = 5.0
+    inventory_timeout: float = 5.0
+    payments_timeout: float = 10.0  # the card provider simulator may be slow
+    orders_timeout: float = 5.0
+    notifications_timeout: float = 5.0
+    users_retries: int = 2
+    inventory_retries: int = 2
+    payments_retries: int = 2
+    orders_retries: int = 2
+    notifications_retries: int = 2
+    connect_timeout: float = 1.0
+    retry_backoff_seconds: float = 0.05
+    max_connections: int = 200
+    max_keepalive_connections: int = 100
+
+    # Rate-limit policies in `limits` notation; several may be joined with ";" (e.g. "10/second;300/minute").
+    rate_limit_auth: str = "120/minute"  # register and login, per IP
+    rate_limit_anon: str = "300/minute"  # other calls without a token, per IP
+    rate_limit_user: str = "1200/minute"  # calls with a valid token, per user
+    rate_limit_strategy: str = "fixed-window"  # or moving-window, sliding-window-counter
+    rate_limit_enabled: bool = True
+    # Shared by every replica when set: limits are counted in Redis instead of in memory.
+    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL", "redis_url"))
+
+    # Circuit breaker per upstream: opens after this many consecutive failures, half-open after cool-down.
+    breaker_threshold: int = 5
+    breaker_cooldown_seconds: float = 10.0
+
+    # JWKS of the users service: kept this long, refetched at most this often for an unknown key id.
+    jwks_max_age_seconds: float = 300.0
+    jwks_min_refresh_seconds: float = 5.0
+
+    internal_token: str = Field(
+        default="ordersaga-dev-internal-token",
+        validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),
+        description="Shared credential by which services trust the identity headers the gateway sets.",
+    )
+
+    def upstream(self, name: str) -> Upstream:
+        return Upstream(
+            name=name,
+            url=str(getattr(self, f"{name}_url")).rstrip("/"),
+            timeout=float(getattr(self, f"{name}_timeout")),
+            retries=int(getattr(self, f"{name}_retries")),
+        )
+
+    def upstreams(self) -> dict[str, Upstream]:
+        return {name: self.upstream(name) for name in UPSTREAMS}

@@ -1,0 +1,177 @@
+"""The README's quickstart, run against `ordersaga up` exactly as a newcomer would."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ARTIFACTS, UpProcess, make_up
+
+pytestmark = [pytest.mark.slow, pytest.mark.temporal]
+
+
+def login(api: str, email: str, password: str) -> tuple[str, str]:
+    response = httpx.post(f"{api}/auth/token", data={"username": email, "password": password})
+    assert response.status_code == 200, response.text
+    token = response.json()["access_token"]
+    payload = token.split(".")[1]
+    user_id = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]
+    return token, user_id
+
+
+def wait_for_saga(api: str, token: str, order_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    view: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{api}/orders/{order_id}/saga", headers={"Authorization": f"Bearer {token}"})
+        if response.status_code == 200:
+            view = response.json()
+            done = {s["name"]: s["status"] for s in view["steps"]}["notify_customer"] == "done"
+            if view["status"] in ("completed", "compensated") and done:
+                return view
+        time.sleep(0.3)
+    raise AssertionError(f"saga of {order_id} did not finish: {view}")
+
+
+def test_readme_quickstart_confirms_an_order_and_compensates_a_declined_one(up: UpProcess) -> None:
+    creds = up.credentials()
+    token, user_id = login(up.api, creds["demo_email"], creds["demo_password"])
+    auth = {"Authorization": f"Bearer {token}"}
+
+    products = httpx.get(f"{up.api}/products").json()["items"]
+    mug = next(p for p in products if p["sku"] == "MUG-001")
+    cards = httpx.get(f"{up.api}/users/{user_id}/payment-methods", headers=auth).json()["items"]
+    good = next(c for c in cards if c["last4"] == "4242")
+    declined = next(c for c in cards if c["last4"] == "0002")
+
+    body = {"items": [{"product_id": mug["id"], "quantity": 1}], "payment_method_id": good["id"]}
+    placed = httpx.post(f"{up.api}/orders", json=body, headers=auth | {"Idempotency-Key": "first-order"})
+    assert placed.status_code == 202, placed.text
+    order_id = placed.json()["id"]
+    again = httpx.post(f"{up.api}/orders", json=body, headers=auth | {"Idempotency-Key": "first-order"})
+    assert again.json()["id"] == order_id
+
+    view = wait_for_saga(up.api, token, order_id)
+    order = httpx.get(f"{up.api}/orders/{order_id}", headers=auth).json()
+    assert order["status"] == "CONFIRMED"
+    assert order["total_cents"] == mug["price_cents"]
+    assert view["status"] == "completed"
+
+    body = {"items": [{"product_id": mug["id"], "quantity": 1}], "payment_method_id": declined["id"]}
+    refused = httpx.post(f"{up.api}/orders", json=body, headers=auth | {"Idempotency-Key": "declined-order"})
+    view = wait_for_saga(up.api, token, refused.json()["id"])
+    order = httpx.get(f"{up.api}/orders/{refused.json()['id']}", headers=auth).json()
+    assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "payment_declined")
+    steps = {s["name"]: s["status"] for s in view["steps"]}
+    assert steps["reserve_stock"] == "compensated"
+    assert steps["charge_payment"] == "failed"
+    assert view["status"] == "compensated"
+
+
+def test_web_ui_lists_confirmed_orders_in_a_real_browser(up: UpProcess) -> None:
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
+    creds = up.credentials()
+    token, user_id = login(up.api, creds["demo_email"], creds["demo_password"])
+    auth = {"Authorization": f"Bearer {token}"}
+    stickers = next(p for p in httpx.get(f"{up.api}/products").json()["items"] if p["sku"] == "STICK-010")
+    cards = httpx.get(f"{up.api}/users/{user_id}/payment-methods", headers=auth).json()["items"]
+    good = next(c for c in cards if c["last4"] == "4242")
+    body = {"items": [{"product_id": stickers["id"], "quantity": 2}], "payment_method_id": good["id"]}
+    placed = httpx.post(f"{up.api}/orders", json=body, headers=auth).json()
+    wait_for_saga(up.api, token, placed["id"])
+
+    url = f"{up.web_ui}/namespaces/default/workflows?query=OrderStatus%3D%22CONFIRMED%22"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={up.data_dir.parent / 'chromium'}",
+        "--virtual-time-budget=15000",
+        "--window-size=1400,900",
+    ]
+    found = ""
+    for _ in range(10):  # visibility is eventually consistent
+        found = subprocess.run(
+            [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+        ).stdout
+        if placed["workflow_id"] in found:
+            break
+        time.sleep(1)
+    subprocess.run(
+        [*flags, f"--screenshot={ARTIFACTS / 'web-ui-confirmed.png'}", url], capture_output=True, timeout=120
+    )
+    assert placed["workflow_id"] in found, (
+        "the confirmed order's workflow is not in the Web UI's filtered list"
+    )
+    assert (ARTIFACTS / "web-ui-confirmed.png").stat().st_size > 10_000
+
+
+def test_ctrl_c_stops_everything(up: UpProcess) -> None:
+    assert up.children, "up started no child processes"
+    assert up.interrupt() == 0
+    time.sleep(0.5)
+    assert up.survivors() == [], f"orphans after Ctrl-C: {up.survivors()}"
+
+
+def test_restart_mid_saga_resumes_and_charges_once(tmp_path: Path) -> None:
+    stack = make_up(tmp_path)
+    stack.env["WORKER_PAYMENT_INITIAL_INTERVAL_SECONDS"] = "2"  # a wide window between charge attempts
+    stack.start()
+    try:
+        creds = stack.credentials()
+        token, _ = login(stack.api, creds["demo_email"], creds["demo_password"])
+        auth = {"Authorization": f"Bearer {token}"}
+        card = httpx.post(
+            f"{stack.api}/payment-methods",
+            json={"card_number": "4000000000000119", "exp_month": 12, "exp_year": 2035, "cvc": "123"},
+            headers=auth,
+        ).json()
+        mug = next(p for p in httpx.get(f"{stack.api}/products").json()["items"] if p["sku"] == "MUG-001")
+        body = {"items": [{"product_id": mug["id"], "quantity": 1}], "payment_method_id": card["id"]}
+        order_id = httpx.post(f"{stack.api}/orders", json=body, headers=auth).json()["id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the first charge attempt has failed: the saga is mid-flight
+            view = httpx.get(f"{stack.api}/orders/{order_id}/saga", headers=auth).json()
+            charge = next(s for s in view["steps"] if s["name"] == "charge_payment")
+            if charge["status"] == "running":
+                break
+            time.sleep(0.2)
+        assert stack.interrupt() == 0
+        assert stack.survivors() == []
+
+        stack.start()
+        token, _ = login(stack.api, creds["demo_email"], creds["demo_password"])
+        view = wait_for_saga(stack.api, token, order_id, timeout=90)
+        order = httpx.get(
+            f"{stack.api}/orders/{order_id}", headers={"Authorization": f"Bearer {token}"}
+        ).json()
+        assert order["status"] == "CONFIRMED"
+        assert view["status"] == "completed"
+        payment = httpx.get(
+            f"{stack.api}/payments/{order['payment_id']}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert payment.json()["status"] == "captured"
+        internal = {"X-Ordersaga-Internal-Token": creds["internal_token"], "X-Ordersaga-Role": "service"}
+        all_payments = httpx.get(
+            f"{stack.url('payments')}/orders/{order_id}/payments", headers=internal
+        ).json()
+        assert [p["status"] for p in all_payments["items"]] == ["captured"]
+    finally:
+        if stack.proc is not None and stack.proc.poll() is None:
+            stack.interrupt()
