@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format lock serve clean
+.PHONY: install dev test test-fast lint format lock serve clean
 
 # The stamp is older than the pins or the project metadata → the venv is stale and is refreshed.
 $(STAMP): pyproject.toml requirements.lock
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The whole system on this machine; Ctrl-C stops it. State lives in .data/.
+dev: $(STAMP)
+	$(BIN)/ordersaga up
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

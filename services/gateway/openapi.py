@@ -52,7 +52,8 @@ def build_openapi(documents: dict[str, dict[str, Any]] | None = None) -> dict[st
         document = documents[route.upstream]
         operation = copy.deepcopy(document["paths"][route.path][route.method.lower()])
         operation["tags"] = [route.upstream]
-        operation["description"] = (operation.get("description", "") + "\n\n" + _AUTH_DESCRIPTION[route.access]).strip()
+        who = _AUTH_DESCRIPTION[route.access]
+        operation["description"] = (operation.get("description", "") + "\n\n" + who).strip()
         if route.access != "anyone":
             operation["security"] = [{"bearer": []}]
         paths.setdefault(PREFIX + route.path, {})[route.method.lower()] = operation
@@ -79,7 +80,8 @@ def build_openapi(documents: dict[str, dict[str, Any]] | None = None) -> dict[st
         "info": {
             "title": "ordersaga public API",
             "version": "1.0.0",
-            "description": "Served by the gateway. Errors are application/problem+json (RFC 9457) with a `code`.",
+            "description": "Served by the gateway. Errors are application/problem+json (RFC 9457)"
+            " with a `code`.",
         },
         "paths": paths,
         "components": {

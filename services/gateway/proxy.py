@@ -64,9 +64,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Set by the gateway itself, so a client's copy is dropped rather than trusted or forwarded.
-_REQUEST_DROP = frozenset(
-    {"host", "authorization", "forwarded", "x-request-id", "expect"}
-)
+_REQUEST_DROP = frozenset({"host", "authorization", "forwarded", "x-request-id", "expect"})
 _RESPONSE_DROP = frozenset({"date", "server", "x-request-id"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRIED_STATUSES = frozenset({502, 503, 504})

@@ -59,7 +59,9 @@ def storage_uri(redis_url: str) -> str:
 class RateLimits:
     """Named policies (`auth`, `anon`, `user`), each one or more `limits` items."""
 
-    def __init__(self, policies: dict[str, str], *, redis_url: str = "", strategy: str = "fixed-window") -> None:
+    def __init__(
+        self, policies: dict[str, str], *, redis_url: str = "", strategy: str = "fixed-window"
+    ) -> None:
         self.policies: dict[str, list[RateLimitItem]] = {
             name: parse_many(text) for name, text in policies.items()
         }

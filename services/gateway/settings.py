@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     rate_limit_strategy: str = "fixed-window"  # or moving-window, sliding-window-counter
     rate_limit_enabled: bool = True
     # Shared by every replica when set: limits are counted in Redis instead of in memory.
-    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL", "redis_url"))
+    redis_url: str = Field(
+        default="", validation_alias=AliasChoices("REDIS_URL", "GATEWAY_REDIS_URL", "redis_url")
+    )
 
     # Circuit breaker per upstream: opens after this many consecutive failures, half-open after cool-down.
     breaker_threshold: int = 5

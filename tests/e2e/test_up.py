@@ -16,6 +16,12 @@ from tests.e2e.conftest import ARTIFACTS, UpProcess, make_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.temporal]
 
+WAIT_FOR_CONFIRMATION = (
+    "for _ in $(seq 60); do\n"
+    '  curl -s -H "$AUTH" $API/orders/$ORDER | grep -q CONFIRMED && exit 0; sleep 1\n'
+    "done; exit 1\n"
+)
+
 
 def login(api: str, email: str, password: str) -> tuple[str, str]:
     response = httpx.post(f"{api}/auth/token", data={"username": email, "password": password})
@@ -120,6 +126,21 @@ def test_web_ui_lists_confirmed_orders_in_a_real_browser(up: UpProcess) -> None:
         "the confirmed order's workflow is not in the Web UI's filtered list"
     )
     assert (ARTIFACTS / "web-ui-confirmed.png").stat().st_size > 10_000
+
+
+def test_readme_curl_sequence_runs_as_written(up: UpProcess, tmp_path: Path) -> None:
+    """The README's first-order block, verbatim but for the gateway's port, in a real shell."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### A first order with curl", 1)[1]
+    script = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    script = script.replace("API=http://127.0.0.1:8000/api/v1", f"API={up.api}")
+    script += WAIT_FOR_CONFIRMATION
+    (tmp_path / ".data").symlink_to(up.data_dir)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert '"steps"' in result.stdout
 
 
 def test_ctrl_c_stops_everything(up: UpProcess) -> None:
