@@ -159,63 +159,62 @@ class PaymentLedger:
         return ChargeResult(payment, created=created)
 
     async def _record_capture(self, payment: Payment, provider_ref: str) -> bool:
-        session = self._session
-        async with session.begin():
-            result = await session.exec(
-                update(Payment)
-                .where(col(Payment.id) == payment.id, col(Payment.status) == "pending")
-                .values(
-                    status="captured",
-                    provider_ref=provider_ref,
-                    lease_owner=None,
-                    lease_until=None,
-                    updated_at=utcnow(),
-                )
-            )
-            if result.rowcount != 1:
-                return False
-            assert payment.amount_cents is not None
-            session.add(
-                PaymentTransaction(payment_id=payment.id, kind="charge", amount_cents=payment.amount_cents)
-            )
-            add_event(
-                session,
-                source=SOURCE,
-                type="payment.captured",
-                subject=str(payment.id),
-                data={**_event_base(payment), "payment_method_id": str(payment.payment_method_id)},
-            )
-        log.info("payment_captured", payment_id=str(payment.id), order_id=str(payment.order_id))
-        return True
+        settled = await self._settle(
+            payment,
+            status="captured",
+            kind="charge",
+            columns={"provider_ref": provider_ref},
+            event_data={"payment_method_id": str(payment.payment_method_id)},
+        )
+        if settled:
+            log.info("payment_captured", payment_id=str(payment.id), order_id=str(payment.order_id))
+        return settled
 
     async def _record_decline(self, payment: Payment, decline_code: str) -> bool:
+        settled = await self._settle(
+            payment,
+            status="declined",
+            kind="decline",
+            columns={"decline_code": decline_code},
+            event_data={"decline_code": decline_code},
+        )
+        if settled:
+            log.info("payment_declined", payment_id=str(payment.id), decline_code=decline_code)
+        return settled
+
+    async def _settle(
+        self,
+        payment: Payment,
+        *,
+        status: str,
+        kind: str,
+        columns: dict[str, Any],
+        event_data: dict[str, Any],
+    ) -> bool:
+        """Move a pending payment to its outcome, with its transaction row and event, exactly once.
+
+        False when another request settled it first (the conditional update matched nothing).
+        """
         session = self._session
         async with session.begin():
             result = await session.exec(
                 update(Payment)
                 .where(col(Payment.id) == payment.id, col(Payment.status) == "pending")
-                .values(
-                    status="declined",
-                    decline_code=decline_code,
-                    lease_owner=None,
-                    lease_until=None,
-                    updated_at=utcnow(),
-                )
+                .values(status=status, lease_owner=None, lease_until=None, updated_at=utcnow(), **columns)
             )
             if result.rowcount != 1:
                 return False
             assert payment.amount_cents is not None
             session.add(
-                PaymentTransaction(payment_id=payment.id, kind="decline", amount_cents=payment.amount_cents)
+                PaymentTransaction(payment_id=payment.id, kind=kind, amount_cents=payment.amount_cents)
             )
             add_event(
                 session,
                 source=SOURCE,
-                type="payment.declined",
+                type=f"payment.{status}",
                 subject=str(payment.id),
-                data={**_event_base(payment), "decline_code": decline_code},
+                data={**_event_base(payment), **event_data},
             )
-        log.info("payment_declined", payment_id=str(payment.id), decline_code=decline_code)
         return True
 
     # -- refunds -------------------------------------------------------------------------------
