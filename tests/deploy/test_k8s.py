@@ -1,0 +1,207 @@
+"""deploy/k8s: each overlay renders, validates against the Kubernetes and CRD schemas, and is safe."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.support import ROOT, SCHEMAS, unknown_variables
+
+OVERLAYS = ("dev", "prod")
+KUBERNETES_VERSION = "1.32.0"
+DATA_SERVICES = ("users", "inventory", "payments", "orders", "notifications")
+# Paths that only the saga (the worker) may call on each service.
+SAGA_PATHS = {
+    "users": "/internal/*",
+    "inventory": "/reservations/*",
+    "payments": "/charges/*",
+    "orders": "/internal/*",
+    "notifications": "/notifications/*",
+}
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with its built-in kustomize) is needed to render deploy/k8s"
+    overlay = ROOT / "deploy" / "k8s" / "overlays" / str(request.param)
+    run = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return [doc for doc in yaml.safe_load_all(run.stdout) if doc]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def closed(schema: Any) -> Any:
+    """CRD schemas leave objects open (the API server prunes); close them so that a typo fails."""
+    if isinstance(schema, dict):
+        schema = {key: closed(value) for key, value in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    return schema
+
+
+CRDS = {key: closed(value) for key, value in json.loads((SCHEMAS / "crds.json").read_text()).items()}
+
+
+def test_core_resources_validate_against_the_kubernetes_schemas(rendered: list[dict[str, Any]]) -> None:
+    core = [
+        doc for doc in rendered if "istio.io" not in doc["apiVersion"] and "keda.sh" not in doc["apiVersion"]
+    ]
+    assert len(core) > 40
+    for doc in core:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {err.message} at {list(err.path)}")
+
+
+def test_istio_and_keda_resources_validate_against_their_crds(rendered: list[dict[str, Any]]) -> None:
+    custom = [doc for doc in rendered if "istio.io" in doc["apiVersion"] or "keda.sh" in doc["apiVersion"]]
+    kinds = {doc["kind"] for doc in custom}
+    assert {
+        "Gateway",
+        "VirtualService",
+        "DestinationRule",
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+    } <= kinds
+    for doc in custom:
+        schema = CRDS[f"{doc['apiVersion']}/{doc['kind']}"]
+        body = {key: value for key, value in doc.items() if key not in ("apiVersion", "kind", "metadata")}
+        errors = [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in jsonschema.Draft7Validator(schema).iter_errors(body)
+        ]
+        assert errors == [], f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def test_the_crd_check_catches_a_typo() -> None:
+    rule = {"spec": {"host": "users", "trafficPolicy": {"conectionPool": {}}}}
+    validator = jsonschema.Draft7Validator(CRDS["networking.istio.io/v1/DestinationRule"])
+    assert list(validator.iter_errors(copy.deepcopy(rule)))
+
+
+def test_every_deployment_is_probed_limited_non_root_and_rolls_without_downtime(
+    rendered: list[dict[str, Any]],
+) -> None:
+    deployments = of_kind(rendered, "Deployment")
+    assert set(deployments) == {*DATA_SERVICES, "worker", "gateway"}
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]
+        assert spec["strategy"]["type"] == "RollingUpdate"
+        assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, name
+        pod = spec["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for container in pod["containers"]:
+            assert container["livenessProbe"]["httpGet"]["path"] == "/health", name
+            assert container["readinessProbe"]["httpGet"]["path"] == "/ready", name
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+            assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
+            security = container["securityContext"]
+            assert security["runAsNonRoot"] is True and security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+
+
+def test_every_workload_has_its_service_account_service_pdb_and_autoscaler(
+    rendered: list[dict[str, Any]],
+) -> None:
+    hpas = of_kind(rendered, "HorizontalPodAutoscaler")
+    scaled = of_kind(rendered, "ScaledObject")
+    for name, deployment in of_kind(rendered, "Deployment").items():
+        assert deployment["spec"]["template"]["spec"]["serviceAccountName"] in of_kind(
+            rendered, "ServiceAccount"
+        )
+        assert name in of_kind(rendered, "Service")
+        assert name in of_kind(rendered, "PodDisruptionBudget")
+        if name in hpas:
+            metrics = {m["resource"]["name"] for m in hpas[name]["spec"]["metrics"]}
+            assert metrics == {"cpu", "memory"}, name
+        else:
+            # Only the worker may be scaled by KEDA instead, on the task-queue backlog plus CPU and memory.
+            assert name == "worker" and name in scaled
+            triggers = {t["type"]: t for t in scaled[name]["spec"]["triggers"]}
+            assert {"temporal", "cpu", "memory"} <= set(triggers)
+            assert triggers["temporal"]["metadata"]["taskQueue"] == "orders"
+            assert scaled[name]["spec"]["fallback"]["replicas"] >= 1
+
+
+def test_migrations_run_as_jobs_and_the_services_do_not_migrate(rendered: list[dict[str, Any]]) -> None:
+    jobs = of_kind(rendered, "Job")
+    deployments = of_kind(rendered, "Deployment")
+    for name in DATA_SERVICES:
+        assert jobs[f"migrate-{name}"]["spec"]["template"]["spec"]["containers"][0]["args"] == [
+            "migrate",
+            name,
+        ]
+        env = {e["name"]: e for e in deployments[name]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env[f"{name.upper()}_AUTO_MIGRATE"]["value"] == "false"
+
+
+def test_secrets_are_references_never_values(rendered: list[dict[str, Any]]) -> None:
+    assert of_kind(rendered, "Secret") == {}
+    for doc in rendered:
+        pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for container in pod.get("containers", []):
+            for env in container.get("env", []):
+                secretish = any(
+                    word in env["name"] for word in ("PASSWORD", "SECRET", "TOKEN", "KEY", "DATABASE_URL")
+                )
+                if secretish:
+                    assert "secretKeyRef" in env.get("valueFrom", {}), (
+                        f"{doc['metadata']['name']}: {env['name']}"
+                    )
+
+
+def test_every_variable_set_is_read_by_the_settings(rendered: list[dict[str, Any]]) -> None:
+    names = {key for config in of_kind(rendered, "ConfigMap").values() for key in config.get("data", {})}
+    for deployment in of_kind(rendered, "Deployment").values():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            names |= {env["name"] for env in container.get("env", [])}
+    assert unknown_variables(names) == set()
+
+
+def test_mesh_is_mtls_and_only_the_worker_reaches_the_saga_endpoints(rendered: list[dict[str, Any]]) -> None:
+    assert of_kind(rendered, "PeerAuthentication")["default"]["spec"]["mtls"]["mode"] == "STRICT"
+    policies = of_kind(rendered, "AuthorizationPolicy")
+    assert policies["deny-all"]["spec"] == {}
+    gateway_rules = policies["gateway"]["spec"]["rules"]
+    assert any(
+        "istio-ingressgateway" in p
+        for r in gateway_rules
+        for s in r["from"]
+        for p in s["source"].get("principals", [])
+    )
+    for name, saga_path in SAGA_PATHS.items():
+        rules = policies[name]["spec"]["rules"]
+        for rule in rules:
+            principals = [p for s in rule["from"] for p in s["source"].get("principals", [])]
+            if any(p.endswith("/sa/gateway") for p in principals):
+                assert saga_path in rule["to"][0]["operation"]["notPaths"], name
+        assert any(
+            p.endswith("/sa/worker")
+            for r in rules
+            for s in r["from"]
+            for p in s["source"].get("principals", [])
+        )
+    gateway = of_kind(rendered, "Gateway")["ordersaga"]["spec"]["servers"]
+    assert any(
+        server["tls"].get("mode") == "SIMPLE" and server["tls"].get("credentialName") for server in gateway
+    )
