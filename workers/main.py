@@ -23,6 +23,7 @@ from activities.policy import PolicyActivities
 from activities.users import UserActivities
 from services.kit.logging import configure_logging
 from services.kit.temporal import TemporalSettings, connect
+from workers.health import WorkerState, serving_health
 from workers.settings import WorkerSettings
 from workflows.order import OrderWorkflow
 from workflows.payloads import TASK_QUEUE
@@ -82,8 +83,14 @@ async def serve(settings: WorkerSettings | None = None, temporal: TemporalSettin
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_worker(client, settings):
+    state = WorkerState()
+    async with (
+        serving_health(state, settings.metrics_host, settings.metrics_port),
+        running_worker(client, settings),
+    ):
+        state.polling = True
         log.info("worker_started", task_queue=TASK_QUEUE, namespace=client.namespace)
         await stop.wait()
+        state.polling = False
         log.info("worker_stopping", graceful_seconds=settings.graceful_shutdown_seconds)
     log.info("worker_stopped")

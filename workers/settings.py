@@ -32,6 +32,9 @@ class WorkerSettings(BaseSettings):
     max_concurrent_workflow_tasks: int = 100
     graceful_shutdown_seconds: float = 10.0
     log_level: str = "INFO"
+    # /health, /ready and /metrics for probes and scraping; off unless a port is set (9464 in containers).
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
 
     def saga_policy(self) -> SagaPolicy:
         return SagaPolicy(
