@@ -39,7 +39,7 @@ class JwksCache:
         self._key_set: jwt.PyJWKSet | None = None
         self._kids: frozenset[str] = frozenset()
         self._fetched_at = 0.0
-        self._last_attempt = float("-inf")
+        self._last_forced = float("-inf")
         self._lock = asyncio.Lock()
 
     @property
@@ -52,9 +52,11 @@ class JwksCache:
             # Another request may have refreshed while this one waited for the lock.
             if not force and self._document is not None and now - self._fetched_at < self._max_age:
                 return
-            if now - self._last_attempt < self._min_refresh and self._document is not None:
-                return
-            self._last_attempt = now
+            if force:
+                # Only refetches for unknown key ids are rate-limited: those are what a caller controls.
+                if now - self._last_forced < self._min_refresh and self._document is not None:
+                    return
+                self._last_forced = now
             try:
                 response = await self._client.get(self._url, timeout=5.0)
                 response.raise_for_status()

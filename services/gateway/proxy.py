@@ -68,6 +68,7 @@ _REQUEST_DROP = frozenset({"host", "authorization", "forwarded", "x-request-id",
 _RESPONSE_DROP = frozenset({"date", "server", "x-request-id"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRIED_STATUSES = frozenset({502, 503, 504})
+SMALL_BODY_BYTES = 64 * 1024
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -216,9 +217,22 @@ class Proxy:
                     return self._relay(failure.response)
                 await failure.response.aclose()
             else:
-                return self._relay(answer)
+                return await self._relay_small(answer)
             await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _relay_small(self, answer: httpx.Response) -> Response:
+        """A small answer of known size is read whole: one send instead of a streamed series."""
+        declared = answer.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > SMALL_BODY_BYTES:
+            return self._relay(answer)
+        try:
+            body = await answer.aread()
+        finally:
+            await answer.aclose()
+        relayed = Response(body, status_code=answer.status_code)
+        relayed.raw_headers = response_headers(answer.headers.raw)
+        return relayed
 
     @staticmethod
     def _relay(answer: httpx.Response) -> Response:
