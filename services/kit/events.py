@@ -59,7 +59,7 @@ class CloudEvent(BaseModel):
     source: str = Field(min_length=1)
     type: str = Field(min_length=1)
     time: datetime
-    datacontenttype: Literal["application/json"] = CONTENT_TYPE
+    datacontenttype: Literal["application/json"] = "application/json"
     subject: str | None = None
     data: dict[str, Any]
 
@@ -88,7 +88,21 @@ def encode(payload: dict[str, Any]) -> bytes:
 
 
 async def connect(url: str, *, name: str) -> NatsClient:
-    """A connection that reconnects forever: an outage delays events, it never ends the process."""
+    """A connection that reconnects forever: an outage delays events, it never ends the process.
+
+    The first connect also keeps trying until a server answers (the caller's task is cancellable).
+    """
+
+    async def on_error(exc: Exception) -> None:
+        # Every failed reconnect attempt lands here; the disconnect itself is logged once below.
+        log.debug("nats_error", connection=name, error=f"{type(exc).__name__}: {exc}")
+
+    async def on_disconnected() -> None:
+        log.warning("nats_disconnected", connection=name)
+
+    async def on_reconnected() -> None:
+        log.info("nats_reconnected", connection=name)
+
     return await nats.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
@@ -96,6 +110,9 @@ async def connect(url: str, *, name: str) -> NatsClient:
         reconnect_time_wait=0.5,
         max_reconnect_attempts=-1,
         allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
     )
 
 

@@ -157,4 +157,3 @@ async def run_relay(db: Database, settings: ServiceSettings) -> AsyncIterator[Ou
         with suppress(asyncio.CancelledError):
             await task
         await relay.close()
-

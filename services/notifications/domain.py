@@ -19,6 +19,22 @@ from services.notifications.schemas import NotificationCreate
 log = structlog.get_logger(__name__)
 
 
+def stage(session: AsyncSession, request: NotificationCreate) -> Notification:
+    """Add a notice to the caller's transaction (the event consumer's), where its key decides idempotency."""
+    notification = Notification(
+        idempotency_key=request.idempotency_key,
+        request_hash=request.fingerprint(),
+        user_id=request.user_id,
+        channel=request.channel,
+        recipient=request.to,
+        template=request.template,
+        data=request.data,
+        order_id=request.order_id,
+    )
+    session.add(notification)
+    return notification
+
+
 async def accept(session: AsyncSession, request: NotificationCreate) -> tuple[Notification, bool]:
     """Queue a notice; `(stored, False)` when its idempotency key was already used for the same body."""
     fingerprint = request.fingerprint()

@@ -21,8 +21,16 @@ TEST_WORKER_ENV = {
 
 
 class Stack:
-    def __init__(self, directory: Path, *, temporal_address: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        temporal_address: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.directory = directory
+        # Added to every process's environment (for example NATS_URL and SMTP settings).
+        self.extra_env = dict(extra_env or {})
         self.temporal: ManagedProcess | None = None
         self.temporal_address = temporal_address or ""
         self.ports = {name: free_port() for name in DATA_SERVICES}
@@ -38,9 +46,10 @@ class Stack:
             "ORDERSAGA_DATA_DIR": str(self.directory / "data"),
             "TEMPORAL_ADDRESS": self.temporal_address,
             "TEMPORAL_NAMESPACE": "default",
+            **self.extra_env,
         }
 
-    def service_process(self, name: str) -> ManagedProcess:
+    def service_process(self, name: str, extra_env: Mapping[str, str] | None = None) -> ManagedProcess:
         env = dict(self.common_env)
         env[f"{name.upper()}_DATABASE_URL"] = (
             f"sqlite+aiosqlite:///{self.directory / 'data' / (name + '.db')}"
@@ -49,6 +58,7 @@ class Stack:
             ORDERS_SAGA_SWEEP_INTERVAL_SECONDS="0.5",
             NOTIFICATIONS_POLL_INTERVAL_SECONDS="0.2",
         )
+        env.update(extra_env or {})
         argv = [str(VENV_BIN / "ordersaga"), "serve", name, "--port", str(self.ports[name])]
         return ManagedProcess(
             name, argv, self.directory / f"{name}.log", env, ready=http_ok(self.url(name) + "/ready")
@@ -75,14 +85,21 @@ class Stack:
         self.processes["worker"] = self.worker_process().start()
         return self
 
-    def restart(self, name: str, *, kill: bool = False) -> None:
+    def restart(
+        self,
+        name: str,
+        *,
+        kill: bool = False,
+        extra_env: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> None:
         process = self.processes[name]
         if kill:
             process.kill()
         else:
             process.stop()
-        fresh = self.worker_process() if name == "worker" else self.service_process(name)
-        fresh.start(timeout=90)
+        fresh = self.worker_process(extra_env) if name == "worker" else self.service_process(name, extra_env)
+        fresh.start(timeout=90, wait=wait)
         self.processes[name] = fresh
 
     def stop(self) -> None:
