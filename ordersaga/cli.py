@@ -16,7 +16,7 @@ from services.registry import DATA_SERVICES, SERVICES
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run and operate ordersaga.")
 console = Console(stderr=True)
 
-ServiceName = Annotated[str, typer.Argument(help=f"One of: {', '.join(DATA_SERVICES)}.")]
+ServiceName = Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")]
 
 
 def _spec_or_exit(service: str):  # type: ignore[no-untyped-def]
@@ -98,6 +98,17 @@ def seed(
     with httpx.Client(timeout=30) as client:
         result = Seeder(urls, creds, client).run()
     console.print(f"seeded: {len(result.products)} products, demo customer {creds.demo_email}")
+
+
+@app.command()
+def mail(
+    data_dir: Annotated[Path, typer.Option(help="The data dir of `ordersaga up`.")] = Path(".data"),
+    limit: Annotated[int, typer.Option(help="How many of the newest messages.")] = 20,
+) -> None:
+    """List the emails and SMS that the local sinks received."""
+    from ordersaga.mail import mail_command
+
+    mail_command(data_dir, limit)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ordersaga.seed import Credentials, Seeder, SeedResult
+from ordersaga.smtp_sink import SmtpSink, start_smtp_sink
 from ordersaga.supervisor import Child, StartupError, Supervisor, port_in_use, python_entry
 from services.registry import DATA_SERVICES, SERVICES
 
@@ -35,6 +36,8 @@ class UpSettings(BaseSettings):
     # Not NATS's usual 4222, so that a NATS already running on the machine does not collide.
     nats_port: int = 4322
     nats_monitor_port: int = 8322
+    # The local SMTP sink that catches every email (read them with `ordersaga mail`).
+    smtp_port: int = 1025
     admin_email: str = "admin@example.com"
     admin_password: str | None = None
     demo_email: str = "demo@example.com"
@@ -81,6 +84,7 @@ class Stack:
         self.temporal_address = settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
         self.nats_url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
         self.services = [*DATA_SERVICES, *(["gateway"] if gateway_available() else [])]
+        self.smtp: SmtpSink | None = None
         self.ports = {name: service_port(name) for name in self.services}
 
     def url(self, service: str) -> str:
@@ -97,6 +101,7 @@ class Stack:
                 ),
                 Port(self.settings.temporal_ui_port, "temporal web UI", "ORDERSAGA_TEMPORAL_UI_PORT"),
             ]
+        ports.append(Port(self.settings.smtp_port, "smtp sink", "ORDERSAGA_SMTP_PORT"))
         if not self.settings.nats_url:
             ports += [
                 Port(self.settings.nats_port, "nats", "ORDERSAGA_NATS_PORT (or NATS_URL)"),
@@ -122,6 +127,9 @@ class Stack:
             "ORDERSAGA_ADMIN_PASSWORD": self.creds.admin_password,
             "TEMPORAL_ADDRESS": self.temporal_address,
             "NATS_URL": self.nats_url,
+            "NOTIFICATIONS_EMAIL_BACKEND": "smtp",
+            "NOTIFICATIONS_SMTP_HOST": "127.0.0.1",
+            "NOTIFICATIONS_SMTP_PORT": str(self.settings.smtp_port),
             "PYTHONUNBUFFERED": "1",
         }
         urls = {name: self.url(name) for name in DATA_SERVICES}
@@ -134,6 +142,7 @@ class Stack:
     def start(self) -> None:
         self.check_ports()
         env = self.common_env()
+        self.smtp = start_smtp_sink(self.data_dir / "mail", port=self.settings.smtp_port)
         bin_dir = Path(python_entry()).parent
         if not self.settings.temporal_address:
             argv = [
@@ -190,6 +199,9 @@ class Stack:
 
     def stop(self) -> None:
         self.supervisor.stop_all()
+        if self.smtp is not None:
+            self.smtp.stop()
+            self.smtp = None
 
     # ---- the welcome -----------------------------------------------------------------------
 
@@ -207,6 +219,7 @@ class Stack:
             table.add_row("Temporal Web UI", f"http://127.0.0.1:{self.settings.temporal_ui_port}")
         table.add_row("Temporal", self.temporal_address)
         table.add_row("NATS", self.nats_url)
+        table.add_row("mail (SMTP sink)", f"127.0.0.1:{self.settings.smtp_port}; read with `ordersaga mail`")
         table.add_row("data and logs", str(self.data_dir))
         shown = self.creds.generated_now
         secret = (lambda value: value) if shown else (lambda _: f"(in {self.data_dir / 'credentials.json'})")

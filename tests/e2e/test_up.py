@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ordersaga.smtp_sink import read_mailbox
 from tests.e2e.conftest import ARTIFACTS, UpProcess, make_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.temporal]
@@ -46,6 +47,18 @@ def wait_for_saga(api: str, token: str, order_id: str, timeout: float = 60) -> d
     raise AssertionError(f"saga of {order_id} did not finish: {view}")
 
 
+def wait_for_mail(maildir: Path, recipient: str, text: str, timeout: float = 30) -> bool:
+    """The local SMTP sink of `up` received a message to `recipient` that mentions `text`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in read_mailbox(maildir):
+            body = message.get_payload(decode=False)
+            if recipient in str(message["To"]) and text in str(body) + str(message["Subject"]):
+                return True
+        time.sleep(0.5)
+    return False
+
+
 def test_readme_quickstart_confirms_an_order_and_compensates_a_declined_one(up: UpProcess) -> None:
     creds = up.credentials()
     token, user_id = login(up.api, creds["demo_email"], creds["demo_password"])
@@ -69,6 +82,7 @@ def test_readme_quickstart_confirms_an_order_and_compensates_a_declined_one(up: 
     assert order["status"] == "CONFIRMED"
     assert order["total_cents"] == mug["price_cents"]
     assert view["status"] == "completed"
+    assert wait_for_mail(up.data_dir / "mail", creds["demo_email"], order_id), "no confirmation email"
 
     body = {"items": [{"product_id": mug["id"], "quantity": 1}], "payment_method_id": declined["id"]}
     refused = httpx.post(f"{up.api}/orders", json=body, headers=auth | {"Idempotency-Key": "declined-order"})
