@@ -62,6 +62,7 @@ def worker() -> None:
     from workers.main import serve as serve_worker
 
     asyncio.run(serve_worker())
+    _exit(0)
 
 
 @app.command()

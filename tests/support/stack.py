@@ -34,6 +34,7 @@ class Stack:
         self.temporal: ManagedProcess | None = None
         self.temporal_address = temporal_address or ""
         self.ports = {name: free_port() for name in DATA_SERVICES}
+        self.worker_metrics_port = free_port()
         self.processes: dict[str, ManagedProcess] = {}
 
     def url(self, service: str) -> str:
@@ -68,9 +69,11 @@ class Stack:
         env = dict(self.common_env)
         env.update(TEST_WORKER_ENV)
         env.update({f"WORKER_{name.upper()}_URL": self.url(name) for name in DATA_SERVICES})
+        env.update(WORKER_METRICS_PORT=str(self.worker_metrics_port), WORKER_METRICS_HOST="127.0.0.1")
         env.update(extra_env or {})
         argv = [str(VENV_BIN / "ordersaga"), "worker"]
-        return ManagedProcess("worker", argv, self.directory / "worker.log", env)
+        ready = http_ok(f"http://127.0.0.1:{self.worker_metrics_port}/ready")
+        return ManagedProcess("worker", argv, self.directory / "worker.log", env, ready=ready)
 
     def start(self) -> Stack:
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
