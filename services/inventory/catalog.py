@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 import structlog
-from sqlalchemy import and_, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -15,8 +13,8 @@ from services.inventory import stock
 from services.inventory.models import InventoryProduct
 from services.inventory.schemas import ProductCreate
 from services.kit.errors import Problem
+from services.kit.keyset import after, split_page
 from services.kit.outbox import add_event
-from services.kit.pagination import decode_cursor, encode_cursor
 
 log = structlog.get_logger(__name__)
 
@@ -67,18 +65,6 @@ async def get_product(session: AsyncSession, product_id: uuid.UUID) -> Inventory
     return product
 
 
-def _read_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    created_raw, id_raw = decode_cursor(cursor, 2)
-    try:
-        created_at = datetime.fromisoformat(created_raw)
-        product_id = uuid.UUID(id_raw)
-    except ValueError:
-        raise Problem(422, "invalid_cursor", "The cursor cannot be read.") from None
-    if created_at.tzinfo is None:
-        raise Problem(422, "invalid_cursor", "The cursor cannot be read.")
-    return created_at, product_id
-
-
 async def list_products(
     session: AsyncSession, *, limit: int, cursor: str | None
 ) -> tuple[list[InventoryProduct], str | None]:
@@ -87,15 +73,10 @@ async def list_products(
     ident = col(InventoryProduct.id)
     query = select(InventoryProduct).order_by(created, ident).limit(limit + 1)
     if cursor is not None:
-        after_created, after_id = _read_cursor(cursor)
-        query = query.where(or_(created > after_created, and_(created == after_created, ident > after_id)))
+        query = query.where(after(created, ident, cursor, descending=False))
     async with session.begin():
         rows = list((await session.exec(query)).all())
-    if len(rows) <= limit:
-        return rows, None
-    page = rows[:limit]
-    last = page[-1]
-    return page, encode_cursor(last.created_at.isoformat(), last.id)
+    return split_page(rows, limit)
 
 
 async def set_stock(

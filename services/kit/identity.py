@@ -103,3 +103,10 @@ OptionalCallerDep = Annotated[Identity | None, Depends(optional_identity)]
 AdminDep = Annotated[Identity, Depends(require_admin)]
 ServiceDep = Annotated[Identity, Depends(require_service)]
 CustomerDep = Annotated[Identity, Depends(require_customer)]
+
+
+def require_owner(caller: Identity, user_id: uuid.UUID) -> None:
+    """A user's resources exist only for that user and admins; to anyone else they answer 404,
+    so that ids cannot be probed for existence."""
+    if not caller.owns(user_id):
+        raise Problem(404, "user_not_found", "No user has this id.")

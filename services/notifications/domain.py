@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 import structlog
-from sqlalchemy import and_, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.errors import Problem
-from services.kit.pagination import decode_cursor, encode_cursor
+from services.kit.keyset import after, split_page
 from services.notifications.models import Notification
 from services.notifications.schemas import NotificationCreate
 
@@ -93,29 +91,8 @@ async def list_for_user(
     """Newest first, keyed by (created_at, id) so that equal timestamps neither repeat nor vanish."""
     query = select(Notification).where(Notification.user_id == user_id)
     if cursor is not None:
-        created_at, last_id = _read_cursor(cursor)
         query = query.where(
-            or_(
-                col(Notification.created_at) < created_at,
-                and_(col(Notification.created_at) == created_at, col(Notification.id) < last_id),
-            )
+            after(col(Notification.created_at), col(Notification.id), cursor, descending=True)
         )
     query = query.order_by(col(Notification.created_at).desc(), col(Notification.id).desc()).limit(limit + 1)
-    rows = list((await session.exec(query)).all())
-    if len(rows) <= limit:
-        return rows, None
-    page = rows[:limit]
-    last = page[-1]
-    return page, encode_cursor(last.created_at.isoformat(), last.id)
-
-
-def _read_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    created_raw, id_raw = decode_cursor(cursor, 2)
-    try:
-        created_at = datetime.fromisoformat(created_raw)
-        last_id = uuid.UUID(id_raw)
-    except ValueError:
-        raise Problem(422, "invalid_cursor", "The cursor cannot be read.") from None
-    if created_at.tzinfo is None:
-        raise Problem(422, "invalid_cursor", "The cursor cannot be read.")
-    return created_at, last_id
+    return split_page(list((await session.exec(query)).all()), limit)

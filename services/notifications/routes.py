@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 
 from services.kit.db import SessionDep
-from services.kit.errors import Problem, problem_responses
-from services.kit.identity import AdminDep, CallerDep, ServiceDep
+from services.kit.errors import problem_responses
+from services.kit.identity import AdminDep, CallerDep, ServiceDep, require_owner
 from services.kit.pagination import Page, PageDep
 from services.notifications import domain
 from services.notifications.models import Notification
@@ -99,8 +99,6 @@ async def read_notification(notification_id: uuid.UUID, _: AdminDep, session: Se
 async def list_user_notifications(
     user_id: uuid.UUID, caller: CallerDep, session: SessionDep, page: PageDep
 ) -> Page[NotificationSummary]:
-    if not caller.owns(user_id):
-        # Another customer's notices do not exist, as far as this caller can tell.
-        raise Problem(404, "user_not_found", "No user has this id.")
+    require_owner(caller, user_id)
     rows, next_cursor = await domain.list_for_user(session, user_id, limit=page.limit, cursor=page.cursor)
     return Page[NotificationSummary](items=[to_summary(row) for row in rows], next_cursor=next_cursor)

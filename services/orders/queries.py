@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
-from sqlalchemy import and_, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.errors import Problem
+from services.kit.keyset import after, split_page
 from services.kit.pagination import PageParams, decode_cursor, encode_cursor
 from services.orders.models import Order, OrderEvent
 
@@ -23,26 +22,9 @@ async def user_orders_page(
 ) -> tuple[list[Order], str | None]:
     statement = select(Order).where(Order.user_id == user_id)
     if page.cursor is not None:
-        raw_created, raw_id = decode_cursor(page.cursor, 2)
-        try:
-            created_at, last_id = datetime.fromisoformat(raw_created), uuid.UUID(raw_id)
-        except ValueError:
-            raise _invalid_cursor() from None
-        if created_at.tzinfo is None:
-            raise _invalid_cursor()
-        statement = statement.where(
-            or_(
-                col(Order.created_at) < created_at,
-                and_(col(Order.created_at) == created_at, col(Order.id) < last_id),
-            )
-        )
+        statement = statement.where(after(col(Order.created_at), col(Order.id), page.cursor, descending=True))
     statement = statement.order_by(col(Order.created_at).desc(), col(Order.id).desc()).limit(page.limit + 1)
-    rows = list((await session.exec(statement)).all())
-    if len(rows) <= page.limit:
-        return rows, None
-    rows = rows[: page.limit]
-    last = rows[-1]
-    return rows, encode_cursor(last.created_at.isoformat(), last.id)
+    return split_page(list((await session.exec(statement)).all()), page.limit)
 
 
 async def order_events_page(

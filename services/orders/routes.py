@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Header, Request, Response
 
 from services.kit.db import SessionDep
 from services.kit.errors import Problem, problem_responses
-from services.kit.identity import AdminDep, CallerDep, CustomerDep, Identity, ServiceDep
+from services.kit.identity import AdminDep, CallerDep, CustomerDep, Identity, ServiceDep, require_owner
 from services.kit.pagination import Page, PageDep
 from services.orders import store
 from services.orders.domain import ADMIN_STATUS_COMMANDS, CommandType, Confirmation, workflow_id
@@ -145,8 +145,7 @@ def _event_out(event: OrderEvent) -> OrderEventOut:
 async def list_user_orders(
     user_id: uuid.UUID, caller: CallerDep, session: SessionDep, page: PageDep
 ) -> Page[OrderOut]:
-    if not caller.owns(user_id):
-        raise Problem(404, "user_not_found", f"User {user_id} does not exist.")
+    require_owner(caller, user_id)
     async with session.begin():
         orders, next_cursor = await user_orders_page(session, user_id, page)
     return Page[OrderOut](items=[order_out(order) for order in orders], next_cursor=next_cursor)

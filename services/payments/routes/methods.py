@@ -9,15 +9,15 @@ from fastapi import APIRouter
 from sqlmodel import col, select
 
 from services.kit.db import SessionDep
-from services.kit.errors import Problem, problem_responses
-from services.kit.identity import CallerDep, CustomerDep
+from services.kit.errors import problem_responses
+from services.kit.identity import CallerDep, CustomerDep, require_owner
+from services.kit.keyset import after, cursor_for
 from services.kit.models import utcnow
 from services.kit.outbox import add_event
 from services.kit.pagination import Page, PageDep
 from services.payments.cards import card_brand, ensure_not_expired, normalise_card_number
 from services.payments.deps import ProviderDep
 from services.payments.models import PaymentMethod
-from services.payments.paging import after, cursor_for
 from services.payments.schemas import PaymentMethodCreate, PaymentMethodOut
 
 router = APIRouter(tags=["payment methods"])
@@ -73,8 +73,7 @@ async def add_payment_method(
 async def list_payment_methods(
     user_id: uuid.UUID, caller: CallerDep, session: SessionDep, page: PageDep
 ) -> Page[PaymentMethodOut]:
-    if not caller.owns(user_id):
-        raise Problem(404, "user_not_found", "No such user.")
+    require_owner(caller, user_id)
     statement = select(PaymentMethod).where(PaymentMethod.user_id == user_id)
     if page.cursor is not None:
         statement = statement.where(

@@ -10,9 +10,9 @@ from sqlmodel import col, select
 from services.kit.db import SessionDep
 from services.kit.errors import Problem, problem_responses
 from services.kit.identity import AdminDep, CallerDep, Identity
+from services.kit.keyset import after, cursor_for
 from services.kit.pagination import Page, PageDep
 from services.payments.models import Payment, PaymentTransaction
-from services.payments.paging import after, cursor_for
 from services.payments.schemas import PaymentOut, TransactionList, TransactionOut
 
 router = APIRouter(tags=["payments"])

@@ -1,10 +1,11 @@
-"""Keyset pagination over (created_at, id), shared by the payments lists."""
+"""Keyset pagination over (created_at, id): stable pages however rows are inserted meanwhile."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import and_, or_
 
@@ -33,3 +34,22 @@ def after(created_column: Any, id_column: Any, cursor: str, *, descending: bool)
     if descending:
         return or_(created_column < created, and_(created_column == created, id_column < row_id))
     return or_(created_column > created, and_(created_column == created, id_column > row_id))
+
+
+class _Keyed(Protocol):
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+Row = TypeVar("Row", bound=_Keyed)
+
+
+def split_page(rows: Sequence[Row], limit: int) -> tuple[list[Row], str | None]:
+    """Given up to limit + 1 rows, the page and the cursor of the next one (None on the last page)."""
+    if len(rows) <= limit:
+        return list(rows), None
+    page = list(rows[:limit])
+    return page, cursor_for(page[-1].created_at, page[-1].id)
