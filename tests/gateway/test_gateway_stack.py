@@ -55,12 +55,15 @@ async def new_product(api: httpx.AsyncClient, tokens: Tokens, stock: int = 10) -
 
 
 async def wait_order(api: httpx.AsyncClient, order_id: str, auth: dict[str, str]) -> dict[str, Any]:
+    """The order once its saga has ended (the order is CONFIRMED a moment before the notice goes out)."""
     deadline = time.monotonic() + 60
-    while True:
-        order: dict[str, Any] = (await api.get(f"/orders/{order_id}", headers=auth)).json()
-        if order.get("status") in ("CONFIRMED", "CANCELLED") or time.monotonic() > deadline:
-            return order
+    while time.monotonic() < deadline:
+        saga = (await api.get(f"/orders/{order_id}/saga", headers=auth)).json()
+        if saga.get("status") in ("completed", "compensated", "compensation_failed"):
+            break
         await asyncio.sleep(0.2)
+    order: dict[str, Any] = (await api.get(f"/orders/{order_id}", headers=auth)).json()
+    return order
 
 
 async def test_a_customer_orders_through_the_gateway_and_nobody_else_sees_it(
