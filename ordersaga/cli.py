@@ -102,6 +102,56 @@ def seed(
 
 
 @app.command()
+def load(
+    api: Annotated[str, typer.Option(help="The gateway's public API.")] = "http://127.0.0.1:8000/api/v1",
+    orders: Annotated[int | None, typer.Option(help="How many orders (omit with --duration).")] = 100,
+    duration: Annotated[float | None, typer.Option(help="Seconds to keep sending.")] = None,
+    rate: Annotated[float | None, typer.Option(help="Open loop: orders per second.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Closed loop: customers at once.")] = None,
+    cards: Annotated[str, typer.Option(help="Card mix, e.g. success=80,declined=15,transient=5.")] = (
+        "success=90,declined=10"
+    ),
+    hot_share: Annotated[float, typer.Option(help="Share of orders on one hot product.")] = 0.2,
+    lines: Annotated[int, typer.Option(help="Lines per order.")] = 1,
+    customers: Annotated[int, typer.Option(help="Customers to register for the run.")] = 10,
+    deadline: Annotated[float, typer.Option(help="Seconds an order may take to become final.")] = 120.0,
+    seed: Annotated[int | None, typer.Option(help="Random seed, for a reproducible mix.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
+    data_dir: Annotated[Path, typer.Option(help="Admin credentials to top up stock.")] = Path(".data"),
+) -> None:
+    """Drive orders through the gateway; report throughput, latency percentiles and outcomes."""
+    import json
+
+    from ordersaga.load import LoadPlan, parse_mix, run_load
+
+    if orders is not None and duration is not None:
+        orders = None
+    creds_file = data_dir / "credentials.json"
+    creds = json.loads(creds_file.read_text()) if creds_file.exists() else {}
+    try:
+        mix = parse_mix(cards)
+    except ValueError as err:
+        console.print(f"[red]{err}[/]")
+        raise typer.Exit(2) from None
+    plan = LoadPlan(
+        api=api.rstrip("/"),
+        orders=orders,
+        duration=duration,
+        rate=rate if concurrency is None else None,
+        concurrency=concurrency,
+        card_mix=mix,
+        hot_share=hot_share,
+        lines=lines,
+        customers=customers,
+        deadline=deadline,
+        seed=seed,
+        admin_email=creds.get("admin_email"),
+        admin_password=creds.get("admin_password"),
+    )
+    _exit(run_load(plan, json_path=json_path))
+
+
+@app.command()
 def mail(
     data_dir: Annotated[Path, typer.Option(help="The data dir of `ordersaga up`.")] = Path(".data"),
     limit: Annotated[int, typer.Option(help="How many of the newest messages.")] = 20,

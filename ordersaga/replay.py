@@ -11,6 +11,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
+from services.kit.codec import data_converter
 from workflows.order import OrderWorkflow
 
 
@@ -41,13 +42,14 @@ def _workflow_id(raw: dict[str, Any]) -> str | None:
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[OrderWorkflow])
+    return Replayer(workflows=[OrderWorkflow], data_converter=data_converter())
 
 
 async def replay_histories(
     sources: Iterable[tuple[str, WorkflowHistory]], *, workflows: list[type] | None = None
 ) -> list[ReplayOutcome]:
-    engine = Replayer(workflows=workflows or [OrderWorkflow])
+    # Encrypted histories need the same keys; unencrypted payloads pass the codec untouched.
+    engine = Replayer(workflows=workflows or [OrderWorkflow], data_converter=data_converter())
     outcomes: list[ReplayOutcome] = []
     for source, history in sources:
         result = await engine.replay_workflow(history, raise_on_replay_failure=False)

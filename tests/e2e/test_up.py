@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,34 @@ def test_readme_curl_sequence_runs_as_written(up: UpProcess, tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert '"steps"' in result.stdout
+
+
+def test_load_generator_reports_every_order_final(up: UpProcess, tmp_path: Path) -> None:
+    report_path = tmp_path / "load.json"
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ordersaga"),
+            "load",
+            "--api", up.api,
+            "--orders", "12",
+            "--rate", "6",
+            "--cards", "success=3,declined=1",
+            "--customers", "3",
+            "--seed", "7",
+            "--data-dir", str(up.data_dir),
+            "--json", str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    assert (report["accepted"], report["final"], report["not_final"]) == (12, 12, 0)
+    assert sum(report["outcomes"].values()) == 12
+    assert set(report["outcomes"]) <= {"CONFIRMED", "CANCELLED:payment_declined"}
+    assert report["accept_latency_ms"]["p50"] is not None
+    assert report["completion_latency_ms"]["p99"] >= report["completion_latency_ms"]["p50"]
 
 
 def test_ctrl_c_stops_everything(up: UpProcess) -> None:
