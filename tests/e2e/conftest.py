@@ -117,9 +117,23 @@ def make_up(tmp: Path) -> UpProcess:
     return UpProcess(data_dir=tmp / "data", env=env, ports=ports, log=tmp / "up.log")
 
 
+def start_up(tmp: Path, extra_env: dict[str, str] | None = None, attempts: int = 3) -> UpProcess:
+    """Start `up` on free ports; another process may grab one of them meanwhile, so try afresh then."""
+    for attempt in range(attempts):
+        stack = make_up(tmp / f"try-{attempt}")
+        stack.log.parent.mkdir(parents=True, exist_ok=True)
+        stack.env |= extra_env or {}
+        try:
+            return stack.start()
+        except AssertionError:
+            if "already in use" not in stack.log.read_text(errors="replace") or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
-    running = make_up(tmp_path_factory.mktemp("up")).start()
+    running = start_up(tmp_path_factory.mktemp("up"))
     yield running
     if running.proc is not None and running.proc.poll() is None:
         running.interrupt()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from ordersaga.smtp_sink import read_mailbox
-from tests.e2e.conftest import ARTIFACTS, UpProcess, make_up
+from tests.e2e.conftest import ARTIFACTS, UpProcess, start_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.temporal]
 
@@ -194,9 +194,8 @@ def test_ctrl_c_stops_everything(up: UpProcess) -> None:
 
 
 def test_restart_mid_saga_resumes_and_charges_once(tmp_path: Path) -> None:
-    stack = make_up(tmp_path)
-    stack.env["WORKER_PAYMENT_INITIAL_INTERVAL_SECONDS"] = "2"  # a wide window between charge attempts
-    stack.start()
+    # A wide window between charge attempts, to stop the stack while the saga is mid-flight.
+    stack = start_up(tmp_path, {"WORKER_PAYMENT_INITIAL_INTERVAL_SECONDS": "2"})
     try:
         creds = stack.credentials()
         token, _ = login(stack.api, creds["demo_email"], creds["demo_password"])
