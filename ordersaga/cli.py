@@ -185,10 +185,17 @@ def replay(
                 print(f"error  {path}: {err}")
                 return 2
         if workflow_id or query:
-            client = await connect()
-            sources.extend(
-                [item async for item in fetch_histories(client, workflow_ids=workflow_id or [], query=query)]
-            )
+            from temporalio.service import RPCError
+
+            try:
+                client = await connect()
+                ids = workflow_id or []
+                sources.extend(
+                    [item async for item in fetch_histories(client, workflow_ids=ids, query=query)]
+                )
+            except RPCError as err:
+                print(f"error  {err.message or err}")
+                return 2
         if not sources:
             print("nothing to replay: give files, --workflow-id or --query")
             return 2
