@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -25,19 +26,26 @@ def alembic_config(service: str, url: str) -> Config:
 
 
 async def upgrade(service: str, url: str, revision: str = "head") -> None:
+    await _migrate(service, url, command.upgrade, revision)
+
+
+async def downgrade(service: str, url: str, revision: str = "base") -> None:
+    await _migrate(service, url, command.downgrade, revision)
+
+
+async def _migrate(service: str, url: str, step: Callable[[Config, str], None], revision: str) -> None:
     config = alembic_config(service, url)
     engine = create_async_engine(normalise_database_url(url), poolclass=pool.NullPool)
+
+    def run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        step(config, revision)
+
     try:
         async with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            await connection.run_sync(lambda sync_conn: _upgrade_on(sync_conn, config, revision))
+            await connection.run_sync(run)
     finally:
         await engine.dispose()
-
-
-def _upgrade_on(connection: Connection, config: Config, revision: str) -> None:
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)
 
 
 def run_env(target_metadata: MetaData) -> None:

@@ -8,8 +8,7 @@ Create Date: 2025-01-02 00:00:00
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
-from alembic import op
+from services.kit.outbox_schema import add_last_error_v2, drop_last_error_v2
 
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
@@ -18,9 +17,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("outbox", sa.Column("last_error", sa.String(length=500), nullable=True))
+    add_last_error_v2()
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("outbox") as batch:
-        batch.drop_column("last_error")
+    drop_last_error_v2()

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from services.kit.outbox_schema import add_last_error_v2, drop_last_error_v2
+
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
 branch_labels: str | Sequence[str] | None = None
@@ -18,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("outbox", sa.Column("last_error", sa.String(length=500), nullable=True))
+    add_last_error_v2()
     op.create_table(
         "contacts",
         sa.Column("user_id", sa.Uuid(), nullable=False),
@@ -57,5 +59,4 @@ def downgrade() -> None:
     op.drop_table("processed_events")
     op.drop_index("ix_contacts_email", table_name="contacts")
     op.drop_table("contacts")
-    with op.batch_alter_table("outbox") as batch:
-        batch.drop_column("last_error")
+    drop_last_error_v2()

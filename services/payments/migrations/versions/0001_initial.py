@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from services.kit.outbox_schema import create_outbox_v1, drop_outbox_v1
+
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | None = None
@@ -96,24 +98,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("charge_key"),
     )
 
-    op.create_table(
-        "outbox",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("source", sa.String(length=64), nullable=False),
-        sa.Column("type", sa.String(length=128), nullable=False),
-        sa.Column("subject", sa.String(length=128), nullable=True),
-        sa.Column("data", sa.JSON(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index("ix_outbox_unpublished", "outbox", ["published_at", "created_at"])
+    create_outbox_v1()
 
 
 def downgrade() -> None:
-    op.drop_index("ix_outbox_unpublished", table_name="outbox")
-    op.drop_table("outbox")
+    drop_outbox_v1()
     op.drop_table("payment_provider_ledger")
     op.drop_index("ix_payment_provider_vault_fingerprint", table_name="payment_provider_vault")
     op.drop_table("payment_provider_vault")

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from services.kit.outbox_schema import create_outbox_v1, drop_outbox_v1
+
 revision: str = "users_0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -37,22 +39,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("email", name="uq_users_email"),
         sa.UniqueConstraint("username", name="uq_users_username"),
     )
-    op.create_table(
-        "outbox",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("source", sa.String(length=64), nullable=False),
-        sa.Column("type", sa.String(length=128), nullable=False),
-        sa.Column("subject", sa.String(length=128), nullable=True),
-        sa.Column("data", sa.JSON(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index("ix_outbox_unpublished", "outbox", ["published_at", "created_at"], unique=False)
+    create_outbox_v1()
 
 
 def downgrade() -> None:
-    op.drop_index("ix_outbox_unpublished", table_name="outbox")
-    op.drop_table("outbox")
+    drop_outbox_v1()
     op.drop_table("users")
