@@ -22,7 +22,7 @@ from tests.support.databases import (
 )
 from tests.support.driver import Driver
 from tests.support.identity import INTERNAL_TOKEN
-from tests.support.stack import Stack
+from tests.support.stack import Stack, driving, running_stack
 
 IN_CI = bool(os.environ.get("CI"))
 _EXIT_STATUS = pytest.StashKey[int]()
@@ -108,21 +108,14 @@ def service_client(fresh_database: DatabaseFactory, tmp_path: Path) -> ServiceCl
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("stack"))
-    try:
-        running.start()
-    except Exception:
-        running.stop()
-        raise
-    yield running
-    running.stop()
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
 @pytest.fixture
 async def driver(stack: Stack) -> AsyncIterator[Driver]:
-    client = Driver({name: stack.url(name) for name in stack.ports})
-    yield client
-    await client.close()
+    async with driving(stack) as client:
+        yield client
 
 
 @pytest.hookimpl(tryfirst=True)

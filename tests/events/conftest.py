@@ -16,7 +16,7 @@ from services.registry import DATA_SERVICES
 from tests.support.driver import Driver
 from tests.support.nats import NatsServer
 from tests.support.processes import free_port
-from tests.support.stack import Stack
+from tests.support.stack import Stack, driving, running_stack
 
 # Fast polling and short redelivery bounds, so crash and poison paths finish in seconds.
 EVENTS_ENV = {
@@ -49,21 +49,14 @@ def events_stack(
     tmp_path_factory: pytest.TempPathFactory, nats_server: NatsServer, smtp_sink: SmtpSink
 ) -> Iterator[Stack]:
     env = {**EVENTS_ENV, "NATS_URL": nats_server.url, "NOTIFICATIONS_SMTP_PORT": str(smtp_sink.port)}
-    running = Stack(tmp_path_factory.mktemp("events-stack"), extra_env=env)
-    try:
-        running.start()
-    except Exception:
-        running.stop()
-        raise
-    yield running
-    running.stop()
+    with running_stack(tmp_path_factory.mktemp("events-stack"), env) as running:
+        yield running
 
 
 @pytest.fixture
 async def events_driver(events_stack: Stack) -> AsyncIterator[Driver]:
-    client = Driver({name: events_stack.url(name) for name in events_stack.ports})
-    yield client
-    await client.close()
+    async with driving(events_stack) as client:
+        yield client
 
 
 def mails_to(sink: SmtpSink, address: str) -> list[Message]:

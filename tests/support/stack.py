@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from services.registry import DATA_SERVICES
+from tests.support.driver import Driver
 from tests.support.identity import INTERNAL_TOKEN
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok
 from tests.support.temporal import dev_server
@@ -114,3 +116,23 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(f"--- {name} ---\n{proc.tail(30)}" for name, proc in self.processes.items())
+
+
+@contextmanager
+def running_stack(directory: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    """A started stack, stopped afterwards, and stopped too if it fails to start."""
+    stack = Stack(directory, extra_env=extra_env)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@asynccontextmanager
+async def driving(stack: Stack) -> AsyncIterator[Driver]:
+    driver = Driver({name: stack.url(name) for name in stack.ports})
+    try:
+        yield driver
+    finally:
+        await driver.close()
