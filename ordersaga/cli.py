@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -68,11 +68,20 @@ def worker() -> None:
 @app.command()
 def up(
     data_dir: Annotated[Path | None, typer.Option(help="State and logs (default .data).")] = None,
+    otel: Annotated[
+        str | None,
+        typer.Option(help="An OTLP/HTTP collector address (e.g. http://127.0.0.1:4318): turns tracing on."),
+    ] = None,
 ) -> None:
     """Run the whole system: Temporal + Web UI, NATS, the services, the worker and the gateway."""
     from ordersaga.up import UpSettings, run_up
 
-    settings = UpSettings() if data_dir is None else UpSettings(data_dir=data_dir)
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if otel is not None:
+        overrides["otel_endpoint"] = otel if "://" in otel else f"http://{otel}"
+    settings = UpSettings(**overrides)
     _exit(run_up(settings))
 
 
@@ -149,6 +158,14 @@ def load(
         admin_password=creds.get("admin_password"),
     )
     _exit(run_load(plan, json_path=json_path))
+
+
+@app.command("codec-server")
+def codec_server() -> None:
+    """Serve the payload codec for the Temporal Web UI (needs ORDERSAGA_PAYLOAD_KEYS)."""
+    from ordersaga.codec_server import serve
+
+    serve()
 
 
 @app.command()

@@ -45,6 +45,13 @@ class UpSettings(BaseSettings):
     internal_token: str | None = None
     temporal_address: str | None = Field(default=None, validation_alias=AliasChoices("TEMPORAL_ADDRESS"))
     nats_url: str | None = Field(default=None, validation_alias=AliasChoices("NATS_URL"))
+    # The worker's /metrics and its Temporal SDK metrics endpoint (the services serve /metrics on their port).
+    worker_metrics_port: int = 9464
+    worker_sdk_metrics_port: int = 9465
+    # An OTLP/HTTP collector (e.g. http://127.0.0.1:4318): turns tracing on in every child (`up --otel`).
+    otel_endpoint: str | None = None
+    # Where that collector's traces can be looked at (e.g. Jaeger's UI), printed in the welcome table.
+    otel_ui: str = "http://127.0.0.1:16686"
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,14 @@ class Stack:
                 Port(self.settings.temporal_ui_port, "temporal web UI", "ORDERSAGA_TEMPORAL_UI_PORT"),
             ]
         ports.append(Port(self.settings.smtp_port, "smtp sink", "ORDERSAGA_SMTP_PORT"))
+        ports += [
+            Port(self.settings.worker_metrics_port, "worker metrics", "ORDERSAGA_WORKER_METRICS_PORT"),
+            Port(
+                self.settings.worker_sdk_metrics_port,
+                "worker SDK metrics",
+                "ORDERSAGA_WORKER_SDK_METRICS_PORT",
+            ),
+        ]
         if not self.settings.nats_url:
             ports += [
                 Port(self.settings.nats_port, "nats", "ORDERSAGA_NATS_PORT (or NATS_URL)"),
@@ -131,7 +146,14 @@ class Stack:
             "NOTIFICATIONS_SMTP_HOST": "127.0.0.1",
             "NOTIFICATIONS_SMTP_PORT": str(self.settings.smtp_port),
             "PYTHONUNBUFFERED": "1",
+            "WORKER_METRICS_HOST": "127.0.0.1",
+            "WORKER_METRICS_PORT": str(self.settings.worker_metrics_port),
+            "WORKER_SDK_METRICS_PORT": str(self.settings.worker_sdk_metrics_port),
         }
+        if self.settings.otel_endpoint:
+            # The standard variables the OpenTelemetry SDK reads (services/kit/tracing.py).
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.settings.otel_endpoint
+            env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
         urls = {name: self.url(name) for name in DATA_SERVICES}
         return (
             env
@@ -219,6 +241,14 @@ class Stack:
             table.add_row("Temporal Web UI", f"http://127.0.0.1:{self.settings.temporal_ui_port}")
         table.add_row("Temporal", self.temporal_address)
         table.add_row("NATS", self.nats_url)
+        table.add_row("metrics", "each service's /metrics (URLs above, without /docs)")
+        table.add_row("worker metrics", f"http://127.0.0.1:{self.settings.worker_metrics_port}/metrics")
+        table.add_row(
+            "Temporal SDK + saga metrics", f"http://127.0.0.1:{self.settings.worker_sdk_metrics_port}/metrics"
+        )
+        if self.settings.otel_endpoint:
+            table.add_row("traces", f"sent to {self.settings.otel_endpoint}; look in {self.settings.otel_ui}")
+            table.add_row("trace of an order", "its trace_id in GET /orders/{id}/saga, and in every log line")
         table.add_row("mail (SMTP sink)", f"127.0.0.1:{self.settings.smtp_port}; read with `ordersaga mail`")
         table.add_row("data and logs", str(self.data_dir))
         shown = self.creds.generated_now

@@ -173,6 +173,10 @@ class Proxy:
             method == "POST" and "idempotency-key" in request.headers
         )
         has_body = method in ("POST", "PUT", "PATCH", "DELETE")
+        if not has_body:
+            # A body sent with a GET is not forwarded, so neither is its length: a Content-Length
+            # with no bytes behind it would break the upstream request (a 500 before this).
+            headers = [(name, value) for name, value in headers if name.lower() != b"content-length"]
         if has_body and retriable:
             content: bytes | None = await request.body()
         else:

@@ -57,8 +57,14 @@ class Problem(Exception):
         self.extensions = extensions
 
 
-class BodyTooLarge(Exception):
-    """Raised by the body-size guard while a request body is streamed in."""
+class BodyTooLarge(StarletteHTTPException):
+    """Raised by the body-size guard while a request body is streamed in.
+
+    An HTTPException, because FastAPI turns any other error raised while it reads a body into a
+    400 ("error parsing the body"); this one it re-raises, so a chunked oversized body is a 413."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(413, detail)
 
 
 def problem_response(
@@ -134,7 +140,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return problem_response(413, "payload_too_large", str(exc), instance=request.url.path)
+        return problem_response(413, "payload_too_large", exc.detail, instance=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

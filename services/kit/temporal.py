@@ -8,6 +8,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
 
+from services.kit.codec import data_converter as codec_data_converter
+from services.kit.tracing import temporal_interceptors
+
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 
 
@@ -31,5 +34,10 @@ def connect_config(settings: TemporalSettings | None = None) -> dict[str, Any]:
 
 async def connect(settings: TemporalSettings | None = None, **overrides: Any) -> Client:
     config = connect_config(settings)
+    # Payload encryption when ORDERSAGA_PAYLOAD_KEYS is set; the worker inherits the client's converter.
+    config["data_converter"] = codec_data_converter()
+    # Tracing (only when OTEL_* turns it on): StartWorkflow spans, and the worker inherits the interceptor.
+    if interceptors := temporal_interceptors():
+        config["interceptors"] = interceptors
     config.update(overrides)
     return await Client.connect(**config)
