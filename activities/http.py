@@ -51,18 +51,27 @@ class ServiceCaller:
         try:
             response = await self._client.request(method, self._base_url + path, json=json, headers=headers)
         except httpx.HTTPError as err:
+            _log("service_call_failed", method, path, error=type(err).__name__)
             raise ApplicationError(
                 f"{method} {path}: {type(err).__name__}: {err}", {"attempt": attempt}, type="transport_error"
             ) from err
         if response.is_success:
+            _log("service_call", method, path, status=response.status_code)
             return response
         code, detail = _problem(response)
+        _log("service_call_refused", method, path, status=response.status_code, code=code)
         message = f"{method} {path} → {response.status_code} {code}: {detail}"
         if refusals and code in refusals:
             raise ApplicationError(message, {"attempt": attempt}, type=refusals[code], non_retryable=True)
         if response.status_code >= 500 or response.status_code in (408, 429) or code in TRANSIENT_CODES:
             raise ApplicationError(message, {"attempt": attempt}, type="upstream_unavailable")
         raise ApplicationError(message, {"attempt": attempt}, type="upstream_rejected", non_retryable=True)
+
+
+def _log(event: str, method: str, path: str, **fields: Any) -> None:
+    # The SDK's adapter adds the workflow id and activity type (lifted into JSON by the kit's logging).
+    if activity.in_activity():
+        activity.logger.info(event, extra={"method": method, "path": path, **fields})
 
 
 def _problem(response: httpx.Response) -> tuple[str, str]:

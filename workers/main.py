@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 import structlog
+from temporalio import activity, workflow
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.http import ServiceCaller
@@ -23,8 +25,10 @@ from activities.policy import PolicyActivities
 from activities.users import UserActivities
 from services.kit.logging import configure_logging
 from services.kit.temporal import TemporalSettings, connect
+from services.kit.tracing import setup_tracing, shutdown_tracing
 from workers.health import WorkerState, serving_health
 from workers.settings import WorkerSettings
+from workflows.metrics import SAGA_DURATION, SAGA_DURATION_BUCKETS
 from workflows.order import OrderWorkflow
 from workflows.payloads import TASK_QUEUE
 
@@ -75,10 +79,28 @@ async def running_worker(
             yield worker
 
 
+def sdk_runtime(settings: WorkerSettings) -> Runtime | None:
+    """A runtime whose Prometheus endpoint serves the SDK's metrics and the workflow's business metrics."""
+    if settings.sdk_metrics_port is None:
+        return None
+    prometheus = PrometheusConfig(
+        bind_address=f"{settings.metrics_host}:{settings.sdk_metrics_port}",
+        counters_total_suffix=True,
+        durations_as_seconds=True,
+        histogram_bucket_overrides={SAGA_DURATION: SAGA_DURATION_BUCKETS},
+    )
+    return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
+
+
 async def serve(settings: WorkerSettings | None = None, temporal: TemporalSettings | None = None) -> None:
     settings = settings or WorkerSettings()
     configure_logging(settings.log_level, service="worker")
-    client = await connect(temporal)
+    # The SDK's workflow/activity loggers carry their context as `extra` (lifted into JSON fields).
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
+    tracing = setup_tracing("worker")
+    runtime = sdk_runtime(settings)
+    client = await (connect(temporal, runtime=runtime) if runtime else connect(temporal))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,4 +115,6 @@ async def serve(settings: WorkerSettings | None = None, temporal: TemporalSettin
         await stop.wait()
         state.polling = False
         log.info("worker_stopping", graceful_seconds=settings.graceful_shutdown_seconds)
+    if tracing:
+        shutdown_tracing()
     log.info("worker_stopped")

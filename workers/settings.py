@@ -35,6 +35,9 @@ class WorkerSettings(BaseSettings):
     # /health, /ready and /metrics for probes and scraping; off unless a port is set (9464 in containers).
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
+    # The Temporal SDK's own metrics (task latencies, slots, polls) and the workflow's business metrics,
+    # served by the SDK runtime's Prometheus endpoint; off unless a port is set (9465 in containers).
+    sdk_metrics_port: int | None = None
 
     def saga_policy(self) -> SagaPolicy:
         return SagaPolicy(

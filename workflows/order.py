@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.payments import PaymentActivities
     from activities.policy import PolicyActivities
     from activities.users import UserActivities
-    from workflows import policies
+    from workflows import metrics, policies
     from workflows.failures import StepFailed, attempts_from_error, describe, reason_for
     from workflows.payloads import (
         STEP_NAMES,
@@ -138,6 +138,14 @@ class OrderWorkflow:
         for state in self._steps.values():
             if state.status in ("pending", "running"):
                 state.status = "skipped"
+        metrics.saga_ended(
+            self._order_status, self._cancel_reason, workflow.now() - workflow.info().workflow_start_time
+        )
+        # The SDK's workflow logger stays silent while replaying, so this is logged once per saga.
+        workflow.logger.info(
+            "saga_ended",
+            extra={"order_status": self._order_status, "cancel_reason": self._cancel_reason},
+        )
         return OrderResult(
             order_id=order.order_id,
             status=self._order_status,
@@ -301,6 +309,8 @@ class OrderWorkflow:
     def _on_compensation(self, step: str, outcome: CompensationState) -> None:
         state = self._steps[step]
         state.compensation = outcome
+        if outcome.status != "running":
+            metrics.compensation_ran(step, outcome.status)
         if state.status == "failed":
             return  # the step that failed stays failed, even though its compensation ran
         if outcome.status == "done":
@@ -361,6 +371,8 @@ class OrderWorkflow:
             order_status=self._order_status,
             cancel_reason=self._cancel_reason,
             steps=[self._steps[name] for name in STEP_NAMES],
+            # Set by the orders service from the trace of POST /orders; part of the start event.
+            trace_id=workflow.memo_value("trace_id", None, type_hint=str),
         )
 
     @workflow.update(name="cancel")

@@ -187,6 +187,8 @@ class SagaView:
     order_status: str
     cancel_reason: str | None
     steps: list[StepState]
+    # The trace of the request that placed the order, when tracing is on (see services/kit/tracing.py).
+    trace_id: str | None = None
 
 
 @dataclass

@@ -32,6 +32,7 @@ from services.kit.identity import identity_headers
 from services.kit.logging import configure_logging
 from services.kit.metrics import metrics_endpoint
 from services.kit.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from services.kit.tracing import instrument_app, setup_tracing, shutdown_tracing
 from services.users.tokens import Claims, InvalidToken
 
 log = structlog.get_logger(__name__)
@@ -160,6 +161,7 @@ def _endpoint(gateway: Gateway, methods: dict[str, PublicRoute]) -> Callable[[Re
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    tracing = setup_tracing(settings.service_name)
     gateway = Gateway(settings)
 
     @asynccontextmanager
@@ -168,6 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("gateway_started", upstreams={n: u.url for n, u in gateway.upstreams.items()})
         yield
         await gateway.client.aclose()
+        if tracing:
+            shutdown_tracing()
 
     app = FastAPI(
         title="ordersaga gateway",
@@ -228,4 +232,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 name=f"{next(iter(methods.values())).upstream}:{path}",
             )
         )
+    instrument_app(app)
     return app

@@ -18,6 +18,7 @@ from services.kit.middleware import BodySizeLimitMiddleware, RequestContextMiddl
 from services.kit.migrations import upgrade
 from services.kit.relay import run_relay
 from services.kit.settings import ServiceSettings
+from services.kit.tracing import instrument_app, setup_tracing, shutdown_tracing
 
 # A background part of a service (a sender loop, a sweeper, an outbox relay) that lives with the app.
 LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -50,6 +51,7 @@ def create_service_app(
     database: Database | None = None,
 ) -> FastAPI:
     service = settings.service_name
+    tracing = setup_tracing(service)
     db = database or Database(settings.resolved_database_url())
 
     @asynccontextmanager
@@ -66,6 +68,8 @@ def create_service_app(
             log.info("service_started", service=service)
             yield
         await db.dispose()
+        if tracing:
+            shutdown_tracing()
 
     app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -91,6 +95,7 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
     _add_problem_schema(app)
+    instrument_app(app, db.engine)
     return app
 
 

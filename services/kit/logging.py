@@ -1,27 +1,79 @@
-"""structlog JSON logs with context bound per request (request id, and whatever a handler adds)."""
+"""structlog JSON logs with context bound per request (request id, trace id, and what a handler adds).
+
+Standard-library records (uvicorn, the Temporal SDK's `workflow.logger` / `activity.logger`) go through
+the same processors, so the worker's workflow and activity lines are JSON too, with `workflow_id`,
+`order_id` and `activity` lifted from the SDK's `extra`.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
+from services.kit.tracing import add_trace_context
+
 _configured = False
+
+_ORDER_WORKFLOW_PREFIX = "order-"
+
+
+def add_temporal_context(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Lifts the SDK adapters' `temporal_workflow` / `temporal_activity` extras into flat fields."""
+    details: dict[str, Any] = {}
+    details.update(event_dict.pop("temporal_workflow", None) or {})
+    details.update(event_dict.pop("temporal_activity", None) or {})
+    workflow_id = details.get("workflow_id")
+    if workflow_id:
+        event_dict.setdefault("workflow_id", workflow_id)
+        if str(workflow_id).startswith(_ORDER_WORKFLOW_PREFIX):
+            event_dict.setdefault("order_id", str(workflow_id).removeprefix(_ORDER_WORKFLOW_PREFIX))
+    if "activity_type" in details:
+        event_dict.setdefault("activity", details["activity_type"])
+    if "attempt" in details:
+        event_dict.setdefault("attempt", details["attempt"])
+    return event_dict
 
 
 def configure_logging(level: str = "INFO", *, service: str | None = None) -> None:
     global _configured
-    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
     if service:
         structlog.contextvars.bind_contextvars(service=service)
     if _configured:
         return
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        add_trace_context,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                *shared,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+                add_temporal_context,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    # Replaces a plain stdout handler (basicConfig's); capture handlers such as pytest's stay.
+    root.handlers = [h for h in root.handlers if type(h) is not logging.StreamHandler]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),

@@ -12,13 +12,15 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
 
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import col, select
 
+from services.kit.business import OUTBOX_LAG, OUTBOX_UNPUBLISHED
 from services.kit.db import Database
 from services.kit.events import CloudEvent, connect, ensure_stream, event_source, subject_for
 from services.kit.models import utcnow
@@ -73,9 +75,14 @@ class OutboxRelay:
             .order_by(col(OutboxEvent.created_at), col(OutboxEvent.id))
             .limit(self.settings.outbox_batch_size)
         )
+        waiting = select(func.count(), func.min(OutboxEvent.created_at)).where(
+            col(OutboxEvent.published_at).is_(None)
+        )
         async with self.db.session() as session:
+            count, oldest = (await session.exec(waiting)).one()
             rows = list((await session.exec(query)).all())
             await session.commit()
+        self._observe_lag(int(count or 0), oldest)
         if not rows:
             return 0
         js = await self._jetstream()
@@ -102,6 +109,14 @@ class OutboxRelay:
                 duplicate=bool(ack.duplicate),
             )
         return len(rows)
+
+    def _observe_lag(self, count: int, oldest: datetime | None) -> None:
+        service = self.settings.service_name
+        OUTBOX_UNPUBLISHED.labels(service).set(count)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)  # SQLite hands naive UTC back
+        lag = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        OUTBOX_LAG.labels(service).set(max(lag, 0.0))
 
     async def _mark_published(self, row: OutboxEvent) -> None:
         async with self.db.session() as session, session.begin():

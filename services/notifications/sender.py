@@ -18,11 +18,11 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from prometheus_client import Counter
 from sqlalchemy import or_, update
 from sqlmodel import col, select
 
 from services.kit.app import LifespanHook
+from services.kit.business import NOTIFICATION_DELIVERIES
 from services.kit.db import Database
 from services.kit.models import utcnow
 from services.kit.outbox import add_event
@@ -39,11 +39,7 @@ from services.notifications.templates import render
 
 log = structlog.get_logger(__name__)
 
-DELIVERIES = Counter(
-    "notifications_deliveries_total",
-    "Delivery attempts by channel and outcome (sent, retry, failed).",
-    ["channel", "outcome"],
-)
+DELIVERIES = NOTIFICATION_DELIVERIES  # by channel and status (sent, retry, failed)
 
 
 def retry_delay(attempts: int, settings: Settings, rng: random.Random) -> float:

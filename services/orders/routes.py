@@ -8,6 +8,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Body, Header, Request, Response
 
+from services.kit.business import ORDERS_PLACED
 from services.kit.db import SessionDep
 from services.kit.errors import Problem, problem_responses
 from services.kit.identity import AdminDep, CallerDep, CustomerDep, Identity, ServiceDep, require_owner
@@ -90,13 +91,15 @@ async def place_order(
     lines = [line.to_line() for line in body.items]
     store.reject_repeated_products(lines)
     assert caller.user_id is not None  # a customer identity always carries its user id
-    order, _ = await store.place_order(
+    order, created = await store.place_order(
         session,
         user_id=caller.user_id,
         lines=lines,
         payment_method_id=body.payment_method_id,
         idempotency_key=idempotency_key,
     )
+    if created:  # a replayed idempotency key is the same order, not another one
+        ORDERS_PLACED.inc()
     # After the commit: the order is safe even if the start fails; the sweeper retries unstarted ones.
     if order.saga_started_at is None:
         saga: SagaPort = request.app.state.saga

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from services.kit.db import SessionDep
 from services.kit.errors import Problem, problem_responses
@@ -49,6 +49,9 @@ class SagaViewOut(BaseModel):
     order_status: str
     cancel_reason: str | None = None
     steps: list[SagaStepOut]
+    trace_id: str | None = Field(
+        default=None, description="The trace of the request that placed the order, when tracing is on."
+    )
 
 
 def _saga(request: Request) -> SagaPort:

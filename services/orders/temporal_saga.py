@@ -22,6 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from services.kit.errors import Problem
 from services.kit.identity import Identity
 from services.kit.temporal import TemporalSettings, connect
+from services.kit.tracing import current_trace_id
 from services.orders.saga import OrderStart
 from workflows.payloads import (
     STEP_NAMES,
@@ -81,6 +82,8 @@ class TemporalSaga:
                     ]
                 ),
                 static_summary=f"Order {order_id}: {_lines(len(order.items))}",
+                # The saga view shows it; a sweeper's restart has no request trace and sets none.
+                memo={"trace_id": trace_id} if (trace_id := current_trace_id()) else None,
             )
         except WorkflowAlreadyStartedError:
             log.info("saga_already_started", order_id=order_id)

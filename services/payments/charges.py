@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.kit.business import PAYMENTS_CAPTURED_CENTS, PAYMENTS_REFUNDED_CENTS
 from services.kit.errors import Problem
 from services.kit.models import new_id, utcnow
 from services.kit.outbox import add_event
@@ -168,6 +169,7 @@ class PaymentLedger:
         )
         if settled:
             log.info("payment_captured", payment_id=str(payment.id), order_id=str(payment.order_id))
+            PAYMENTS_CAPTURED_CENTS.inc(payment.amount_cents or 0)
         return settled
 
     async def _record_decline(self, payment: Payment, decline_code: str) -> bool:
@@ -337,6 +339,7 @@ class PaymentLedger:
                     )
                     await session.flush()
                     await self._apply_refund(payment_id, amount)
+                PAYMENTS_REFUNDED_CENTS.inc(amount)  # committed
             except IntegrityError:
                 async with session.begin():
                     previous = await self._refund_by_key(refund_key)

@@ -102,6 +102,7 @@ def make_up(tmp: Path) -> UpProcess:
     ports = {name: free_port() for name in SERVICES}
     ports |= {"temporal": free_port(), "ui": free_port(), "nats": free_port(), "nats_monitor": free_port()}
     ports["smtp"] = free_port()
+    ports |= {"worker_metrics": free_port(), "worker_sdk_metrics": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_DATABASE_URL", "_PORT"))}
     env.pop("TEMPORAL_ADDRESS", None)
     env.pop("NATS_URL", None)
@@ -112,6 +113,8 @@ def make_up(tmp: Path) -> UpProcess:
         "ORDERSAGA_NATS_PORT": str(ports["nats"]),
         "ORDERSAGA_NATS_MONITOR_PORT": str(ports["nats_monitor"]),
         "ORDERSAGA_SMTP_PORT": str(ports["smtp"]),
+        "ORDERSAGA_WORKER_METRICS_PORT": str(ports["worker_metrics"]),
+        "ORDERSAGA_WORKER_SDK_METRICS_PORT": str(ports["worker_sdk_metrics"]),
         "COLUMNS": "200",
     }
     return UpProcess(data_dir=tmp / "data", env=env, ports=ports, log=tmp / "up.log")
