@@ -17,40 +17,18 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
-from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The workflow lives in its own module so that the sandbox can re-import it, as it does ours.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ceiling_workflow import CeilingWorkflow, noop, noop_local
 
 from tests.support.temporal import dev_server
-
-ACTIVITIES = 7
-
-
-@activity.defn
-async def noop(step: int) -> int:
-    return step
-
-
-@activity.defn
-async def noop_local() -> int:
-    return 0
-
-
-# Unsandboxed: this script is __main__, which the sandbox cannot re-import; the code is trivially
-# deterministic, and the sandbox's cost is part of what ordersaga pays, noted in the README.
-@workflow.defn(sandboxed=False)
-class CeilingWorkflow:
-    @workflow.run
-    async def run(self) -> int:
-        await workflow.execute_local_activity(noop_local, start_to_close_timeout=timedelta(seconds=5))
-        for step in range(ACTIVITIES):
-            await workflow.execute_activity(noop, step, start_to_close_timeout=timedelta(seconds=10))
-        return ACTIVITIES
 
 
 def percentile(values: list[float], q: int) -> float:
