@@ -160,6 +160,16 @@ def load(
     _exit(run_load(plan, json_path=json_path))
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
+def chaos(ctx: typer.Context) -> None:
+    """Load plus random process kills and pauses, then an audit of every invariant (--help for options)."""
+    from ordersaga.chaos import main as chaos_main
+
+    _exit(chaos_main(list(ctx.args)))
+
+
 @app.command("codec-server")
 def codec_server() -> None:
     """Serve the payload codec for the Temporal Web UI (needs ORDERSAGA_PAYLOAD_KEYS)."""

@@ -1,0 +1,254 @@
+"""The DESIGN's invariants, checked across the services' SQLite databases after a run.
+
+Read-only: each database is opened with `mode=ro`, so an audit never changes what it judges. Every
+id is compared in one spelling (32 hex digits), because SQLAlchemy stores UUIDs that way in SQLite
+while JSON columns keep the dashed form.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import sqlite3
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.registry import DATA_SERVICES
+
+FINAL = ("CONFIRMED", "SHIPPED", "DELIVERED", "CANCELLED")
+CONFIRMED = ("CONFIRMED", "SHIPPED", "DELIVERED")
+
+
+def hex_id(value: object) -> str:
+    return uuid.UUID(str(value)).hex
+
+
+@contextmanager
+def database(data_dir: Path, service: str) -> Iterator[sqlite3.Connection]:
+    path = data_dir / f"{service}.db"
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as conn:
+        yield conn
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What existed before the load: orders to leave out, and each product's on-hand count."""
+
+    order_ids: frozenset[str]
+    on_hand: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"order_ids": sorted(self.order_ids), "on_hand": self.on_hand}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Baseline:
+        return cls(order_ids=frozenset(data["order_ids"]), on_hand=dict(data["on_hand"]))
+
+
+def baseline(data_dir: Path) -> Baseline:
+    with database(data_dir, "orders") as conn:
+        orders = frozenset(hex_id(row[0]) for row in conn.execute("SELECT id FROM orders"))
+    return Baseline(order_ids=orders, on_hand=stock(data_dir))
+
+
+def stock(data_dir: Path) -> dict[str, int]:
+    with database(data_dir, "inventory") as conn:
+        return {hex_id(pid): int(n) for pid, n in conn.execute("SELECT id, on_hand FROM inventory_products")}
+
+
+def run_orders(data_dir: Path, base: Baseline) -> list[dict[str, Any]]:
+    import json
+
+    with database(data_dir, "orders") as conn:
+        rows = conn.execute("SELECT id, status, cancel_reason, total_cents, items FROM orders").fetchall()
+    orders = []
+    for oid, status, reason, total, items in rows:
+        if hex_id(oid) in base.order_ids:
+            continue
+        parsed = json.loads(items) if isinstance(items, str) else items
+        orders.append(
+            {"id": hex_id(oid), "status": status, "reason": reason, "total": total, "items": parsed}
+        )
+    return orders
+
+
+@dataclass
+class Pending:
+    """What still moves; all zero means the system is quiescent."""
+
+    open_orders: int = 0
+    live_reservations: int = 0
+    outbox: dict[str, int] = field(default_factory=dict)
+    queued_notifications: int = 0
+
+    @property
+    def quiet(self) -> bool:
+        return not (
+            self.open_orders
+            or self.live_reservations
+            or any(self.outbox.values())
+            or self.queued_notifications
+        )
+
+
+def pending(data_dir: Path, base: Baseline) -> Pending:
+    state = Pending(open_orders=sum(1 for o in run_orders(data_dir, base) if o["status"] not in FINAL))
+    with database(data_dir, "inventory") as conn:
+        state.live_reservations = conn.execute(
+            "SELECT count(*) FROM inventory_reservations WHERE status = 'reserved'"
+        ).fetchone()[0]
+    for service in DATA_SERVICES:
+        with database(data_dir, service) as conn:
+            state.outbox[service] = conn.execute(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            ).fetchone()[0]
+    with database(data_dir, "notifications") as conn:
+        state.queued_notifications = conn.execute(
+            "SELECT count(*) FROM notifications WHERE status = 'queued'"
+        ).fetchone()[0]
+    return state
+
+
+def wait_quiescent(data_dir: Path, base: Baseline, timeout: float) -> tuple[bool, Pending, float]:
+    """Poll until two reads a second apart both find nothing moving, or the timeout passes."""
+    started = time.monotonic()
+    quiet_reads = 0
+    state = Pending()
+    while time.monotonic() - started < timeout:
+        try:
+            state = pending(data_dir, base)
+        except sqlite3.OperationalError:  # a writer holds the lock for a moment
+            state = Pending(open_orders=-1)
+        quiet_reads = quiet_reads + 1 if state.quiet else 0
+        if quiet_reads >= 2:
+            return True, state, time.monotonic() - started
+        time.sleep(1.0)
+    return False, state, time.monotonic() - started
+
+
+def audit(
+    data_dir: Path, base: Baseline, client_order_ids: set[str], *, email_redelivery_ok: bool = False
+) -> list[str]:
+    """Every invariant of DESIGN.md; returns one line per violation (empty = all hold)."""
+    violations: list[str] = []
+    orders = run_orders(data_dir, base)
+    by_id = {o["id"]: o for o in orders}
+
+    # No accepted request lost: every order a client saw accepted is in the database.
+    violations += [f"order {oid} accepted by the API but absent" for oid in client_order_ids - by_id.keys()]
+    # Every accepted order final, a cancellation with its reason.
+    for order in orders:
+        if order["status"] not in FINAL:
+            violations.append(f"order {order['id']} not final: {order['status']}")
+        elif order["status"] == "CANCELLED" and not order["reason"]:
+            violations.append(f"order {order['id']} cancelled without a reason")
+
+    # Stock conserved: start = now + units that left with confirmed orders.
+    shipped: Counter[str] = Counter()
+    for order in orders:
+        if order["status"] in CONFIRMED:
+            for line in order["items"]:
+                shipped[hex_id(line["product_id"])] += int(line["quantity"])
+    now = stock(data_dir)
+    for pid, start in base.on_hand.items():
+        if start != now.get(pid, 0) + shipped[pid]:
+            violations.append(
+                f"stock of product {pid}: start {start} != now {now.get(pid)} + confirmed {shipped[pid]}"
+            )
+
+    # No live reservation without a live order; a committed one only for a confirmed order.
+    with database(data_dir, "inventory") as conn:
+        reservations = conn.execute("SELECT order_id, status FROM inventory_reservations").fetchall()
+    for oid, status in reservations:
+        held = by_id.get(hex_id(oid))
+        if held is None:
+            continue
+        if status == "reserved" and held["status"] in FINAL:
+            violations.append(f"reservation of order {held['id']} still held after {held['status']}")
+        if status == "committed" and held["status"] not in CONFIRMED:
+            violations.append(f"reservation of order {held['id']} committed but order {held['status']}")
+
+    violations += _money(data_dir, by_id)
+    violations += _notifications(data_dir, email_redelivery_ok)
+    violations += _outbox(data_dir)
+    return violations
+
+
+def _money(data_dir: Path, by_id: dict[str, dict[str, Any]]) -> list[str]:
+    violations: list[str] = []
+    with database(data_dir, "payments") as conn:
+        rows = conn.execute(
+            "SELECT p.order_id, p.idempotency_key, t.kind, t.amount_cents FROM payment_transactions t "
+            "JOIN payments p ON p.id = t.payment_id"
+        ).fetchall()
+    charges: dict[str, list[int]] = defaultdict(list)
+    refunds: Counter[str] = Counter()
+    charged_keys: Counter[str] = Counter()
+    for oid, key, kind, amount in rows:
+        if kind == "charge":
+            charged_keys[key] += 1
+        if oid is None or hex_id(oid) not in by_id:
+            continue
+        if kind == "charge":
+            charges[hex_id(oid)].append(int(amount))
+        elif kind == "refund":
+            refunds[hex_id(oid)] += int(amount)
+    violations += [f"idempotency key {key} charged {n} times" for key, n in charged_keys.items() if n > 1]
+    for oid, order in by_id.items():
+        captured = charges.get(oid, [])
+        if order["status"] in CONFIRMED:
+            if len(captured) != 1 or captured[0] != order["total"] or refunds[oid]:
+                violations.append(
+                    f"confirmed order {oid}: captures {captured}, refunds {refunds[oid]}, "
+                    f"total {order['total']}"
+                )
+        elif order["status"] == "CANCELLED" and sum(captured) != refunds[oid]:
+            violations.append(f"cancelled order {oid}: charged {sum(captured)}, refunded {refunds[oid]}")
+    return violations
+
+
+def _notifications(data_dir: Path, email_redelivery_ok: bool) -> list[str]:
+    with database(data_dir, "notifications") as conn:
+        sent = conn.execute(
+            "SELECT idempotency_key, count(*) FROM notifications WHERE status = 'sent' "
+            "GROUP BY idempotency_key HAVING count(*) > 1"
+        ).fetchall()
+    violations = [f"notification {key} sent {n} times" for key, n in sent]
+    if not email_redelivery_ok:
+        violations += [
+            f"email {mid} delivered {n} times (same Message-ID: killed between SMTP send and marking it sent)"
+            for mid, n in email_redeliveries(data_dir).items()
+        ]
+    return violations
+
+
+def email_redeliveries(data_dir: Path) -> dict[str, int]:
+    """Message-IDs the SMTP sink received more than once.
+
+    The notification sender is at-least-once towards SMTP (services/notifications/channels.py): a
+    crash after the server accepted a message and before the row is marked sent makes the retry
+    deliver it again, under the same Message-ID so that a mail client can fold the copies.
+    """
+    ids = Counter(str(message["Message-ID"]) for message in mail_messages(data_dir / "mail"))
+    return {mid: n for mid, n in ids.items() if n > 1}
+
+
+def mail_messages(maildir: Path) -> list[mailbox.MaildirMessage]:
+    if not (maildir / "new").is_dir():
+        return []
+    return list(mailbox.Maildir(maildir, create=False).values())
+
+
+def _outbox(data_dir: Path) -> list[str]:
+    violations = []
+    for service in DATA_SERVICES:
+        with database(data_dir, service) as conn:
+            stuck = conn.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()[0]
+        if stuck:
+            violations.append(f"{stuck} outbox rows of {service} never published")
+    return violations

@@ -1,0 +1,133 @@
+"""The reduced chaos run of issue 10: the real stack under load while its processes are killed.
+
+`ordersaga.chaos` runs in a subprocess of its own (it owns a whole `ordersaga up` stack on free
+ports); the tests read the JSON report it writes, then check that the auditor would have caught
+broken invariants by breaking them in a copy of the databases the run left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ordersaga import audit
+from ordersaga.chaos import PAUSE
+
+# Opt-in (`pytest -m chaos`), not yet part of `make test`: a notifications process killed between the
+# SMTP server's acceptance and the row's `sent` mark re-sends that mail after its lease expires, which
+# the audit rightly counts as a violation. Until the sender is at-most-once across crashes, a run can
+# fail by chance, so it is kept out of the gating suite.
+pytestmark = pytest.mark.chaos
+
+ORDERS = 200
+FAULTS = 9  # each of the five services, the gateway, the worker, NATS, and a pause of Temporal
+
+
+@dataclass
+class ChaosRun:
+    data_dir: Path
+    report: dict[str, Any]
+    output: str
+    returncode: int
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> ChaosRun:
+    tmp = tmp_path_factory.mktemp("chaos")
+    report_path = tmp / "chaos.json"
+    argv = [sys.executable, "-m", "ordersaga.chaos", "--data-dir", str(tmp / "data")]
+    argv += ["--orders", str(ORDERS), "--rate", "4", "--faults", str(FAULTS), "--seed", "10"]
+    argv += ["--free-ports", "--json", str(report_path)]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=400, check=False)  # our own module
+    output = run.stdout[-3000:] + run.stderr[-6000:]
+    assert report_path.exists(), output
+    return ChaosRun(tmp / "data", json.loads(report_path.read_text()), output, run.returncode)
+
+
+@pytest.mark.slow
+@pytest.mark.temporal
+@pytest.mark.timeout(420)
+def test_chaos_under_load_loses_nothing(chaos: ChaosRun) -> None:
+    report = chaos.report
+    assert report["violations"] == [], chaos.output
+    assert chaos.returncode == 0, chaos.output
+    assert report["orders_sent"] == ORDERS
+    # Faults make clients retry with the same key, never give up: every order accepted exactly once.
+    assert report["orders_accepted"] == ORDERS, report
+    assert "gave_up" not in report["client_errors"], report
+    assert report["faults"] >= 6
+    killed = set(report["faults_by_kind"])
+    assert {"worker", "gateway", "nats", "orders", "payments", PAUSE} <= killed, killed
+    assert all(None not in recoveries for recoveries in report["faults_by_kind"].values()), report
+    # A mixed workload: some orders confirmed, some cancelled for a declined card or the hot product.
+    assert report["outcomes"].get("CONFIRMED", 0) > 0, report["outcomes"]
+    assert report["outcomes"].get("CANCELLED:payment_declined", 0) > 0, report["outcomes"]
+    assert report["outcomes"].get("CANCELLED:out_of_stock", 0) > 0, report["outcomes"]
+
+
+@pytest.fixture
+def broken(chaos: ChaosRun, tmp_path: Path) -> Path:
+    """A copy of the run's databases and mail, in which each invariant is then broken once."""
+    copy = tmp_path / "data"
+    shutil.copytree(chaos.data_dir, copy, ignore=shutil.ignore_patterns("nats", "temporal.db*", "logs"))
+    return copy
+
+
+def _write(data_dir: Path, service: str, sql: str) -> int:
+    with closing(sqlite3.connect(data_dir / f"{service}.db")) as conn, conn:
+        return conn.execute(sql).rowcount
+
+
+@pytest.mark.slow
+@pytest.mark.temporal
+@pytest.mark.timeout(420)
+def test_the_audit_catches_each_broken_invariant(chaos: ChaosRun, broken: Path) -> None:
+    base = audit.Baseline.from_json(chaos.report["baseline"])
+    clients = set(chaos.report["client_order_ids"])
+    assert audit.audit(broken, base, clients) == []
+
+    one = "(SELECT id FROM orders WHERE status = '{}' LIMIT 1)"
+    assert _write(
+        broken, "orders", f"UPDATE orders SET status = 'PENDING' WHERE id = {one.format('CONFIRMED')}"
+    )
+    assert _write(broken, "inventory", "UPDATE inventory_products SET on_hand = on_hand + 1")
+    assert _write(
+        broken,
+        "inventory",
+        "UPDATE inventory_reservations SET status = 'reserved' WHERE order_id = "
+        "(SELECT order_id FROM inventory_reservations WHERE status = 'released' LIMIT 1)",
+    )
+    # A declined card turned into a charge: a cancelled order with money kept.
+    assert _write(
+        broken,
+        "payments",
+        "UPDATE payment_transactions SET kind = 'charge' WHERE id = "
+        "(SELECT id FROM payment_transactions WHERE kind = 'decline' LIMIT 1)",
+    )
+    assert _write(
+        broken,
+        "notifications",
+        "UPDATE outbox SET published_at = NULL WHERE id = (SELECT id FROM outbox LIMIT 1)",
+    )
+    first_mail = next((broken / "mail" / "new").iterdir())
+    shutil.copy(first_mail, first_mail.with_name(first_mail.name + ".again"))
+
+    found = "\n".join(audit.audit(broken, base, clients))
+    for expected in (
+        "not final: PENDING",
+        "stock of product",
+        "still held after",
+        "cancelled order",
+        "outbox rows of notifications never published",
+        "delivered 2 times",
+    ):
+        assert expected in found, found
