@@ -25,10 +25,10 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.table import Table
 
 from ordersaga import audit
 from ordersaga.load import LoadPlan, LoadRun, OrderRecord
+from ordersaga.report import measures_table
 from ordersaga.supervisor import Child, StartupError
 from ordersaga.up import Stack, UpSettings
 from services.registry import SERVICES
@@ -362,20 +362,15 @@ def _summary(
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
-    table = Table(title="ordersaga chaos")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key in (
+    keys = (
         "orders_sent",
         "orders_accepted",
         "faults",
         "quiescence_seconds",
         "elapsed_seconds",
         "email_redeliveries",
-    ):
-        table.add_row(key.replace("_", " "), str(summary[key]))
-    for outcome, count in sorted(summary["outcomes"].items()):
-        table.add_row(f"outcome {outcome}", str(count))
+    )
+    table = measures_table("ordersaga chaos", summary, keys, {"outcome": summary["outcomes"]})
     for kind, recoveries in sorted(summary["faults_by_kind"].items()):
         shown = ", ".join("failed" if r is None else f"{r}s" for r in recoveries)
         table.add_row(f"fault {kind} x{len(recoveries)}", f"recovered in {shown}")

@@ -92,18 +92,11 @@ def seed(
     """Create the admin, the demo customer with test cards, and the demo catalog (idempotent)."""
     import httpx
 
-    from ordersaga.seed import Credentials, Seeder
+    from ordersaga.seed import Seeder
     from ordersaga.up import UpSettings
 
     settings = UpSettings(data_dir=data_dir)
-    creds = Credentials.load_or_create(
-        data_dir,
-        admin_email=settings.admin_email,
-        admin_password=settings.admin_password,
-        demo_email=settings.demo_email,
-        demo_password=settings.demo_password,
-        internal_token=settings.internal_token,
-    )
+    creds = settings.credentials(data_dir)
     urls = {name: f"http://127.0.0.1:{SERVICES[name].settings().port}" for name in DATA_SERVICES}
     with httpx.Client(timeout=30) as client:
         result = Seeder(urls, creds, client).run()

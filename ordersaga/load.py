@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+
+from ordersaga.report import measures_table
 
 CARDS = {
     "success": "4242424242424242",
@@ -358,25 +359,14 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def print_report(console: Console, report: dict[str, Any]) -> None:
-    table = Table(title="ordersaga load")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key in (
-        "orders_sent",
-        "accepted",
-        "final",
-        "not_final",
-        "accepted_per_second",
-        "completed_per_second",
-    ):
-        table.add_row(key.replace("_", " "), str(report[key]))
+    keys = ("orders_sent", "accepted", "final", "not_final", "accepted_per_second", "completed_per_second")
+    table = measures_table("ordersaga load", report, keys)
     for name in ("accept_latency_ms", "completion_latency_ms"):
         values = report[name]
         table.add_row(name.replace("_", " "), " / ".join(f"{k} {v}" for k, v in values.items()))
-    for outcome, count in sorted(report["outcomes"].items()):
-        table.add_row(f"outcome {outcome}", str(count))
-    for error, count in sorted(report["errors"].items()):
-        table.add_row(f"error {error}", str(count))
+    for prefix, counter in (("outcome", report["outcomes"]), ("error", report["errors"])):
+        for name, count in sorted(counter.items()):
+            table.add_row(f"{prefix} {name}", str(count))
     console.print(table)
 
 

@@ -53,6 +53,17 @@ class UpSettings(BaseSettings):
     # Where that collector's traces can be looked at (e.g. Jaeger's UI), printed in the welcome table.
     otel_ui: str = "http://127.0.0.1:16686"
 
+    def credentials(self, data_dir: Path) -> Credentials:
+        """The data dir's development credentials; settings given explicitly take precedence."""
+        return Credentials.load_or_create(
+            data_dir,
+            admin_email=self.admin_email,
+            admin_password=self.admin_password,
+            demo_email=self.demo_email,
+            demo_password=self.demo_password,
+            internal_token=self.internal_token,
+        )
+
 
 @dataclass(frozen=True)
 class Port:
@@ -80,14 +91,7 @@ class Stack:
         self.data_dir = settings.data_dir.resolve()
         self.logs = self.data_dir / "logs"
         self.supervisor = Supervisor(console, echo_logs=echo_logs)
-        self.creds = Credentials.load_or_create(
-            self.data_dir,
-            admin_email=settings.admin_email,
-            admin_password=settings.admin_password,
-            demo_email=settings.demo_email,
-            demo_password=settings.demo_password,
-            internal_token=settings.internal_token,
-        )
+        self.creds = settings.credentials(self.data_dir)
         self.temporal_address = settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
         self.nats_url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
         self.services = [*DATA_SERVICES, *(["gateway"] if gateway_available() else [])]
