@@ -247,7 +247,6 @@ def run_chaos(
     hot_stock: int = 15,
     quiesce_timeout: float = 180.0,
     free_ports: bool = False,
-    email_redelivery_ok: bool = False,
     json_path: Path | None = None,
     console: Console | None = None,
 ) -> int:
@@ -284,9 +283,7 @@ def run_chaos(
         report = asyncio.run(_drive(load, injector, stack.data_dir, base_orders))
         injector.done.wait(timeout=300)
         quiet, state, waited = audit.wait_quiescent(stack.data_dir, report["baseline"], quiesce_timeout)
-        violations = audit.audit(
-            stack.data_dir, report["baseline"], set(load.keys), email_redelivery_ok=email_redelivery_ok
-        )
+        violations = audit.audit(stack.data_dir, report["baseline"], set(load.keys))
         if not quiet:
             violations.append(f"not quiescent after {waited:.0f}s: {state}")
         violations += [f"fault {f.kind} at {f.at:.1f}s failed: {f.error}" for f in schedule if f.error]
@@ -337,6 +334,7 @@ def _summary(
     elapsed: float,
 ) -> dict[str, Any]:
     orders = audit.run_orders(data_dir, load["baseline"])
+    notifications = audit.notification_counts(data_dir)
     load_records: list[OrderRecord] = load["records"]
     outcomes: dict[str, int] = defaultdict(int)
     for order in orders:
@@ -353,6 +351,9 @@ def _summary(
         "faults_by_kind": dict(by_kind),
         "quiescence_seconds": round(waited, 1),
         "email_redeliveries": len(audit.email_redeliveries(data_dir)),
+        # By status; `unknown` = killed mid-send, not re-sent (`unknown_delivered`: it did arrive).
+        "notifications": notifications,
+        "notifications_unknown": notifications.get("unknown", 0),
         "elapsed_seconds": round(elapsed, 1),
         "violations": violations,
         # With the data dir, enough to audit the run again later (`ordersaga.audit.audit`).
@@ -370,7 +371,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         "elapsed_seconds",
         "email_redeliveries",
     )
-    table = measures_table("ordersaga chaos", summary, keys, {"outcome": summary["outcomes"]})
+    counts = {"outcome": summary["outcomes"], "notifications": summary["notifications"]}
+    table = measures_table("ordersaga chaos", summary, keys, counts)
     for kind, recoveries in sorted(summary["faults_by_kind"].items()):
         shown = ", ".join("failed" if r is None else f"{r}s" for r in recoveries)
         table.add_row(f"fault {kind} x{len(recoveries)}", f"recovered in {shown}")
@@ -392,11 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hot-stock", type=int, default=15)
     parser.add_argument("--quiesce-timeout", type=float, default=180.0)
     parser.add_argument("--free-ports", action="store_true")
-    parser.add_argument(
-        "--email-redelivery-ok",
-        action="store_true",
-        help="count an email re-sent under the same Message-ID after a crash as no violation",
-    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     return run_chaos(
@@ -408,7 +405,6 @@ def main(argv: list[str] | None = None) -> int:
         hot_stock=args.hot_stock,
         quiesce_timeout=args.quiesce_timeout,
         free_ports=args.free_ports,
-        email_redelivery_ok=args.email_redelivery_ok,
         json_path=args.json,
     )
 

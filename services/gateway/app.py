@@ -33,6 +33,7 @@ from services.kit.logging import configure_logging
 from services.kit.metrics import metrics_endpoint
 from services.kit.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from services.kit.tracing import instrument_app, setup_tracing, shutdown_tracing
+from services.kit.transport import no_cookies, upstream_transport
 from services.users.tokens import Claims, InvalidToken
 
 log = structlog.get_logger(__name__)
@@ -55,12 +56,10 @@ class Gateway:
         self.settings = settings
         self.upstreams: dict[str, Upstream] = settings.upstreams()
         self.client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_keepalive_connections,
-            ),
+            transport=upstream_transport(settings.max_connections),
             timeout=httpx.Timeout(5.0, connect=settings.connect_timeout),
             follow_redirects=False,
+            cookies=no_cookies(),
         )
         self.jwks = JwksCache(
             self.client,

@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     notifications_retries: int = 2
     connect_timeout: float = 1.0
     retry_backoff_seconds: float = 0.05
+    # Connections to all upstreams together; idle ones are kept alive and reused (see transport.py).
     max_connections: int = 200
-    max_keepalive_connections: int = 100
 
     # Rate-limit policies in `limits` notation; several may be joined with ";" (e.g. "10/second;300/minute").
     rate_limit_auth: str = "120/minute"  # register and login, per IP

@@ -16,7 +16,7 @@ PAYMENTS_CAPTURED_CENTS = Counter("ordersaga_payments_captured_cents_total", "Mo
 PAYMENTS_REFUNDED_CENTS = Counter("ordersaga_payments_refunded_cents_total", "Money refunded, in cents.")
 NOTIFICATION_DELIVERIES = Counter(
     "ordersaga_notification_deliveries_total",
-    "Notification delivery attempts by channel and status (sent, retry, failed).",
+    "Notification delivery attempts by channel and status (sent, retry, failed, unknown).",
     ["channel", "status"],
 )
 OUTBOX_UNPUBLISHED = Gauge(

@@ -1,4 +1,9 @@
-"""Channel adapters: how a rendered notice leaves the system. Each raises on a failed delivery."""
+"""Channel adapters: how a rendered notice leaves the system.
+
+An adapter returns once the provider took the message and raises on a failed delivery. Any exception
+means "not delivered" and the sender retries, except `DeliveryOutcomeUnknown`: the provider may have
+taken the message (the connection was lost while it answered), so the sender never retries it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from dataclasses import asdict, dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 
@@ -31,6 +36,14 @@ class OutboundMessage:
 
 class DeliveryError(Exception):
     """The channel did not take the message; the sender retries later."""
+
+
+class DeliveryOutcomeUnknown(Exception):
+    """The message was handed over but the provider's answer never came: it may have been taken.
+
+    Not a `DeliveryError`, so that no code retrying on those re-sends it; the sender records the
+    notification as `unknown` instead.
+    """
 
 
 class Channel(Protocol):
@@ -95,8 +108,11 @@ class FlakyChannel:
 class SmtpEmailChannel:
     """Real email over SMTP (aiosmtplib): plain, STARTTLS or implicit TLS, optional credentials.
 
-    The Message-ID derives from the notification id, so if a crash ever makes a send repeat, the
-    copies are recognisable as one message by any mail client or audit.
+    A refusal by the server (any SMTP reply code) or a failure before the DATA command is a
+    `DeliveryError`, safe to retry. A lost connection or a timeout once DATA has begun is
+    `DeliveryOutcomeUnknown`: the server may have queued the mail before its reply was lost
+    (RFC 1047), and a retry would deliver it twice. The Message-ID derives from the notification id,
+    so that an audit can still prove no message reached the server twice.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -117,19 +133,42 @@ class SmtpEmailChannel:
     async def send(self, message: OutboundMessage) -> None:
         settings = self.settings
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        client = _PhaseTrackingSmtp(
+            hostname=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=password,
+            use_tls=settings.smtp_use_tls,
+            start_tls=settings.smtp_starttls,
+            timeout=settings.smtp_timeout_seconds,
+        )
+        where = f"SMTP {settings.smtp_host}:{settings.smtp_port}"
         try:
-            await aiosmtplib.send(
-                self.build(message),
-                hostname=settings.smtp_host,
-                port=settings.smtp_port,
-                username=settings.smtp_username,
-                password=password,
-                use_tls=settings.smtp_use_tls,
-                start_tls=settings.smtp_starttls,
-                timeout=settings.smtp_timeout_seconds,
-            )
+            async with client:
+                await client.send_message(self.build(message))
+        except aiosmtplib.SMTPResponseException as exc:
+            raise DeliveryError(f"{where}: {exc}") from exc  # the server answered no
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise DeliveryError(f"SMTP {settings.smtp_host}:{settings.smtp_port}: {exc}") from exc
+            if client.data_accepted:
+                return  # only the QUIT after the accepted DATA failed: delivered
+            if client.data_started:
+                raise DeliveryOutcomeUnknown(
+                    f"{where}: connection lost during DATA, the server may have taken the mail: {exc}"
+                ) from exc
+            raise DeliveryError(f"{where}: {exc}") from exc
+
+
+class _PhaseTrackingSmtp(aiosmtplib.SMTP):
+    """An SMTP client that remembers whether the DATA command began and whether it was accepted."""
+
+    data_started = False
+    data_accepted = False
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.data_started = True
+        response = await super().data(message, **kwargs)
+        self.data_accepted = True
+        return response
 
 
 def email_channel(settings: Settings) -> Channel:

@@ -18,6 +18,9 @@ MAX_LAST_ERROR = 500
 STATUS_QUEUED = "queued"
 STATUS_SENT = "sent"
 STATUS_FAILED = "failed"
+# Final: a send was started and its outcome never recorded (the sender died mid-send, or the channel
+# lost the connection after handing the message over). Never re-sent, so delivery stays at most once.
+STATUS_UNKNOWN = "unknown"
 
 
 class Notification(SQLModel, table=True):
@@ -48,6 +51,9 @@ class Notification(SQLModel, table=True):
     # The lease of the sender working on it; the token proves the lease is still ours when finishing.
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     claim_token: uuid.UUID | None = Field(default=None)
+    # Set by the claim holder just before it hands the message to the channel, cleared with the
+    # outcome: a row found with it set and its lease expired had a send whose result is unknown.
+    send_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 

@@ -16,7 +16,8 @@ from services.notifications.models import MAX_IDEMPOTENCY_KEY, MAX_RECIPIENT
 from services.notifications.templates import TemplateName
 
 ChannelName = Literal["email", "sms"]
-StatusName = Literal["queued", "sent", "failed"]
+# `unknown` is final: a send began and its outcome was never recorded; it is not re-sent.
+StatusName = Literal["queued", "sent", "failed", "unknown"]
 
 MAX_DATA_KEYS = 50
 MAX_DATA_KEY_LENGTH = 64

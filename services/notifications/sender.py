@@ -1,9 +1,23 @@
 """The background sender: claims due notifications with a lease, delivers them, and retries with backoff.
 
-Two sender replicas never send one notification twice while a send fits in the lease: a notification is
-claimed by a conditional UPDATE that only one of them can win, and it is finished only by the holder of
-that claim (its `claim_token`). If a sender dies mid-send, the lease expires and another one retries it,
-so delivery is at least once in that rare case and exactly once otherwise.
+Delivery is at most once, even across crashes:
+- A notification is claimed by a conditional UPDATE that only one sender can win, and it is finished
+  only by the holder of that claim (its `claim_token`).
+- Just before handing the message to the channel, the holder records `send_started_at` under the
+  same claim (if its claim is gone, it does not send). The outcome update clears it.
+- A row found with `send_started_at` set and its lease expired had a send whose result was never
+  recorded: its sender died (or was cancelled) between starting the send and recording it. Whether
+  the provider took the message cannot be known, so it is not re-sent: it becomes `unknown`, final,
+  with the event `notification.unknown`. Likewise when the channel itself raises
+  `DeliveryOutcomeUnknown` (a connection lost while the SMTP server answered DATA).
+- Any other exception from the channel means "not delivered": retried with backoff, `failed` after
+  `max_attempts`.
+
+So a crash in the window between the send and its record (or an SMTP answer lost after DATA) gives
+`unknown`, never a duplicate; otherwise a notification ends `sent` or `failed`. A late outcome of a
+sender whose lease was taken over is dropped (the log says `notification_lease_lost`). On shutdown
+the sender finishes the delivery in hand (up to `shutdown_grace_seconds`), so that a restart does not
+leave `unknown` rows behind.
 """
 
 from __future__ import annotations
@@ -26,12 +40,13 @@ from services.kit.business import NOTIFICATION_DELIVERIES
 from services.kit.db import Database
 from services.kit.models import utcnow
 from services.kit.outbox import add_event
-from services.notifications.channels import Channel, OutboundMessage
+from services.notifications.channels import Channel, DeliveryOutcomeUnknown, OutboundMessage
 from services.notifications.models import (
     MAX_LAST_ERROR,
     STATUS_FAILED,
     STATUS_QUEUED,
     STATUS_SENT,
+    STATUS_UNKNOWN,
     Notification,
 )
 from services.notifications.settings import Settings
@@ -39,7 +54,7 @@ from services.notifications.templates import render
 
 log = structlog.get_logger(__name__)
 
-DELIVERIES = NOTIFICATION_DELIVERIES  # by channel and status (sent, retry, failed)
+DELIVERIES = NOTIFICATION_DELIVERIES  # by channel and status (sent, retry, failed, unknown)
 
 
 def retry_delay(attempts: int, settings: Settings, rng: random.Random) -> float:
@@ -65,9 +80,15 @@ class Sender:
         self.channels = dict(channels)
         self.rng = rng or random.Random()
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         """A notice was just accepted: look now instead of at the next poll."""
+        self._wake.set()
+
+    def stop_soon(self) -> None:
+        """Claim nothing more; `run` returns once the delivery in hand is recorded."""
+        self._stopping = True
         self._wake.set()
 
     async def send_due_once(self, *, now: datetime | None = None) -> int:
@@ -75,6 +96,8 @@ class Sender:
         now = now or utcnow()
         claimed = 0
         for notification_id in await self._due_ids(now):
+            if self._stopping:
+                break
             token = await self._claim(notification_id, now)
             if token is None:
                 continue  # another sender holds it
@@ -83,16 +106,16 @@ class Sender:
         return claimed
 
     async def run(self) -> None:
-        """Poll forever (until cancelled), waking early when a notice is accepted."""
-        while True:
+        """Poll until cancelled or stopped, waking early when a notice is accepted."""
+        while not self._stopping:
             self._wake.clear()
             try:
                 claimed = await self.send_due_once()
             except Exception:  # the database may be briefly away; keep the loop alive
                 log.exception("sender_iteration_failed")
                 claimed = 0
-            if claimed >= self.settings.batch_size:
-                continue  # probably more due right away
+            if claimed >= self.settings.batch_size or self._stopping:
+                continue  # probably more due right away, or time to leave
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_seconds)
 
@@ -134,15 +157,48 @@ class Sender:
             template=notification.template,
             attempt=notification.attempts + 1,
         )
+        if notification.send_started_at is not None:
+            # A previous holder began sending and never recorded how it ended: it may have been
+            # delivered, so sending again could make a duplicate.
+            started = notification.send_started_at.isoformat()
+            error = (
+                f"the sender stopped during the send started at {started}, before recording its outcome; "
+                "not re-sent, to keep delivery at most once"
+            )
+            await self._record_unknown(notification, token, error, bound)
+            return
         try:
             message = self._message(notification)
             channel = self.channels[notification.channel]
+        except Exception as exc:  # nothing was handed to a channel: an ordinary failed attempt
+            await self._record_failure(notification, token, _describe(exc), bound)
+            return
+        if not await self._mark_send_started(notification, token):
+            bound.warning("notification_lease_lost_before_send")
+            return
+        try:
             await channel.send(message)
-        except Exception as exc:  # any adapter failure is a failed attempt, retried or final
-            error = f"{type(exc).__name__}: {exc}"[:MAX_LAST_ERROR]
-            await self._record_failure(notification, token, error, bound)
+        except DeliveryOutcomeUnknown as exc:
+            error = f"outcome unknown, not re-sent, to keep delivery at most once: {_describe(exc)}"
+            await self._record_unknown(notification, token, error, bound)
+            return
+        except Exception as exc:  # any other adapter failure is a failed attempt, retried or final
+            await self._record_failure(notification, token, _describe(exc), bound)
             return
         await self._record_sent(notification, token, bound)
+
+    async def _mark_send_started(self, notification: Notification, token: uuid.UUID) -> bool:
+        """Record that a send begins, only while our claim holds and its lease still runs."""
+        now = utcnow()
+        statement = (
+            update(Notification)
+            .where(col(Notification.id) == notification.id, col(Notification.claim_token) == token)
+            .where(col(Notification.status) == STATUS_QUEUED, col(Notification.claimed_until) > now)
+            .values(send_started_at=now)
+        )
+        async with self.db.session() as session, session.begin():
+            result = await session.exec(statement)
+            return bool(result.rowcount == 1)
 
     def _message(self, notification: Notification) -> OutboundMessage:
         order_id = str(notification.order_id) if notification.order_id else None
@@ -165,14 +221,30 @@ class Sender:
             "sent_at": sent_at,
             "attempts": notification.attempts + 1,
             "last_error": None,
-            "claimed_until": None,
-            "claim_token": None,
+            **_RELEASED,
         }
         if await self._finish(
             notification, token, values, "notification.sent", {"sent_at": sent_at.isoformat()}
         ):
             DELIVERIES.labels(notification.channel, "sent").inc()
             bound.info("notification_sent")
+
+    async def _record_unknown(
+        self, notification: Notification, token: uuid.UUID, error: str, bound: Any
+    ) -> None:
+        attempts = notification.attempts + 1
+        # `send_started_at` stays: when the send whose outcome is unknown began.
+        values: dict[str, Any] = {
+            "status": STATUS_UNKNOWN,
+            "attempts": attempts,
+            "last_error": error[:MAX_LAST_ERROR],
+            "claimed_until": None,
+            "claim_token": None,
+        }
+        extra = {"attempts": attempts, "last_error": error[:MAX_LAST_ERROR]}
+        if await self._finish(notification, token, values, "notification.unknown", extra):
+            DELIVERIES.labels(notification.channel, STATUS_UNKNOWN).inc()
+            bound.warning("notification_outcome_unknown", error=error)
 
     async def _record_failure(
         self, notification: Notification, token: uuid.UUID, error: str, bound: Any
@@ -183,8 +255,7 @@ class Sender:
                 "status": STATUS_FAILED,
                 "attempts": attempts,
                 "last_error": error,
-                "claimed_until": None,
-                "claim_token": None,
+                **_RELEASED,
             }
             extra = {"attempts": attempts, "last_error": error}
             if await self._finish(notification, token, values, "notification.failed", extra):
@@ -196,8 +267,7 @@ class Sender:
             "attempts": attempts,
             "last_error": error,
             "next_attempt_at": utcnow() + timedelta(seconds=delay),
-            "claimed_until": None,
-            "claim_token": None,
+            **_RELEASED,
         }
         if await self._finish(notification, token, values, None, {}):
             DELIVERIES.labels(notification.channel, "retry").inc()
@@ -220,7 +290,12 @@ class Sender:
         async with self.db.session() as session, session.begin():
             result = await session.exec(statement)
             if result.rowcount != 1:
-                log.warning("notification_lease_lost", notification_id=str(notification.id))
+                # Another sender took the row over after our lease expired; its record stands.
+                log.warning(
+                    "notification_lease_lost",
+                    notification_id=str(notification.id),
+                    dropped_outcome=values.get("status", "retry"),
+                )
                 return False
             if event_type is not None:
                 add_event(
@@ -240,8 +315,20 @@ class Sender:
         return True
 
 
+# An outcome ends the claim and the send in progress.
+_RELEASED: dict[str, Any] = {"claimed_until": None, "claim_token": None, "send_started_at": None}
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_LAST_ERROR]
+
+
 def sender_hook(sender: Sender, settings: Settings) -> LifespanHook:
-    """The lifespan hook running the sender loop while the app lives, cancelled cleanly on shutdown."""
+    """The lifespan hook running the sender loop while the app lives.
+
+    On shutdown the loop is first asked to stop, so the delivery in hand is recorded instead of left
+    `unknown`; it is cancelled only if that takes longer than `shutdown_grace_seconds`.
+    """
 
     @asynccontextmanager
     async def hook(_: FastAPI) -> AsyncIterator[None]:
@@ -252,8 +339,9 @@ def sender_hook(sender: Sender, settings: Settings) -> LifespanHook:
         try:
             yield
         finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            sender.stop_soon()
+            # Past the grace, wait_for cancels the loop: a send cut short then ends `unknown`.
+            with suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=settings.shutdown_grace_seconds)
 
     return hook

@@ -22,6 +22,9 @@ class Settings(ServiceSettings):
     batch_size: int = Field(default=50, ge=1, le=1000)
     # A claimed notification is invisible to other senders this long; it must outlast one send.
     claim_lease_seconds: float = Field(default=30.0, gt=0)
+    # On shutdown, how long the delivery in hand may take to finish and be recorded before it is cut
+    # short (a send cut short is never retried: it ends `unknown`).
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
     max_attempts: int = Field(default=5, ge=1)
     retry_base_seconds: float = Field(default=1.0, ge=0)

@@ -1,19 +1,24 @@
 """Crash safety of the event path: NATS down, a relay killed after publishing, a consumer killed
-mid-batch, and a poison message. Every email still goes out exactly once."""
+mid-batch, a sender killed mid-send, and a poison message. No email ever goes out twice."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import nats
 import pytest
 
 from ordersaga.smtp_sink import SmtpSink
-from tests.events.conftest import stream_count, wait_for_mails
+from services.kit.events import STREAM
+from tests.events.conftest import mails_to, stream_count, wait_for_mails
+from tests.events.smtp_server import scripted_smtp
 from tests.support.driver import Driver
+from tests.support.identity import as_service
 from tests.support.nats import NatsServer
 from tests.support.stack import Stack
 
@@ -96,6 +101,63 @@ async def test_notifications_killed_mid_batch_sends_every_email_once(
     events_stack.restart("notifications")
     mails = await wait_for_mails(smtp_sink, emails, timeout=60, settle=2.0)
     assert_once_each(mails)  # type: ignore[arg-type]
+
+
+async def test_notifications_killed_while_smtp_holds_the_data_reply_never_resends(
+    events_stack: Stack,
+    events_driver: Driver,
+    smtp_sink: SmtpSink,
+    nats_server: NatsServer,
+    tmp_path: Path,
+) -> None:
+    before = await stream_count(nats_server.url, "ordersaga.notifications.unknown")
+    with scripted_smtp(tmp_path / "mail") as server:
+        env = {"NOTIFICATIONS_SMTP_PORT": str(server.port), "NOTIFICATIONS_CLAIM_LEASE_SECONDS": "3"}
+        try:
+            events_stack.restart("notifications", extra_env=env)
+            server.handler.reply = "hold"
+            [email] = await register(events_driver, 1)
+            deadline = time.monotonic() + 30
+            while not server.handler.held.is_set():
+                assert time.monotonic() < deadline, "the welcome email never reached the SMTP server"
+                await asyncio.sleep(0.05)
+            # The server has stored the mail and holds its 250: the sender dies waiting for it.
+            events_stack.processes["notifications"].kill()
+            server.handler.reply = "accept"
+            server.handler.release.set()
+            [mail] = server.messages()
+            notification_id = mail["X-Ordersaga-Notification-Id"]
+
+            events_stack.restart("notifications", extra_env=env)
+            url = f"{events_stack.url('notifications')}/notifications/{notification_id}"
+            deadline = time.monotonic() + 30
+            while (stored := httpx.get(url, headers=as_service()).json())["status"] == "queued":
+                assert time.monotonic() < deadline, f"still queued after the lease: {stored}"
+                await asyncio.sleep(0.2)
+            assert (stored["status"], stored["attempts"], stored["sent_at"]) == ("unknown", 1, None)
+            assert "not re-sent" in stored["last_error"]
+
+            await asyncio.sleep(2.0)  # time for a wrong re-send to show up
+            assert len(server.copies(mail["Message-ID"])) == 1
+            assert mails_to(smtp_sink, email) == []
+            metrics = httpx.get(events_stack.url("notifications") + "/metrics").text
+            assert 'ordersaga_notification_deliveries_total{channel="email",status="unknown"} 1.0' in metrics
+        finally:
+            events_stack.restart("notifications")
+
+    deadline = time.monotonic() + 30
+    while await stream_count(nats_server.url, "ordersaga.notifications.unknown") < before + 1:
+        assert time.monotonic() < deadline, "notification.unknown was not published"
+        await asyncio.sleep(0.2)
+    nc = await nats.connect(nats_server.url)
+    try:
+        raw = await nc.jetstream().get_last_msg(STREAM, "ordersaga.notifications.unknown")
+    finally:
+        await nc.close()
+    event = json.loads(raw.data)
+    assert event["type"] == "notification.unknown"
+    assert event["data"]["notification_id"] == notification_id
+    assert event["data"]["template"] == "welcome"
 
 
 async def test_poison_message_is_parked_and_the_consumer_keeps_going(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.kit.temporal import DEV_SERVER_DYNAMIC_CONFIG
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, tcp_open
 
 SEARCH_ATTRIBUTES = ("OrderStatus=Keyword", "CustomerId=Keyword")
@@ -31,6 +32,7 @@ def dev_server(directory: Path) -> tuple[ManagedProcess, str]:
         "journal_mode=WAL",
         "--sqlite-pragma",
         "synchronous=NORMAL",
+        *DEV_SERVER_DYNAMIC_CONFIG,
         "--log-level",
         "error",
     ]

@@ -8,9 +8,20 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import update
+from sqlmodel import col
+
 from services.kit.db import Database
 from services.kit.models import utcnow
-from services.notifications.channels import OutboundMessage, build_channels
+from services.notifications.channels import (
+    Channel,
+    DeliveryOutcomeUnknown,
+    OutboundMessage,
+    build_channels,
+)
+from services.notifications.models import Notification
 from services.notifications.sender import Sender, retry_delay
 from services.notifications.settings import Settings
 from tests.services.notifications.helpers import MANUAL, events, queue, row, sender_of, sink_lines
@@ -94,7 +105,7 @@ async def test_failures_back_off_exponentially_then_send(service_client, tmp_pat
         before = utcnow()
         assert await sender.send_due_once() == 1
         first = await row(client, created["id"])
-        assert (first.status, first.attempts) == ("queued", 1)
+        assert (first.status, first.attempts, first.send_started_at) == ("queued", 1, None)
         assert "simulated provider failure" in (first.last_error or "")
         # base 1 s with jitter in [0.5, 1] s
         assert before + timedelta(seconds=0.5) <= first.next_attempt_at <= utcnow() + timedelta(seconds=1)
@@ -153,6 +164,13 @@ async def test_two_concurrent_senders_never_send_one_notification_twice(
         assert len(sent_events) == 8
 
 
+def deliveries(status: str, channel: str = "email") -> float:
+    value = REGISTRY.get_sample_value(
+        "ordersaga_notification_deliveries_total", {"channel": channel, "status": status}
+    )
+    return value or 0.0
+
+
 class _BlockingChannel:
     """A provider that holds the first send until released, to observe the claim while it is held."""
 
@@ -183,9 +201,7 @@ async def test_a_claimed_notification_is_left_alone_by_other_senders(service_cli
         assert (await row(client, created["id"])).status == "sent"
 
 
-async def test_an_expired_lease_is_taken_over_and_the_late_holder_cannot_finish(
-    service_client, tmp_path: Path
-) -> None:
+async def test_a_send_outliving_its_lease_is_never_sent_again(service_client, tmp_path: Path) -> None:
     async with service_client("notifications", **MANUAL) as client:
         created = await queue(client)
         settings: Settings = client.app.state.settings
@@ -194,13 +210,153 @@ async def test_an_expired_lease_is_taken_over_and_the_late_holder_cannot_finish(
         task = asyncio.create_task(holder.send_due_once())
         await asyncio.wait_for(blocking.entered.wait(), timeout=10)
 
+        # The holder is still inside its send when the lease runs out: another sender takes the row
+        # over but cannot know whether the message left, so it sends nothing.
         after_lease = utcnow() + timedelta(seconds=settings.claim_lease_seconds + 1)
         assert await sender_of(client).send_due_once(now=after_lease) == 1
+        assert sink_lines(tmp_path / "data", "email") == []
+        assert (await row(client, created["id"])).status == "unknown"
+
         blocking.release.set()
         await task
+        assert [message.message_id for message in blocking.sent] == [created["id"]]  # one copy only
         stored = await row(client, created["id"])
-        assert (stored.status, stored.attempts) == ("sent", 1)  # the late holder's outcome was dropped
-        assert len([e for e in await events(client) if e.type == "notification.sent"]) == 1
+        assert (stored.status, stored.attempts, stored.sent_at) == (
+            "unknown",
+            1,
+            None,
+        )  # late outcome dropped
+        assert not [e for e in await events(client) if e.type == "notification.sent"]
+        assert await sender_of(client).send_due_once(now=after_lease + timedelta(days=1)) == 0
+
+
+class _DeliversThenHangs:
+    """A provider that takes the message, then never answers: the sender dies waiting for the reply."""
+
+    def __init__(self) -> None:
+        self.delivered: list[OutboundMessage] = []
+        self.answering = asyncio.Event()
+
+    async def send(self, message: OutboundMessage) -> None:
+        self.delivered.append(message)
+        self.answering.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_sender_killed_between_send_and_record_leaves_the_notification_unknown(
+    service_client, tmp_path: Path
+) -> None:
+    async with service_client("notifications", **MANUAL) as client:
+        created = await queue(client, order_id=str(uuid.uuid4()))
+        settings: Settings = client.app.state.settings
+        provider = _DeliversThenHangs()
+        doomed = Sender(client.app.state.db, settings, {"email": provider})
+        task = asyncio.create_task(doomed.send_due_once())
+        await asyncio.wait_for(provider.answering.wait(), timeout=10)
+        task.cancel()  # the process dies: nothing after the send runs
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await row(client, created["id"])).status == "queued"
+
+        survivor = sender_of(client)
+        assert await survivor.send_due_once() == 0  # the dead sender's lease still runs
+        before = deliveries("unknown")
+        after_lease = utcnow() + timedelta(seconds=settings.claim_lease_seconds + 1)
+        assert await survivor.send_due_once(now=after_lease) == 1
+
+        assert [m.message_id for m in provider.delivered] == [created["id"]]
+        assert sink_lines(tmp_path / "data", "email") == []  # the survivor sent nothing
+        stored = (await client.get(f"/notifications/{created['id']}", headers=as_admin())).json()
+        assert (stored["status"], stored["attempts"], stored["sent_at"]) == ("unknown", 1, None)
+        assert "not re-sent" in stored["last_error"]
+        listed = await client.get(
+            f"/users/{created['user_id']}/notifications", headers=as_customer(created["user_id"])
+        )
+        assert listed.json()["items"][0]["status"] == "unknown"
+        [event] = [e for e in await events(client) if e.type.startswith("notification.")]
+        assert event.type == "notification.unknown"
+        assert event.data["notification_id"] == created["id"]
+        assert event.data["order_id"] == created["order_id"]
+        assert "not re-sent" in event.data["last_error"]
+        assert deliveries("unknown") == before + 1
+
+        # Final: no later pass sends it either.
+        assert await survivor.send_due_once(now=after_lease + timedelta(days=1)) == 0
+        assert sink_lines(tmp_path / "data", "email") == []
+
+
+class _LosesTheAnswer:
+    async def send(self, message: OutboundMessage) -> None:
+        raise DeliveryOutcomeUnknown("connection lost during DATA")
+
+
+async def test_a_channel_that_lost_the_answer_is_not_retried(service_client, tmp_path: Path) -> None:
+    async with service_client("notifications", **MANUAL) as client:
+        created = await queue(client)
+        sender = Sender(client.app.state.db, client.app.state.settings, {"email": _LosesTheAnswer()})
+        assert await sender.send_due_once() == 1
+        stored = await row(client, created["id"])
+        assert (stored.status, stored.attempts) == ("unknown", 1)
+        assert "not re-sent" in (stored.last_error or "")
+        assert "connection lost during DATA" in (stored.last_error or "")
+        assert await sender_of(client).send_due_once(now=utcnow() + timedelta(days=1)) == 0
+        assert sink_lines(tmp_path / "data", "email") == []
+        assert [e.type for e in await events(client)] == ["notification.unknown"]
+
+
+async def test_a_claim_that_expired_before_the_send_sends_nothing(service_client, tmp_path: Path) -> None:
+    async with service_client("notifications", **MANUAL) as client:
+        created = await queue(client)
+        settings: Settings = client.app.state.settings
+        sender = sender_of(client)
+        # A sender stalled between its claim and its send for longer than the lease: it claimed at
+        # `stale` (the notice was due then), so its lease has run out by the time it would send.
+        stale = utcnow() - timedelta(seconds=settings.claim_lease_seconds + 1)
+        async with client.app.state.db.session() as session, session.begin():
+            await session.exec(
+                update(Notification)
+                .where(col(Notification.id) == uuid.UUID(created["id"]))
+                .values(next_attempt_at=stale)
+            )
+        assert await sender.send_due_once(now=stale) == 1
+        assert sink_lines(tmp_path / "data", "email") == []
+        stored = await row(client, created["id"])
+        assert (stored.status, stored.attempts, stored.send_started_at) == ("queued", 0, None)
+
+        assert await sender.send_due_once() == 1  # not unknown: nothing was ever handed over
+        assert [line["message_id"] for line in sink_lines(tmp_path / "data", "email")] == [created["id"]]
+        assert (await row(client, created["id"])).status == "sent"
+
+
+class _SlowProvider:
+    def __init__(self, inner: Channel) -> None:
+        self.inner = inner
+        self.entered = asyncio.Event()
+
+    async def send(self, message: OutboundMessage) -> None:
+        self.entered.set()
+        await asyncio.sleep(0.5)
+        await self.inner.send(message)
+
+
+async def test_shutdown_lets_the_send_in_hand_finish(service_client, tmp_path: Path) -> None:
+    async with service_client("notifications") as client:
+        sender = sender_of(client)
+        slow = _SlowProvider(sender.channels["email"])
+        sender.channels["email"] = slow
+        url = client.app.state.db.url
+        created = await queue(client)
+        await asyncio.wait_for(slow.entered.wait(), timeout=10)
+    # The app has shut down while the provider was working: the send completed and was recorded.
+    reader = Database(url)
+    try:
+        async with reader.session() as session:
+            stored = await session.get(Notification, uuid.UUID(created["id"]))
+    finally:
+        await reader.dispose()
+    assert stored is not None
+    assert (stored.status, stored.send_started_at) == ("sent", None)
+    assert [line["message_id"] for line in sink_lines(tmp_path / "data", "email")] == [created["id"]]
 
 
 async def test_background_sender_wakes_on_a_new_notification(service_client, tmp_path: Path) -> None:

@@ -1,0 +1,27 @@
+"""notifications: when the current send began, so a crash mid-send is never re-sent
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2025-01-03 00:00:00
+
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | Sequence[str] | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("notifications", sa.Column("send_started_at", sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    # Batch mode, because SQLite cannot drop a column in place.
+    with op.batch_alter_table("notifications") as batch:
+        batch.drop_column("send_started_at")
