@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -72,6 +72,9 @@ def up(
         str | None,
         typer.Option(help="An OTLP/HTTP collector address (e.g. http://127.0.0.1:4318): turns tracing on."),
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default ORDERSAGA_WORKERS or 1).")
+    ] = None,
 ) -> None:
     """Run the whole system: Temporal + Web UI, NATS, the services, the worker and the gateway."""
     from ordersaga.up import UpSettings, run_up
@@ -79,6 +82,8 @@ def up(
     overrides: dict[str, Any] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
+    if workers is not None:
+        overrides["workers"] = workers
     if otel is not None:
         overrides["otel_endpoint"] = otel if "://" in otel else f"http://{otel}"
     settings = UpSettings(**overrides)
@@ -119,17 +124,48 @@ def load(
     deadline: Annotated[float, typer.Option(help="Seconds an order may take to become final.")] = 120.0,
     seed: Annotated[int | None, typer.Option(help="Random seed, for a reproducible mix.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
-    data_dir: Annotated[Path, typer.Option(help="Admin credentials to top up stock.")] = Path(".data"),
+    data_dir: Annotated[
+        Path, typer.Option(help="Admin credentials (stock top-up) and the internal token.")
+    ] = Path(".data"),
+    completion: Annotated[
+        str | None,
+        typer.Option(
+            help="How an order's end is seen: temporal (await the saga's result) or poll (GET the order). "
+            "Default: temporal when its address answers, else poll."
+        ),
+    ] = None,
+    temporal_address: Annotated[
+        str | None, typer.Option(help="Temporal of the stack (default TEMPORAL_ADDRESS or 127.0.0.1:7233).")
+    ] = None,
+    direct_orders: Annotated[
+        str | None,
+        typer.Option(
+            help="The orders service's URL: POST orders there with the gateway's identity headers "
+            "(bypassing the gateway); everything else still goes through --api."
+        ),
+    ] = None,
+    review_threshold_cents: Annotated[
+        int, typer.Option(help="Pick products so that orders stay below the worker's review threshold.")
+    ] = 100_000,
 ) -> None:
     """Drive orders through the gateway; report throughput, latency percentiles and outcomes."""
     import json
 
-    from ordersaga.load import LoadPlan, parse_mix, run_load
+    from ordersaga.load import Completion, LoadPlan, parse_mix, run_load
+    from services.kit.temporal import TemporalSettings
 
     if orders is not None and duration is not None:
         orders = None
+    if completion not in (None, "temporal", "poll"):
+        console.print(f"[red]--completion is temporal or poll, not {completion!r}[/]")
+        raise typer.Exit(2)
     creds_file = data_dir / "credentials.json"
     creds = json.loads(creds_file.read_text()) if creds_file.exists() else {}
+    # As `up` decides it: the environment's token first, else the one the data dir generated.
+    internal_token = os.environ.get("ORDERSAGA_INTERNAL_TOKEN") or creds.get("internal_token")
+    if direct_orders and not internal_token:
+        console.print(f"[red]--direct-orders needs ORDERSAGA_INTERNAL_TOKEN or {creds_file}[/]")
+        raise typer.Exit(2)
     try:
         mix = parse_mix(cards)
     except ValueError as err:
@@ -149,8 +185,18 @@ def load(
         seed=seed,
         admin_email=creds.get("admin_email"),
         admin_password=creds.get("admin_password"),
+        completion=cast(Completion, completion or "auto"),  # checked above
+        temporal_address=temporal_address or TemporalSettings().address,
+        direct_orders=direct_orders.rstrip("/") if direct_orders else None,
+        internal_token=internal_token,
+        review_threshold_cents=review_threshold_cents,
     )
-    _exit(run_load(plan, json_path=json_path))
+    try:
+        code = run_load(plan, json_path=json_path)
+    except (RuntimeError, ValueError) as err:  # Temporal unreachable when asked for, too few products
+        console.print(f"[red]ordersaga load: {err}[/]")
+        raise typer.Exit(1) from None
+    _exit(code)
 
 
 @app.command(

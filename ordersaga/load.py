@@ -2,12 +2,20 @@
 
 Open loop (`--rate`): orders are sent on a fixed schedule whatever the system's latency, which is
 what real customers do. Closed loop (`--concurrency`): N customers each wait for their answer.
-Completion is detected by a poller that visits open orders at a bounded request rate.
+
+Completion (`--completion`): `temporal` awaits each order's saga result from Temporal (one long
+poll per open order, no HTTP polling), so an order is complete when its workflow returns; `poll`
+reads `GET /orders/{id}` through the gateway, at a bounded request rate in open loop and every
+100 ms per customer in closed loop, so an order is complete once its status is final.
+
+`--direct-orders URL` posts the orders to the orders service itself, with the identity headers the
+gateway would set, to measure the saga without the gateway; everything else still goes through it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import statistics
@@ -16,13 +24,18 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.service import RPCError, RPCStatusCode
 
 from ordersaga.report import measures_table
+from services.kit.identity import identity_headers
+from services.kit.temporal import TemporalSettings, connect
+from workflows.payloads import OrderResult, workflow_id_for
 
 CARDS = {
     "success": "4242424242424242",
@@ -30,6 +43,13 @@ CARDS = {
     "transient": "4000000000000119",
 }
 FINAL = ("CONFIRMED", "SHIPPED", "DELIVERED", "CANCELLED")
+# `auto`: Temporal when its address answers, else polling (what the CLI asks for by default).
+Completion = Literal["temporal", "poll", "auto"]
+# The orders service starts the saga before it answers 202; a workflow still unknown this long after
+# is on another server than the one we await results from (or Temporal is down and the sweeper will
+# start it later), so the run falls back to polling.
+NOT_FOUND_GRACE_SECONDS = 10.0
+TEMPORAL_CONNECT_SECONDS = 5.0
 
 
 @dataclass
@@ -48,6 +68,13 @@ class LoadPlan:
     seed: int | None = None
     admin_email: str | None = None
     admin_password: str | None = None
+    completion: Completion = "poll"
+    temporal_address: str | None = None
+    # The orders service's base URL (e.g. http://127.0.0.1:8004): POST /orders there, not via the gateway.
+    direct_orders: str | None = None
+    internal_token: str | None = None
+    # Products are picked so that an order stays below it (an order above waits for an admin's review).
+    review_threshold_cents: int = 100_000
 
 
 @dataclass
@@ -65,6 +92,14 @@ class OrderRecord:
 class Customer:
     token: str
     cards: dict[str, str]
+    user_id: str | None = None
+
+
+def token_subject(token: str) -> str:
+    """The user id (`sub`) of our own JWT; the signature was checked by the users service that issued it."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return str(claims["sub"])
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -93,23 +128,61 @@ class LoadRun:
             timeout=30,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
         )
+        # Direct orders get their own pool, so the two paths never share a connection.
+        self.orders_http = (
+            httpx.AsyncClient(
+                base_url=plan.direct_orders.rstrip("/"),
+                timeout=30,
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+            )
+            if plan.direct_orders
+            else self.http
+        )
+        if plan.direct_orders and not plan.internal_token:
+            raise ValueError("direct orders need the internal token (ORDERSAGA_INTERNAL_TOKEN)")
         self.customers: list[Customer] = []
         self.products: list[dict[str, Any]] = []
         self.hot: dict[str, Any] | None = None
         self.done_sending = asyncio.Event()
         self._tokens: dict[str, str] = {}
+        self.temporal: Client | None = None
+        self.completion: Literal["temporal", "poll"] = "poll"
+        self.completion_note: str | None = None
 
     # ---- setup ---------------------------------------------------------------------------
 
     async def prepare(self) -> None:
         listed = await self.http.get("/products", params={"limit": 200})
         listed.raise_for_status()
-        self.products = [p for p in listed.json()["items"] if p["price_cents"] * self.plan.lines < 100_000]
+        limit = self.plan.review_threshold_cents
+        self.products = [p for p in listed.json()["items"] if p["price_cents"] * self.plan.lines < limit]
         if len(self.products) < max(2, self.plan.lines):
             raise RuntimeError("not enough products below the review threshold; run `ordersaga seed` first")
         self.hot = self.products[0]
         await self._top_up_stock()
-        self.customers = list(await asyncio.gather(*(self._customer() for _ in range(self.plan.customers))))
+        # Customers handed over by an earlier run (the benchmark suite) are kept: registering is slow.
+        if not self.customers:
+            self.customers = list(
+                await asyncio.gather(*(self._customer() for _ in range(self.plan.customers)))
+            )
+
+    async def _connect_temporal(self) -> None:
+        """Decide how completion is detected; `auto` falls back to polling when Temporal does not answer."""
+        if self.plan.completion == "poll" or not self.plan.temporal_address:
+            if self.plan.completion == "temporal":
+                raise ValueError("--completion temporal needs a Temporal address")
+            return
+        try:
+            self.temporal = await asyncio.wait_for(
+                connect(TemporalSettings(address=self.plan.temporal_address)), TEMPORAL_CONNECT_SECONDS
+            )
+        except (TimeoutError, RuntimeError, RPCError) as err:
+            if self.plan.completion == "temporal":
+                raise RuntimeError(f"Temporal at {self.plan.temporal_address} did not answer: {err}") from err
+            self.completion_note = f"Temporal at {self.plan.temporal_address} did not answer; polled instead"
+            self.console.print(f"[yellow]{self.completion_note}[/]")
+            return
+        self.completion = "temporal"
 
     async def _top_up_stock(self) -> None:
         """With admin credentials, make stock plentiful so that outcomes measure the saga, not stock-outs."""
@@ -136,7 +209,7 @@ class LoadRun:
         )
         registered.raise_for_status()
         token = await self._login(email, password)
-        cards = {}
+        cards: dict[str, str] = {}
         for kind in self.plan.card_mix:
             created = await self.http.post(
                 "/payment-methods",
@@ -145,7 +218,7 @@ class LoadRun:
             )
             created.raise_for_status()
             cards[kind] = created.json()["id"]
-        return Customer(token, cards)
+        return Customer(token, cards, token_subject(token))
 
     # ---- sending -------------------------------------------------------------------------
 
@@ -166,10 +239,8 @@ class LoadRun:
         record = OrderRecord(sent_at=time.perf_counter(), card=card)
         self.records.append(record)
         try:
-            response = await self.http.post(
-                "/orders",
-                json=self._order_body(customer, card),
-                headers={"Authorization": f"Bearer {customer.token}", "Idempotency-Key": uuid.uuid4().hex},
+            response = await self.orders_http.post(
+                "/orders", json=self._order_body(customer, card), headers=self._order_headers(customer)
             )
         except httpx.HTTPError as err:
             self.errors[f"transport:{type(err).__name__}"] += 1
@@ -182,6 +253,14 @@ class LoadRun:
         self._tokens[record.order_id] = customer.token
         return record
 
+    def _order_headers(self, customer: Customer) -> dict[str, str]:
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        if self.plan.direct_orders:
+            # What the gateway forwards once it has checked the customer's JWT.
+            assert self.plan.internal_token is not None
+            return headers | identity_headers(self.plan.internal_token, "customer", customer.user_id)
+        return headers | {"Authorization": f"Bearer {customer.token}"}
+
     def _should_send(self, sent: int, started: float) -> bool:
         if self.plan.orders is not None and sent >= self.plan.orders:
             return False
@@ -190,18 +269,24 @@ class LoadRun:
     async def _open_loop(self, rate: float) -> None:
         started = time.perf_counter()
         sent = 0
-        tasks: set[asyncio.Task[OrderRecord]] = set()
+        tasks: set[asyncio.Task[None]] = set()
         while self._should_send(sent, started):
             target = started + sent / rate
             delay = target - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(self._send_one())
+            task = asyncio.create_task(self._send_and_await())
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             sent += 1
         if tasks:
             await asyncio.gather(*tasks)
+
+    async def _send_and_await(self) -> None:
+        """Open loop: with Temporal each order awaits its own result; the poller covers `poll`."""
+        record = await self._send_one()
+        if record.order_id and self.completion == "temporal":
+            await self._await_result(record)
 
     async def _closed_loop(self, concurrency: int) -> None:
         started = time.perf_counter()
@@ -237,10 +322,61 @@ class LoadRun:
             record.status, record.reason = body["status"], body.get("cancel_reason")
 
     async def _wait_final(self, record: OrderRecord) -> None:
-        deadline = time.perf_counter() + self.plan.deadline
+        if self.completion == "temporal":
+            await self._await_result(record)
+        else:
+            await self._poll_until_final(record, time.perf_counter() + self.plan.deadline)
+
+    async def _poll_until_final(self, record: OrderRecord, deadline: float) -> None:
         while record.final_at is None and time.perf_counter() < deadline:
             await asyncio.sleep(0.1)
             await self._check(record)
+
+    async def _await_result(self, record: OrderRecord) -> None:
+        """Wait for the saga's result: the client long-polls the workflow's close event, nothing else."""
+        assert record.order_id is not None and self.temporal is not None
+        deadline = record.sent_at + self.plan.deadline
+        handle = self.temporal.get_workflow_handle(
+            workflow_id_for(str(uuid.UUID(record.order_id))), result_type=OrderResult
+        )
+        not_found_since: float | None = None
+        while record.final_at is None:
+            if self.completion != "temporal":  # another order found the run on the wrong server
+                return await self._poll_until_final(record, deadline)
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return None
+            try:
+                result: OrderResult = await asyncio.wait_for(handle.result(), remaining)
+            except TimeoutError:
+                return None
+            except WorkflowFailureError as err:
+                self.errors[f"completion:workflow_failed:{type(err.cause).__name__}"] += 1
+                return None
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    self.errors[f"completion:rpc:{err.status.name}"] += 1
+                    await asyncio.sleep(1.0)
+                    continue
+                not_found_since = not_found_since or time.perf_counter()
+                if time.perf_counter() - not_found_since > NOT_FOUND_GRACE_SECONDS:
+                    self._fall_back_to_polling(handle.id)
+                    continue
+                await asyncio.sleep(0.2)
+                continue
+            record.final_at = time.perf_counter()
+            record.status, record.reason = result.status, result.cancel_reason
+        return None
+
+    def _fall_back_to_polling(self, workflow_id: str) -> None:
+        if self.completion == "poll":
+            return
+        self.completion = "poll"
+        self.completion_note = (
+            f"workflow {workflow_id} not found on {self.plan.temporal_address} after "
+            f"{NOT_FOUND_GRACE_SECONDS:.0f}s (is it the stack's Temporal?); polled instead"
+        )
+        self.console.print(f"[yellow]{self.completion_note}[/]")
 
     async def _poller(self) -> None:
         """Visit open orders round-robin at no more than `poll_rate` requests per second."""
@@ -262,6 +398,7 @@ class LoadRun:
     # ---- the run -------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
+        await self._connect_temporal()
         await self.prepare()
         started = time.perf_counter()
         progress = Progress(
@@ -298,12 +435,16 @@ class LoadRun:
                 await self._closed_loop(self.plan.concurrency)
                 self.done_sending.set()
             else:
-                poller = asyncio.create_task(self._poller())
+                # With Temporal each order awaits its own result in its task: no poller at all.
+                poller = asyncio.create_task(self._poller()) if self.completion == "poll" else None
                 await self._open_loop(self.plan.rate or 10.0)
                 self.done_sending.set()
-                await poller
+                if poller is not None:
+                    await poller
             refresher.cancel()
         await self.http.aclose()
+        if self.orders_http is not self.http:
+            await self.orders_http.aclose()
         return self.report(time.perf_counter() - started)
 
     def report(self, elapsed: float) -> dict[str, Any]:
@@ -331,6 +472,11 @@ class LoadRun:
             "outcomes": dict(outcomes),
             "errors": dict(self.errors),
             "plan": {
+                "completion": self.completion,
+                "completion_note": self.completion_note,
+                "temporal_address": self.plan.temporal_address if self.completion == "temporal" else None,
+                "orders_via": "orders service" if self.plan.direct_orders else "gateway",
+                "orders_url": self.plan.direct_orders or self.plan.api,
                 "rate": self.plan.rate,
                 "concurrency": self.plan.concurrency,
                 "orders": self.plan.orders,
@@ -364,6 +510,12 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     for name in ("accept_latency_ms", "completion_latency_ms"):
         values = report[name]
         table.add_row(name.replace("_", " "), " / ".join(f"{k} {v}" for k, v in values.items()))
+    plan = report["plan"]
+    table.add_row(
+        "completion",
+        plan["completion"] + (f" ({plan['temporal_address']})" if plan["temporal_address"] else ""),
+    )
+    table.add_row("orders sent to", plan["orders_url"])
     for prefix, counter in (("outcome", report["outcomes"]), ("error", report["errors"])):
         for name, count in sorted(counter.items()):
             table.add_row(f"{prefix} {name}", str(count))

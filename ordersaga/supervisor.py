@@ -46,6 +46,13 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now (another process may still take it before it is bound)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def _die_with_parent() -> None:
     # If `up` itself is killed (SIGKILL), its children must not outlive it as orphans.
     with contextlib.suppress(OSError):
@@ -121,18 +128,26 @@ class Supervisor:
     def stop_all(self) -> None:
         """Stop in reverse start order: SIGTERM, then SIGKILL after the child's grace period."""
         for child in reversed(self.children):
-            proc = child.proc
-            if proc is None or proc.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=child.stop_timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+            self._terminate(child)
         self.children.clear()
+
+    def stop(self, child: Child) -> None:
+        """Stop one child (as `stop_all` would) and forget it."""
+        self._terminate(child)
+        self.children.remove(child)
+
+    def _terminate(self, child: Child) -> None:
+        proc = child.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=child.stop_timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
 
     def watch(self, stop: threading.Event) -> str | None:
         """Block until asked to stop or a child dies; returns the name of a child that died."""

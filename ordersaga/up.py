@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,8 @@ from rich.table import Table
 
 from ordersaga.seed import Credentials, Seeder, SeedResult
 from ordersaga.smtp_sink import SmtpSink, start_smtp_sink
-from ordersaga.supervisor import Child, StartupError, Supervisor, port_in_use, python_entry
+from ordersaga.supervisor import Child, StartupError, Supervisor, free_port, port_in_use, python_entry
+from services.kit.temporal import DEV_SERVER_DYNAMIC_CONFIG
 from services.registry import DATA_SERVICES, SERVICES
 
 SEARCH_ATTRIBUTES = ("OrderStatus=Keyword", "CustomerId=Keyword")
@@ -48,6 +50,9 @@ class UpSettings(BaseSettings):
     # The worker's /metrics and its Temporal SDK metrics endpoint (the services serve /metrics on their port).
     worker_metrics_port: int = 9464
     worker_sdk_metrics_port: int = 9465
+    # Worker processes polling the same task queue; the first serves metrics on the two ports above,
+    # each further one on free ports picked at its start (`ordersaga up --workers N`).
+    workers: int = Field(default=1, ge=1)
     # An OTLP/HTTP collector (e.g. http://127.0.0.1:4318): turns tracing on in every child (`up --otel`).
     otel_endpoint: str | None = None
     # Where that collector's traces can be looked at (e.g. Jaeger's UI), printed in the welcome table.
@@ -97,6 +102,8 @@ class Stack:
         self.services = [*DATA_SERVICES, *(["gateway"] if gateway_available() else [])]
         self.smtp: SmtpSink | None = None
         self.ports = {name: service_port(name) for name in self.services}
+        # Metrics and SDK metrics ports of the workers after the first, by child name.
+        self.extra_worker_ports: dict[str, tuple[int, int]] = {}
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
@@ -180,6 +187,7 @@ class Stack:
                 # Without WAL the dev server is disk-bound at a third of its throughput here.
                 "--sqlite-pragma", "journal_mode=WAL",
                 "--sqlite-pragma", "synchronous=NORMAL",
+                *DEV_SERVER_DYNAMIC_CONFIG,
                 "--ui-disable-news-fetch",
                 "--log-level", "warn",
             ]  # fmt: skip
@@ -202,12 +210,41 @@ class Stack:
             data_children.append(child)
         for child in data_children:
             self.supervisor.wait_ready(child, 120)
-        worker = self._child("worker", [entry, "worker"], env, None)
-        worker.ready = lambda: _logged(worker, "worker_started")
-        self.supervisor.start(worker)
-        self.supervisor.wait_ready(worker, 60)
+        self.start_workers(self.settings.workers, env)
         if "gateway" in self.services:
             self._run("gateway", [entry, "serve", "gateway"], env, _http(self.url("gateway") + "/ready"))
+
+    # ---- workers -------------------------------------------------------------------------
+
+    def workers(self) -> list[Child]:
+        return [c for c in self.supervisor.children if c.name == "worker" or c.name.startswith("worker-")]
+
+    def start_workers(self, count: int, env: dict[str, str] | None = None) -> None:
+        """Start `count` worker processes: `worker` (as with one), then `worker-2`, `worker-3`, ..."""
+        env = env or self.common_env()
+        children = []
+        for index in range(1, count + 1):
+            name = "worker" if index == 1 else f"worker-{index}"
+            own_env = env
+            if index > 1:  # the configured metrics ports belong to the first worker
+                self.extra_worker_ports[name] = (free_port(), free_port())
+                metrics, sdk_metrics = self.extra_worker_ports[name]
+                own_env = env | {
+                    "WORKER_METRICS_PORT": str(metrics),
+                    "WORKER_SDK_METRICS_PORT": str(sdk_metrics),
+                }
+            child = self._child(name, [python_entry(), "worker"], own_env, None)
+            child.ready = partial(_logged, child, "worker_started")
+            self.supervisor.start(child)
+            children.append(child)
+        for child in children:
+            self.supervisor.wait_ready(child, 60)
+
+    def stop_workers(self) -> None:
+        """Stop every worker process (gracefully: in-flight activities finish or time out)."""
+        for child in reversed(self.workers()):
+            self.supervisor.stop(child)
+            self.extra_worker_ports.pop(child.name, None)
 
     def _child(self, name: str, argv: list[str], env: dict[str, str], ready: object) -> Child:
         return Child(name=name, argv=argv, env=env, ready=ready, log_file=self.logs / f"{name}.log")  # type: ignore[arg-type]
@@ -250,6 +287,8 @@ class Stack:
         table.add_row(
             "Temporal SDK + saga metrics", f"http://127.0.0.1:{self.settings.worker_sdk_metrics_port}/metrics"
         )
+        for name, (metrics, sdk_metrics) in self.extra_worker_ports.items():
+            table.add_row(f"{name} metrics", f"http://127.0.0.1:{metrics}/metrics, SDK :{sdk_metrics}")
         if self.settings.otel_endpoint:
             table.add_row("traces", f"sent to {self.settings.otel_endpoint}; look in {self.settings.otel_ui}")
             table.add_row("trace of an order", "its trace_id in GET /orders/{id}/saga, and in every log line")

@@ -26,6 +26,10 @@ class WorkerSettings(BaseSettings):
     payment_max_attempts: int = Field(default=6, ge=1)
     payment_initial_interval_seconds: float = Field(default=1.0, gt=0)
     payment_budget_seconds: float = Field(default=120.0, gt=0)
+    # Run the short service calls (order records, customer check, stock hold and commit, notice) as
+    # local activities: 19 history events instead of 49 and a quarter less CPU per order, measured in
+    # benchmarks/README.md. False gives every call its own activity task, as sagas before it ran.
+    local_activities: bool = True
 
     http_timeout_seconds: float = 10.0
     max_concurrent_activities: int = 200
@@ -46,4 +50,5 @@ class WorkerSettings(BaseSettings):
             payment_max_attempts=self.payment_max_attempts,
             payment_initial_interval_seconds=self.payment_initial_interval_seconds,
             payment_budget_seconds=self.payment_budget_seconds,
+            local_activities=self.local_activities,
         )

@@ -62,6 +62,7 @@ class OrderWorkflow:
         self._review: ReviewDecision | None = None
         self._pivot_started = False
         self._ended = False
+        self._local = False
 
     # ---- the saga -------------------------------------------------------------------------
 
@@ -71,6 +72,7 @@ class OrderWorkflow:
         policy = await workflow.execute_local_activity_method(
             PolicyActivities.saga_policy, start_to_close_timeout=policies.POLICY_LOOKUP
         )
+        self._local = policy.local_activities
         contact: CustomerContact | None = None
         charge: Charge | None = None
         reservation: Reservation | None = None
@@ -80,10 +82,10 @@ class OrderWorkflow:
 
             contact = await self._step(
                 "validate_user",
-                lambda: workflow.execute_activity_method(
+                lambda: self._short_call(
                     UserActivities.validate_user,
                     order.user_id,
-                    **_options(policies.FORWARD),
+                    options=policies.FORWARD,
                     summary="validate customer",
                 ),
             )
@@ -93,10 +95,11 @@ class OrderWorkflow:
             )
             reserved: Reservation = await self._step(
                 "reserve_stock",
-                lambda: workflow.execute_activity_method(
+                lambda: self._short_call(
                     InventoryActivities.reserve_stock,
-                    args=[order.order_id, order.lines],
-                    **_options(policies.FORWARD),
+                    order.order_id,
+                    order.lines,
+                    options=policies.FORWARD,
                     summary=f"reserve {len(order.lines)} line{'s' if len(order.lines) != 1 else ''}",
                 ),
             )
@@ -192,13 +195,13 @@ class OrderWorkflow:
         self._pivot_started = True
 
         async def pivot() -> Any:
-            await workflow.execute_activity_method(
+            await self._short_call(
                 InventoryActivities.commit_stock,
                 order.order_id,
-                **_options(policies.PIVOT),
+                options=policies.PIVOT,
                 summary="commit stock",
             )
-            return await workflow.execute_activity_method(
+            return await self._short_call(
                 OrderActivities.order_command,
                 OrderCommand(
                     order_id=order.order_id,
@@ -209,7 +212,7 @@ class OrderWorkflow:
                     currency=reservation.currency,
                     payment_id=charge.payment_id,
                 ),
-                **_options(policies.PIVOT),
+                options=policies.PIVOT,
                 summary=f"confirm {reservation.total_cents} {reservation.currency}",
             )
 
@@ -233,10 +236,10 @@ class OrderWorkflow:
             reach: CustomerContact | None = contact
             if reach is None:
                 try:
-                    reach = await workflow.execute_activity_method(
+                    reach = await self._short_call(
                         UserActivities.lookup_contact,
                         order.user_id,
-                        **_options(policies.NOTIFY),
+                        options=policies.NOTIFY,
                         summary="find contact",
                     )
                 except ActivityError:
@@ -246,7 +249,7 @@ class OrderWorkflow:
                 data.update(total_cents=reservation.total_cents, currency=reservation.currency)
             if not confirmed:
                 data["reason"] = self._cancel_reason
-            return await workflow.execute_activity_method(
+            return await self._short_call(
                 NotificationActivities.notify_customer,
                 Notice(
                     order_id=order.order_id,
@@ -255,7 +258,7 @@ class OrderWorkflow:
                     contact=reach or CustomerContact(user_id=order.user_id),
                     data=data,
                 ),
-                **_options(policies.NOTIFY),
+                options=policies.NOTIFY,
                 summary="notify confirmed" if confirmed else f"notify cancelled ({self._cancel_reason})",
             )
 
@@ -319,7 +322,7 @@ class OrderWorkflow:
             state.status = "compensation_failed"
 
     async def _order_command(self, order: OrderInput, kind: str, step: str) -> Any:
-        return await workflow.execute_activity_method(
+        return await self._short_call(
             OrderActivities.order_command,
             OrderCommand(
                 order_id=order.order_id,
@@ -329,8 +332,31 @@ class OrderWorkflow:
                 payment_method_id=order.payment_method_id,
                 lines=order.lines,
             ),
-            **_options(policies.FORWARD),
+            options=policies.FORWARD,
             summary=f"{kind.replace('_', ' ')} order",
+        )
+
+    def _short_call(
+        self,
+        activity_method: Callable[..., Awaitable[T]],
+        *args: Any,
+        options: policies.ActivityOptions,
+        summary: str,
+    ) -> Awaitable[T]:
+        """A quick, idempotent call to one of our services: a local activity when the policy says so.
+
+        Local: no activity task round trip through the server and no scheduled/started/completed
+        events, only a marker, and consecutive calls share one workflow task. The cost: a worker
+        crash re-runs the calls of the unfinished workflow task (they are idempotent, keyed by
+        workflow id and step), and attempts are not visible in the history until the call ends.
+        The charge, with its long retry budget, and the compensations stay regular activities.
+        """
+        if self._local:
+            return workflow.execute_local_activity_method(
+                activity_method, args=args, **_options(options), summary=summary
+            )
+        return workflow.execute_activity_method(
+            activity_method, args=args, **_options(options), summary=summary
         )
 
     async def _cancel_order(self, order: OrderInput) -> int:

@@ -67,6 +67,9 @@ class SagaPolicy:
     payment_max_attempts: int = 6
     payment_initial_interval_seconds: float = 1.0
     payment_budget_seconds: float = 120.0
+    # The short calls to our own services run as local activities (WORKER_LOCAL_ACTIVITIES): see
+    # workflows/order.py. False for every history recorded before this field, so those replay as they ran.
+    local_activities: bool = False
 
 
 @dataclass

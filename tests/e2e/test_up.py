@@ -159,6 +159,10 @@ def test_readme_curl_sequence_runs_as_written(up: UpProcess, tmp_path: Path) -> 
 
 
 def test_load_generator_reports_every_order_final(up: UpProcess, tmp_path: Path) -> None:
+    polled = 'method="GET"', 'upstream="orders"'
+    posted = 'method="POST"', 'route="/api/v1/orders"', 'status="202"'
+    polled_before = metric(up.url("gateway"), "gateway_upstream_requests_total", *polled)
+    posted_before = metric(up.url("gateway"), "gateway_upstream_requests_total", *posted)
     report_path = tmp_path / "load.json"
     result = subprocess.run(
         [
@@ -171,6 +175,7 @@ def test_load_generator_reports_every_order_final(up: UpProcess, tmp_path: Path)
             "--customers", "3",
             "--seed", "7",
             "--data-dir", str(up.data_dir),
+            "--temporal-address", f"127.0.0.1:{up.ports['temporal']}",
             "--json", str(report_path),
         ],
         capture_output=True,
@@ -184,6 +189,57 @@ def test_load_generator_reports_every_order_final(up: UpProcess, tmp_path: Path)
     assert set(report["outcomes"]) <= {"CONFIRMED", "CANCELLED:payment_declined"}
     assert report["accept_latency_ms"]["p50"] is not None
     assert report["completion_latency_ms"]["p99"] >= report["completion_latency_ms"]["p50"]
+    # The saga's result came from Temporal, so no order was polled through the gateway.
+    assert report["plan"]["completion"] == "temporal"
+    assert metric(up.url("gateway"), "gateway_upstream_requests_total", *polled) == polled_before
+    assert metric(up.url("gateway"), "gateway_upstream_requests_total", *posted) == posted_before + 12
+
+
+def test_load_generator_posts_orders_straight_to_the_orders_service(up: UpProcess, tmp_path: Path) -> None:
+    """`--direct-orders`: the saga started through the orders service alone, the gateway bypassed."""
+    posted = 'method="POST"', 'route="/api/v1/orders"'
+    placed = 'method="POST"', 'route="/orders"', 'status="202"'
+    polled = 'method="GET"', 'upstream="orders"'
+    through_gateway = metric(up.url("gateway"), "gateway_upstream_requests_total", *posted)
+    polled_before = metric(up.url("gateway"), "gateway_upstream_requests_total", *polled)
+    at_orders = metric(up.url("orders"), "http_requests_total", *placed)
+    report_path = tmp_path / "load.json"
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ordersaga"),
+            "load",
+            "--api", up.api,
+            "--direct-orders", up.url("orders"),
+            "--orders", "6",
+            "--concurrency", "3",
+            "--cards", "success=1",
+            "--customers", "2",
+            "--completion", "poll",
+            "--data-dir", str(up.data_dir),
+            "--json", str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    assert (report["accepted"], report["final"], report["outcomes"]) == (6, 6, {"CONFIRMED": 6})
+    assert (report["plan"]["orders_via"], report["plan"]["completion"]) == ("orders service", "poll")
+    assert metric(up.url("orders"), "http_requests_total", *placed) == at_orders + 6
+    assert metric(up.url("gateway"), "gateway_upstream_requests_total", *posted) == through_gateway
+    # Everything else still goes through the gateway: here, polling each order until it is final.
+    assert metric(up.url("gateway"), "gateway_upstream_requests_total", *polled) >= polled_before + 6
+
+
+def metric(base_url: str, name: str, *labels: str) -> float:
+    """The sum of a Prometheus counter's samples whose labels include every one of `labels`."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(label in line for label in labels)
+    )
 
 
 def test_ctrl_c_stops_everything(up: UpProcess) -> None:
