@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -209,6 +210,16 @@ class OrdersagaRuns:
         self.reports.mkdir()
         self.count = 0
 
+    def _cpu_seconds(self) -> dict[str, float]:
+        seconds = {
+            child.name: process_cpu_seconds(child.proc.pid)
+            for child in self.stack.supervisor.children
+            if child.proc is not None and child.proc.poll() is None
+        }
+        finished = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load generator, once waited for
+        seconds["load generator"] = finished.ru_utime + finished.ru_stime
+        return seconds
+
     def run(
         self,
         label: str,
@@ -238,19 +249,36 @@ class OrdersagaRuns:
         if direct:
             argv += ["--direct-orders", self.stack.url("orders")]
         console.print(f"[bold]{label}[/]: ordersaga {' '.join(argv[1:])}", soft_wrap=True, highlight=False)
+        before = self._cpu_seconds()
         completed = subprocess.run(argv, stdout=subprocess.DEVNULL, check=False)  # noqa: S603
+        after = self._cpu_seconds()
         if not report_path.exists():
             raise RuntimeError(f"`ordersaga load` wrote no report (exit {completed.returncode})")
         report = json.loads(report_path.read_text())
         report["label"] = label
         report["exit_code"] = completed.returncode
         report["command"] = "ordersaga " + " ".join(argv[1:])
+        # Where each order's CPU goes, by process: what bounds throughput on a machine of few cores.
+        # The load generator's share includes registering its customers (argon2 in the users service too).
+        spent = {name: after[name] - before.get(name, 0.0) for name in after}
+        report["cpu_ms_per_order"] = {
+            name: round(1000 * seconds / max(report["final"], 1), 1) for name, seconds in spent.items()
+        } | {"total": round(1000 * sum(spent.values()) / max(report["final"], 1), 1)}
         console.print(
             f"  → {report['final']}/{report['orders_sent']} final, {report['completed_per_second']}/s, "
             f"completion p50 {report['completion_latency_ms']['p50']} ms, "
             f"accept p50 {report['accept_latency_ms']['p50']} ms"
         )
         return report
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process, from /proc (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_reservation_one_charge(data_dir: Path, base: audit.Baseline, lines: int) -> dict[str, Any]:
@@ -473,6 +501,15 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [saga_row(run) for run in saga["open_gateway"]]
     lines += [saga_row(run) for run in saga["workers"].values()]
     lines += [saga_row(run) for run in saga["lines"].values()]
+    cpu = saga["closed_gateway"].get("cpu_ms_per_order", {})
+    if cpu:
+        names = sorted((name for name in cpu if name != "total"), key=lambda n: -cpu[n])
+        lines += [
+            "",
+            "CPU per completed order, by process (closed loop through the gateway), in ms: "
+            + ", ".join(f"{name} {cpu[name]}" for name in names)
+            + f"; **total {cpu['total']}**.",
+        ]
     lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
     for row in results["targets"]:
         met = "-" if row["met"] is None else ("yes" if row["met"] else "**no**")

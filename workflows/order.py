@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities
@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.policy import PolicyActivities
     from activities.users import UserActivities
     from workflows import metrics, policies
-    from workflows.failures import StepFailed, attempts_from_error, describe, reason_for
+    from workflows.failures import STEP_ERRORS, StepFailed, attempts_from_error, describe, reason_for
     from workflows.payloads import (
         STEP_NAMES,
         CancelRequest,
@@ -242,7 +242,7 @@ class OrderWorkflow:
                         options=policies.NOTIFY,
                         summary="find contact",
                     )
-                except ActivityError:
+                except STEP_ERRORS:
                     reach = CustomerContact(user_id=order.user_id)  # an unknown user has nowhere to be told
             data: dict[str, str | int | None] = {"order_id": order.order_id}
             if reservation is not None:
@@ -287,13 +287,13 @@ class OrderWorkflow:
             await workflow.wait_condition(lambda: task.done() or self._cancel_requested)
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ActivityError):
+                with contextlib.suppress(asyncio.CancelledError, *STEP_ERRORS):
                     await task
                 self._fail_step(state, "customer_cancelled")
                 raise StepFailed("customer_cancelled", "cancelled by the customer")
         try:
             result = await task
-        except ActivityError as err:
+        except STEP_ERRORS as err:
             state.attempts = max(state.attempts, attempts_from_error(err))
             reason = reason_for(err, budget_reason=budget_reason)
             self._fail_step(state, describe(err))

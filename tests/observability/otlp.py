@@ -30,6 +30,8 @@ class ReceivedSpan:
 class OtlpReceiver:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
+        # Every export as it arrived (decompressed protobuf), to search it for what must never leak.
+        self.exports: list[bytes] = []
         self._lock = threading.Lock()
         receiver = self
 
@@ -40,6 +42,8 @@ class OtlpReceiver:
                     body = gzip.decompress(body)
                 if self.path == "/v1/traces":
                     receiver._add(ExportTraceServiceRequest.FromString(body))
+                    with receiver._lock:
+                        receiver.exports.append(body)
                 answer = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -85,6 +89,10 @@ class OtlpReceiver:
                     )
         with self._lock:
             self.spans.extend(received)
+
+    def exported(self) -> list[bytes]:
+        with self._lock:
+            return list(self.exports)
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         with self._lock:

@@ -112,6 +112,11 @@ async def test_one_order_is_one_trace_across_every_process(
         assert statements, (service, summary)
     assert len(by_name.get("RunActivity:order_command", [])) == 2, summary  # create, then confirm
 
+    # The card number went through the gateway and the payments service in this trace, and into
+    # no span: not an attribute, not a URL, not a SQL statement, in no process's export.
+    exports = observed.receiver.exported()
+    assert exports and not any(OK_CARD.encode() in export for export in exports)
+
     # The customer sees the same trace id in the saga view through the gateway.
     mine = await api.get(f"/orders/{order_id}/saga", headers=auth)
     assert mine.json()["trace_id"] == trace_id
