@@ -3,6 +3,10 @@
 A business refusal (4xx with a known problem code) becomes a non-retryable ApplicationError whose
 type is the saga's cancel reason. A 5xx, a 429, a timeout or a connection error is raised as a
 retryable error, so the retry policy of the step owns the retries; no loop here retries by hand.
+
+The pivot and the compensations call with `must_succeed`: any refusal is retried too (their policy
+retries without limit, and the saga view shows the attempts and the last error), because giving up
+there would strand a charge or units of stock. An operator fixes the cause; the saga then finishes.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class ServiceCaller:
         json: Any = None,
         idempotency_key: str | None = None,
         refusals: Mapping[str, str] | None = None,
+        must_succeed: bool = False,
     ) -> httpx.Response:
         headers = dict(self._headers)
         if idempotency_key:
@@ -65,7 +70,9 @@ class ServiceCaller:
             raise ApplicationError(message, {"attempt": attempt}, type=refusals[code], non_retryable=True)
         if response.status_code >= 500 or response.status_code in (408, 429) or code in TRANSIENT_CODES:
             raise ApplicationError(message, {"attempt": attempt}, type="upstream_unavailable")
-        raise ApplicationError(message, {"attempt": attempt}, type="upstream_rejected", non_retryable=True)
+        raise ApplicationError(
+            message, {"attempt": attempt}, type="upstream_rejected", non_retryable=not must_succeed
+        )
 
 
 def _log(event: str, method: str, path: str, **fields: Any) -> None:

@@ -34,12 +34,12 @@ class InventoryActivities:
 
     @activity.defn(name="release_stock")
     async def release_stock(self, order_id: str) -> int:
-        await self._inventory.call("POST", f"/reservations/{order_id}/release")
+        await self._inventory.call("POST", f"/reservations/{order_id}/release", must_succeed=True)
         return current_attempt()
 
     @activity.defn(name="commit_stock")
     async def commit_stock(self, order_id: str) -> int:
-        await self._inventory.call("POST", f"/reservations/{order_id}/commit")
+        await self._inventory.call("POST", f"/reservations/{order_id}/commit", must_succeed=True)
         return current_attempt()
 
 

@@ -21,6 +21,8 @@ class OrderActivities:
             "POST",
             f"/internal/orders/{command.order_id}/commands",
             json=_command_body(command, idempotency_key(command.step)),
+            # Confirm is the pivot's second half and cancel a compensation: neither may give up.
+            must_succeed=command.type in ("confirm", "cancel"),
         )
         body = response.json()
         return OrderSnapshot(

@@ -47,5 +47,6 @@ class PaymentActivities:
             f"/charges/{charge_key}/refund",
             json={},
             idempotency_key=idempotency_key("refund_payment"),
+            must_succeed=True,
         )
         return current_attempt()

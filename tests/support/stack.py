@@ -29,10 +29,14 @@ class Stack:
         *,
         temporal_address: str | None = None,
         extra_env: Mapping[str, str] | None = None,
+        worker_env: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = directory
         # Added to every process's environment (for example NATS_URL and SMTP settings).
         self.extra_env = dict(extra_env or {})
+        # Added to the worker's environment on every (re)start, after its defaults: for example its
+        # service URLs pointed at fault-injecting proxies.
+        self.worker_env = dict(worker_env or {})
         self.temporal: ManagedProcess | None = None
         self.temporal_address = temporal_address or ""
         self.ports = {name: free_port() for name in DATA_SERVICES}
@@ -72,6 +76,7 @@ class Stack:
         env.update(TEST_WORKER_ENV)
         env.update({f"WORKER_{name.upper()}_URL": self.url(name) for name in DATA_SERVICES})
         env.update(WORKER_METRICS_PORT=str(self.worker_metrics_port), WORKER_METRICS_HOST="127.0.0.1")
+        env.update(self.worker_env)
         env.update(extra_env or {})
         argv = [str(VENV_BIN / "ordersaga"), "worker"]
         ready = http_ok(f"http://127.0.0.1:{self.worker_metrics_port}/ready")

@@ -1,0 +1,280 @@
+"""Every fault at every boundary of the saga, with real processes, and the invariants after each.
+
+A fault-injecting proxy sits between the worker and each service (tests/support/fault_proxy.py). For
+every step and every compensation of the saga, hypothesis picks a fault at the HTTP call that starts
+it: a non-retryable refusal (an activity error), a SIGKILL of the worker while the call is in flight
+(the service still acts, the worker never hears), or a burst of 503s. Each example places a fresh
+order, waits until the saga has ended and the customer was told, and checks the outcome the workflow
+promises for that fault, the invariants (stock, money, one notice), and that the fault really fired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import Phase, given, note, settings
+from hypothesis import strategies as st
+
+from services.registry import DATA_SERVICES
+from tests.support.driver import OK_CARD, Driver
+from tests.support.fault_proxy import FaultProxies, Match, Rule
+from tests.support.stack import Stack
+
+pytestmark = [pytest.mark.slow, pytest.mark.temporal]
+
+DECLINED = "4000000000000002"
+QUANTITY = 2
+STOCK = 5
+PRICE = 1_000
+REVIEW_PRICE = 60_000  # QUANTITY of these is above the test worker's review threshold (100000)
+FAULTS = ("activity_error", "worker_kill", "5xx_burst")
+BURST = 2  # 503s in a row: under every retry budget of the test worker (payments: 4 attempts)
+
+
+def order_command(kind: str) -> Match:
+    return Match("orders", "POST", r"/internal/orders/[^/]+/commands", {"type": kind})
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """The HTTP call that starts a step (or one half of it) or a compensation."""
+
+    name: str
+    match: Match
+    step: str  # the step of the saga view that shows this call's attempts and failure
+    compensation: bool = False  # reached only while unwinding: the order is paid with a declined card
+    review: bool = False  # reached only by an order above the review threshold
+    attempts_shown: bool = True  # commit_stock's attempts are not in the view (confirm_order shows its own)
+    # A short call, run as a local activity (WORKER_LOCAL_ACTIVITIES, on by default): a killed worker's
+    # call is run again, from its first attempt, by the next worker that takes over the workflow task.
+    local: bool = True
+
+
+BOUNDARIES = (
+    Boundary("create_order", order_command("create"), "create_order"),
+    Boundary("validate_user", Match("users", "GET", r"/internal/users/[^/]+"), "validate_user"),
+    Boundary("reserve_stock", Match("inventory", "POST", r"/reservations"), "reserve_stock"),
+    Boundary("review", order_command("await_review"), "review", review=True),
+    Boundary("charge_payment", Match("payments", "POST", r"/charges"), "charge_payment", local=False),
+    Boundary(
+        "commit_stock",
+        Match("inventory", "POST", r"/reservations/[^/]+/commit"),
+        "confirm_order",
+        attempts_shown=False,
+    ),
+    Boundary("confirm_order", order_command("confirm"), "confirm_order"),
+    Boundary("notify_customer", Match("notifications", "POST", r"/notifications"), "notify_customer"),
+    Boundary(
+        "refund_payment",
+        Match("payments", "POST", r"/charges/[^/]+/refund"),
+        "charge_payment",
+        compensation=True,
+        local=False,
+    ),
+    Boundary(
+        "release_stock",
+        Match("inventory", "POST", r"/reservations/[^/]+/release"),
+        "reserve_stock",
+        compensation=True,
+        local=False,
+    ),
+    Boundary("cancel_order", order_command("cancel"), "create_order", compensation=True, local=False),
+)
+BY_NAME = {boundary.name: boundary for boundary in BOUNDARIES}
+ALL_PAIRS = frozenset((b.name, f) for b in BOUNDARIES for f in FAULTS)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # the order's status in the orders service
+    cancel_reason: str | None
+    saga: str  # the saga view's status
+    notice: str | None  # the one notice the customer gets, or None
+
+
+CONFIRMED = Outcome("CONFIRMED", None, "completed", "order_confirmed")
+DECLINED_OUTCOME = Outcome("CANCELLED", "payment_declined", "compensated", "order_cancelled")
+UNWOUND = Outcome("CANCELLED", "internal_error", "compensated", "order_cancelled")
+
+# A refusal (4xx with a code no activity knows → `upstream_rejected`) at each boundary. Before the
+# pivot it is final: the step fails, the saga unwinds and cancels with internal_error. A refused notice
+# never undoes the order. The pivot (commit stock, confirm) and the compensations must not give up
+# (activities/http.py, `must_succeed`): a refusal there is retried like an outage, and the saga ends
+# as it would have without it, with nothing stranded.
+MUST_SUCCEED = frozenset({"commit_stock", "confirm_order", "refund_payment", "release_stock", "cancel_order"})
+REFUSED: dict[str, Outcome] = {
+    "create_order": UNWOUND,
+    "validate_user": UNWOUND,
+    "reserve_stock": UNWOUND,
+    "review": UNWOUND,
+    "charge_payment": UNWOUND,
+    "commit_stock": CONFIRMED,
+    "confirm_order": CONFIRMED,
+    "notify_customer": Outcome("CONFIRMED", None, "completed", None),
+    "refund_payment": DECLINED_OUTCOME,
+    "release_stock": DECLINED_OUTCOME,
+    "cancel_order": DECLINED_OUTCOME,
+}
+
+
+def expected(boundary: Boundary, fault: str) -> Outcome:
+    if fault == "activity_error":
+        return REFUSED[boundary.name]
+    # A 5xx burst is retried and a killed worker's activity runs again on the next one, idempotently:
+    # neither changes what happens to the order.
+    return DECLINED_OUTCOME if boundary.compensation else CONFIRMED
+
+
+@dataclass
+class FaultyStack:
+    stack: Stack
+    proxies: FaultProxies
+
+
+@pytest.fixture(scope="module")
+def faulty_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultyStack]:
+    """Its own Temporal dev server, services and worker; the worker reaches every service via a proxy."""
+    stack = Stack(tmp_path_factory.mktemp("fault-stack"))
+    proxies = FaultProxies({name: stack.url(name) for name in DATA_SERVICES}).start()
+    # A charge whose worker was killed is retried only after its 15 s start-to-close timeout; a longer
+    # budget than the suite's 20 s keeps that retry inside it on a loaded machine. No example spends it.
+    stack.worker_env = proxies.worker_env() | {"WORKER_PAYMENT_BUDGET_SECONDS": "45"}
+    try:
+        stack.start()
+        yield FaultyStack(stack, proxies)
+    finally:
+        stack.stop()
+        proxies.stop()
+
+
+@pytest.mark.timeout(900)
+def test_every_fault_at_every_saga_boundary_keeps_the_invariants(faulty_stack: FaultyStack) -> None:
+    covered: list[tuple[str, str]] = []
+    started = time.monotonic()
+    with asyncio.Runner() as runner:
+        driver = Driver({name: faulty_stack.stack.url(name) for name in DATA_SERVICES})
+
+        @settings(
+            max_examples=len(ALL_PAIRS),  # the space is finite: hypothesis enumerates it, no repeats
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.generate],  # no shrinking: each example costs seconds of real processes
+        )
+        @given(boundary=st.sampled_from(list(BY_NAME)), fault=st.sampled_from(FAULTS))
+        def fault_at_boundary(boundary: str, fault: str) -> None:
+            covered.append((boundary, fault))
+            note(f"{fault} at {boundary}")
+            began = time.monotonic()
+            try:
+                runner.run(run_example(faulty_stack, driver, BY_NAME[boundary], fault))
+            except BaseException:
+                print(f"FAILED: {fault} at {boundary}\n{faulty_stack.stack.logs()}")
+                raise
+            print(f"{fault:>14} at {boundary:<16} {time.monotonic() - began:5.1f}s")
+
+        try:
+            fault_at_boundary()
+        finally:
+            runner.run(driver.close())
+    print(f"{len(covered)} examples in {time.monotonic() - started:.0f}s")
+    assert len(covered) == len(set(covered)), "an example ran twice"
+    assert set(covered) == ALL_PAIRS, f"not covered: {sorted(ALL_PAIRS - set(covered))}"
+
+
+async def run_example(env: FaultyStack, driver: Driver, boundary: Boundary, fault: str) -> None:
+    proxies, stack = env.proxies, env.stack
+    proxies.reset()
+    customer = await driver.customer(card=DECLINED if boundary.compensation else OK_CARD)
+    product = await driver.product(stock=STOCK, price_cents=REVIEW_PRICE if boundary.review else PRICE)
+
+    rule = proxies.arm(boundary.match)
+    if fault == "activity_error":
+        rule.fail_with(422, "injected_refusal")
+    elif fault == "5xx_burst":
+        rule.fail_with(503, "injected_unavailable", times=BURST)
+    else:
+        rule.hold()
+
+    accepted = await driver.place_order(customer, [(product, QUANTITY)])
+    assert accepted.status_code == 202, accepted.text
+    order_id = accepted.json()["id"]
+
+    if fault == "worker_kill":
+        await rule.wait_held()
+        stack.processes["worker"].kill()
+        rule.release()
+        # The call goes through with nobody left to hear the answer: the service has acted.
+        assert 200 <= await rule.wait_forwarded_after_hold() < 300
+        await asyncio.to_thread(stack.restart, "worker")
+    if boundary.review:
+        view = await driver.wait_saga(
+            order_id,
+            lambda v: v["order_status"] == "AWAITING_REVIEW" or v["status"] != "running",
+            timeout=60,
+        )
+        if view["order_status"] == "AWAITING_REVIEW":
+            assert (await driver.review(order_id, approve=True)).status_code == 202
+
+    order, view = await driver.wait_final(order_id, timeout=90)
+    outcome = expected(boundary, fault)
+    assert_fault_fired(rule, fault)
+    assert_outcome(order, view, outcome, boundary, fault)
+    await driver.assert_invariants(order, {product: STOCK})
+    await assert_one_notice(driver, customer.user_id, order_id, outcome.notice)
+
+
+def assert_fault_fired(rule: Rule, fault: str) -> None:
+    if fault == "activity_error":
+        assert rule.injected == 1
+    elif fault == "5xx_burst":
+        assert rule.injected == BURST and rule.hits == BURST + 1, "retried past the burst, then no more"
+    else:
+        assert rule.held == 1 and rule.hits >= 2, "the killed worker's call ran again on the new worker"
+
+
+def assert_outcome(
+    order: dict[str, Any], view: dict[str, Any], outcome: Outcome, boundary: Boundary, fault: str
+) -> None:
+    steps = {step["name"]: step for step in view["steps"]}
+    assert (order["status"], order["cancel_reason"], view["status"]) == (
+        outcome.status,
+        outcome.cancel_reason,
+        outcome.saga,
+    ), view
+    # No compensation on a confirmed order.
+    compensations = {name: s["compensation"]["status"] for name, s in steps.items() if s["compensation"]}
+    if outcome.saga == "completed":
+        assert compensations == {}, compensations
+    else:
+        # Every compensation ran to the end: none gave up, whatever was injected.
+        assert set(compensations.values()) == {"done"}, compensations
+
+    step = steps[boundary.step]
+    shown = step["compensation"] if boundary.compensation else step  # where the call's tries show
+    if fault == "activity_error" and boundary.name in MUST_SUCCEED:
+        # Refused once, then retried: the step or compensation ends done, the refusal behind it.
+        if boundary.attempts_shown:
+            assert shown["attempts"] >= 2, step
+        assert shown["status"] == "done", step
+    elif fault == "activity_error":
+        # The refusal is final: one attempt, and its error is the one the proxy gave.
+        assert "injected_refusal" in shown["error"] and shown["attempts"] == 1, step
+        assert boundary.compensation or step["status"] == "failed", step
+    elif fault == "5xx_burst" and boundary.attempts_shown:
+        assert shown["attempts"] >= BURST + 1, step
+    elif fault == "worker_kill" and boundary.attempts_shown and not boundary.local:
+        assert shown["attempts"] >= 2, step  # the server timed the lost attempt out and retried it
+
+
+async def assert_one_notice(driver: Driver, user_id: str, order_id: str, template: str | None) -> None:
+    notices = [n for n in await driver.notifications_of(user_id) if n["order_id"] == order_id]
+    sent = [(n["template"], n["channel"]) for n in notices]
+    assert len(sent) == len(set(sent)), f"a notice went out twice: {notices}"
+    saga_notices = [t for t, _ in sent if t in ("order_confirmed", "order_cancelled")]
+    assert saga_notices == ([template] if template else []), notices
