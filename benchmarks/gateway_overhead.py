@@ -117,8 +117,10 @@ async def run(args: argparse.Namespace, direct: str, gateway: str) -> dict[str, 
         rates: dict[str, list[float]] = {"direct": [], "gateway": []}
         rounds = 4
         for _ in range(rounds):
-            for name, url in urls.items():
-                samples[name] += await latencies(client, url, args.requests // rounds)
+            # One request each way in turn, so that whatever else the machine does hits both alike.
+            for _ in range(args.requests // rounds):
+                for name, url in urls.items():
+                    samples[name] += await latencies(client, url, 1)
             for name, url in urls.items():
                 rates[name].append(await throughput(client, url, args.seconds / rounds, args.concurrency))
     result = {}
