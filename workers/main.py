@@ -26,7 +26,7 @@ from activities.users import UserActivities
 from services.kit.logging import configure_logging
 from services.kit.temporal import TemporalSettings, connect
 from services.kit.tracing import setup_tracing, shutdown_tracing
-from services.kit.transport import no_cookies, upstream_transport
+from services.kit.transport import service_client
 from workers.health import WorkerState, serving_health
 from workers.settings import WorkerSettings
 from workflows.metrics import SAGA_DURATION, SAGA_DURATION_BUCKETS
@@ -65,8 +65,7 @@ async def running_worker(
     client: Client, settings: WorkerSettings, *, task_queue: str = TASK_QUEUE
 ) -> AsyncIterator[Worker]:
     timeout = httpx.Timeout(settings.http_timeout_seconds, connect=3.0)
-    transport = upstream_transport(max_connections=200)
-    async with httpx.AsyncClient(transport=transport, timeout=timeout, cookies=no_cookies()) as http:
+    async with service_client(timeout) as http:
         worker = Worker(
             client,
             task_queue=task_queue,

@@ -33,7 +33,7 @@ from services.kit.logging import configure_logging
 from services.kit.metrics import metrics_endpoint
 from services.kit.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from services.kit.tracing import instrument_app, setup_tracing, shutdown_tracing
-from services.kit.transport import no_cookies, upstream_transport
+from services.kit.transport import service_client
 from services.users.tokens import Claims, InvalidToken
 
 log = structlog.get_logger(__name__)
@@ -55,11 +55,8 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.upstreams: dict[str, Upstream] = settings.upstreams()
-        self.client = httpx.AsyncClient(
-            transport=upstream_transport(settings.max_connections),
-            timeout=httpx.Timeout(5.0, connect=settings.connect_timeout),
-            follow_redirects=False,
-            cookies=no_cookies(),
+        self.client = service_client(
+            httpx.Timeout(5.0, connect=settings.connect_timeout), max_connections=settings.max_connections
         )
         self.jwks = JwksCache(
             self.client,

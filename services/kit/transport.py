@@ -133,7 +133,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             await self._session.close()
 
 
-def upstream_transport(max_connections: int) -> httpx.AsyncBaseTransport:
+def service_client(timeout: httpx.Timeout, *, max_connections: int = 200) -> httpx.AsyncClient:
+    """The one pooled client of a process that calls our services (the gateway, the worker)."""
+    return httpx.AsyncClient(
+        transport=_transport(max_connections),
+        timeout=timeout,
+        follow_redirects=False,
+        # httpx's client keeps cookies too: a jar whose policy accepts none of them.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+    )
+
+
+def _transport(max_connections: int) -> httpx.AsyncBaseTransport:
     transport = AiohttpTransport(max_connections)
     if not tracing_enabled():
         return transport
@@ -141,8 +152,3 @@ def upstream_transport(max_connections: int) -> httpx.AsyncBaseTransport:
     from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 
     return AsyncOpenTelemetryTransport(transport)
-
-
-def no_cookies() -> CookieJar:
-    """httpx's client keeps cookies too: a jar whose policy accepts none of them."""
-    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
