@@ -1,12 +1,16 @@
 """The gateway's ASGI app: public routes → authenticate → rate-limit → authorise → proxy.
 
-It has no database, so it is assembled from the kit's parts rather than `create_service_app`.
+Public routes (`/api/v1/...`) are served by `Gateway.serve` straight on ASGI; FastAPI serves the
+operational endpoints (health, readiness, metrics, JWKS, the merged OpenAPI and its docs). The
+hot path has no framework layers of its own: per request they cost more CPU than the proxying
+(benchmarks/README.md, "Gateway overhead"). Both sit behind the kit's request-context and
+body-size middleware, so logs, RED metrics, request ids and the 1 MiB limit are the same for both.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,25 +19,23 @@ import structlog
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.gateway.auth import JwksCache, JwksUnavailable, bearer_token
 from services.gateway.breaker import Breakers
 from services.gateway.openapi import build_openapi
-from services.gateway.proxy import Proxy, forwarded_headers
+from services.gateway.proxy import ClientRequest, Proxy, RelayInterrupted
 from services.gateway.ratelimit import RateLimits
-from services.gateway.routes import PublicRoute, routes_by_path
+from services.gateway.routes import PREFIX, RouteTable
 from services.gateway.settings import Settings, Upstream
-from services.kit.errors import Problem, install_problem_handlers, problem_response
+from services.kit.errors import BodyTooLarge, Problem, install_problem_handlers, problem_response
 from services.kit.identity import identity_headers
 from services.kit.logging import configure_logging
 from services.kit.metrics import metrics_endpoint
 from services.kit.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from services.kit.tracing import instrument_app, setup_tracing, shutdown_tracing
-from services.kit.transport import service_client
+from services.kit.tracing import setup_tracing, shutdown_tracing, traced_asgi
+from services.kit.transport import ServicePool, service_client
 from services.users.tokens import Claims, InvalidToken
 
 log = structlog.get_logger(__name__)
@@ -41,23 +43,14 @@ log = structlog.get_logger(__name__)
 _UNAUTHENTICATED = {"WWW-Authenticate": "Bearer"}
 
 
-class ProxyRoute(Route):
-    """A Starlette route that also records itself in the scope, so metrics and logs get its template."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child = super().matches(scope)
-        if match is not Match.NONE:
-            child["route"] = self
-        return match, child
-
-
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.upstreams: dict[str, Upstream] = settings.upstreams()
-        self.client = service_client(
-            httpx.Timeout(5.0, connect=settings.connect_timeout), max_connections=settings.max_connections
-        )
+        self.routes = RouteTable()
+        self.pool = ServicePool(settings.max_connections)
+        # The gateway's own calls (JWKS, readiness) go over the proxy's pool, with httpx's API.
+        self.client = service_client(httpx.Timeout(5.0, connect=settings.connect_timeout), pool=self.pool)
         self.jwks = JwksCache(
             self.client,
             self.upstreams["users"].url,
@@ -78,10 +71,18 @@ class Gateway:
             threshold=settings.breaker_threshold,
             cooldown_seconds=settings.breaker_cooldown_seconds,
         )
-        self.proxy = Proxy(self.client, self.breakers, settings.retry_backoff_seconds)
+        self.proxy = Proxy(
+            self.pool,
+            self.breakers,
+            backoff_seconds=settings.retry_backoff_seconds,
+            connect_timeout=settings.connect_timeout,
+        )
 
-    async def authenticate(self, request: Request) -> Claims | None:
-        token = bearer_token(request.headers.get("authorization"))
+    async def aclose(self) -> None:
+        await self.client.aclose()  # and with it the pool
+
+    async def authenticate(self, authorization: str | None) -> Claims | None:
+        token = bearer_token(authorization)
         if token is None:
             return None
         if not token:
@@ -97,21 +98,50 @@ class Gateway:
         except JwksUnavailable:
             raise Problem(503, "auth_unavailable", "Tokens cannot be checked right now.") from None
 
-    async def handle(self, request: Request, route: PublicRoute) -> Response:
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One public request, answered by the upstream or with problem+json."""
+        try:
+            await self._serve(scope, receive, send)
+        except Problem as problem:
+            await _problem_answer(problem, scope)(scope, receive, send)
+        except BodyTooLarge as exc:
+            await problem_response(413, "payload_too_large", exc.detail, instance=scope["path"])(
+                scope, receive, send
+            )
+        except (RelayInterrupted, ClientDisconnect):
+            raise  # a head already went out, or nobody is listening: only dropping the connection is left
+        except Exception:
+            log.exception("unhandled_error", path=scope["path"])
+            await problem_response(
+                500, "internal_error", "An unexpected error occurred.", instance=scope["path"]
+            )(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        matched = self.routes.match(scope["method"], scope["path"])
+        if matched is None:
+            raise Problem(404, "not_found", "No such route.")
+        scope["route"] = matched.template  # labels the access log and the RED metrics
+        route = matched.route
+        if route is None:
+            raise Problem(
+                405, "method_not_allowed", "Method Not Allowed", headers={"Allow": matched.template.allow}
+            )
+        request = ClientRequest.from_scope(scope)
         auth_error: Problem | None = None
         claims: Claims | None = None
         try:
-            claims = await self.authenticate(request)
+            claims = await self.authenticate(request.authorization)
         except Problem as problem:
             auth_error = problem
-        peer = request.client.host if request.client else "unknown"
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
         if route.route_class == "auth":
-            policy, client = "auth", peer
+            policy, caller = "auth", peer
         elif claims is not None:
-            policy, client = "user", f"user:{claims.user_id}"
+            policy, caller = "user", f"user:{claims.user_id}"
         else:
-            policy, client = "anon", peer
-        decision = await self.limits.hit(policy, client) if self.settings.rate_limit_enabled else None
+            policy, caller = "anon", peer
+        decision = await self.limits.hit(policy, caller) if self.settings.rate_limit_enabled else None
         limit_headers = decision.headers() if decision else {}
         if decision is not None and not decision.allowed:
             raise Problem(429, "rate_limited", "Too many requests; slow down.", headers=limit_headers)
@@ -124,15 +154,17 @@ class Gateway:
         identity = (
             identity_headers(self.settings.internal_token, claims.role, claims.user_id) if claims else {}
         )
-        response = await self.proxy.forward(
+        await self.proxy.forward(
+            scope,
+            receive,
+            send,
             request,
             route,
             self.upstreams[route.upstream],
-            dict(request.path_params),
-            {**forwarded_headers(request), **identity},
+            matched.params,
+            identity=list(identity.items()),
+            answer_headers=[(k.lower().encode(), v.encode("latin-1")) for k, v in limit_headers.items()],
         )
-        response.headers.update(limit_headers)
-        return response
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
         async def probe(upstream: Upstream) -> str:
@@ -147,15 +179,47 @@ class Gateway:
         return all(state == "ready" for state in states.values()), states
 
 
-def _endpoint(gateway: Gateway, methods: dict[str, PublicRoute]) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await gateway.handle(request, methods[method])
+def _problem_answer(problem: Problem, scope: Scope) -> JSONResponse:
+    return problem_response(
+        problem.status,
+        problem.code,
+        problem.detail,
+        title=problem.title,
+        instance=scope["path"],
+        headers=problem.headers,
+        **problem.extensions,
+    )
 
-    return endpoint
+
+class GatewayApp:
+    """The process's ASGI app: `/api/v1/...` to the gateway's own path, the rest to FastAPI."""
+
+    def __init__(self, gateway: Gateway, ops: FastAPI) -> None:
+        self.gateway = gateway
+        self.ops = ops
+        settings = gateway.settings
+        app: ASGIApp = BodySizeLimitMiddleware(self._dispatch, max_bytes=settings.max_body_bytes)
+        app = RequestContextMiddleware(app, service=settings.service_name)
+        self._app = traced_asgi(app, self._span_details)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX + "/"):
+            await self.gateway.serve(scope, receive, send)
+        else:
+            await self.ops(scope, receive, send)
+
+    def _span_details(self, scope: Scope) -> tuple[str, dict[str, str]]:
+        """Server spans are named by route template, not by path: ids would make every name unique."""
+        method, path = scope.get("method", "HTTP"), scope.get("path", "")
+        matched = self.gateway.routes.match(method, path) if path.startswith(PREFIX + "/") else None
+        template = matched.template.path if matched else path
+        return f"{method} {template}", {"http.route": template}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> GatewayApp:
     settings = settings or Settings()
     tracing = setup_tracing(settings.service_name)
     gateway = Gateway(settings)
@@ -165,11 +229,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(settings.log_level, service=settings.service_name)
         log.info("gateway_started", upstreams={n: u.url for n, u in gateway.upstreams.items()})
         yield
-        await gateway.client.aclose()
+        await gateway.aclose()
         if tracing:
             shutdown_tracing()
 
-    app = FastAPI(
+    ops = FastAPI(
         title="ordersaga gateway",
         version="1.0.0",
         lifespan=lifespan,
@@ -177,17 +241,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.gateway = gateway
-    install_problem_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, service=settings.service_name)
+    ops.state.settings = settings
+    install_problem_handlers(ops)
 
-    @app.get("/health", include_in_schema=False)
+    @ops.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:
         return {"status": "ok", "service": settings.service_name}
 
-    @app.get("/ready", include_in_schema=False)
+    @ops.get("/ready", include_in_schema=False)
     async def ready() -> JSONResponse:
         ok, upstreams = await gateway.ready()
         breakers = {name: await gateway.breakers.state(name) for name in gateway.upstreams}
@@ -196,7 +257,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem_response(503, "not_ready", "An upstream is not ready.", **body)
         return JSONResponse({"status": "ready", "service": settings.service_name, **body})
 
-    @app.get("/.well-known/jwks.json", include_in_schema=False)
+    @ops.get("/.well-known/jwks.json", include_in_schema=False)
     async def jwks() -> JSONResponse:
         try:
             document = await gateway.jwks.get()
@@ -206,27 +267,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     openapi_lock = asyncio.Lock()
 
-    @app.get("/openapi.json", include_in_schema=False)
+    @ops.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
         async with openapi_lock:
-            if getattr(app.state, "public_openapi", None) is None:
+            if getattr(ops.state, "public_openapi", None) is None:
                 # Built once, off the event loop: it imports and instantiates the five service apps.
-                app.state.public_openapi = await asyncio.to_thread(build_openapi)
-        return JSONResponse(app.state.public_openapi)
+                ops.state.public_openapi = await asyncio.to_thread(build_openapi)
+        return JSONResponse(ops.state.public_openapi)
 
-    @app.get("/docs", include_in_schema=False)
+    @ops.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="ordersaga public API")
 
-    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
-    for path, methods in routes_by_path().items():
-        app.router.routes.append(
-            ProxyRoute(
-                "/api/v1" + path,
-                _endpoint(gateway, methods),
-                methods=list(methods),
-                name=f"{next(iter(methods.values())).upstream}:{path}",
-            )
-        )
-    instrument_app(app)
-    return app
+    ops.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    return GatewayApp(gateway, ops)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import aiohttp
 from prometheus_client import Gauge
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
@@ -31,13 +31,13 @@ BREAKER_STATE = Gauge(
 class UpstreamFailure(Exception):
     """Raised inside the breaker for an answer that counts as a failure (5xx)."""
 
-    def __init__(self, status: int, response: httpx.Response) -> None:
+    def __init__(self, status: int, response: aiohttp.ClientResponse) -> None:
         super().__init__(f"upstream answered {status}")
         self.status = status
         self.response = response  # still open: relayed to the client or closed before a retry
 
 
-COUNTED_FAILURES: tuple[type[BaseException], ...] = (UpstreamFailure, httpx.TransportError, TimeoutError)
+COUNTED_FAILURES: tuple[type[BaseException], ...] = (UpstreamFailure, aiohttp.ClientError, TimeoutError)
 
 
 class BreakerOpen(Exception):

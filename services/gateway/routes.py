@@ -7,7 +7,8 @@ on purpose: the gateway answers 404 for them, whatever the caller's role.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Literal
 
 PREFIX = "/api/v1"
@@ -58,9 +59,62 @@ ROUTES: tuple[PublicRoute, ...] = (
 )
 
 
-def routes_by_path() -> dict[str, dict[str, PublicRoute]]:
-    """Path template → method → route, in table order (one Starlette route per path)."""
-    table: dict[str, dict[str, PublicRoute]] = {}
-    for route in ROUTES:
-        table.setdefault(route.path, {})[route.method] = route
-    return table
+_PARAMETER = re.compile(r"{(\w+)}")
+
+
+@dataclass(frozen=True)
+class PathTemplate:
+    """One public path and the routes under it; `path` is what logs, metrics and spans are labelled by."""
+
+    path: str  # the public template, e.g. /api/v1/orders/{order_id}
+    methods: dict[str, PublicRoute]
+    pattern: re.Pattern[str] = field(repr=False)
+
+    @property
+    def allow(self) -> str:
+        methods = list(self.methods)
+        return ", ".join([*methods, "HEAD"] if "GET" in methods else methods)
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    template: PathTemplate
+    route: PublicRoute | None  # None: the path exists, the method does not (405)
+    params: dict[str, str]
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    # split() alternates literal text and parameter names: /users/, user_id, /orders
+    parts = _PARAMETER.split(template)
+    regex = "".join(re.escape(part) if n % 2 == 0 else f"(?P<{part}>[^/]+)" for n, part in enumerate(parts))
+    return re.compile(regex + r"\Z")
+
+
+class RouteTable:
+    """Matches a request's (decoded) path and method against the public table.
+
+    A parameter is one path segment, as in Starlette; HEAD is served by the GET route.
+    """
+
+    def __init__(self, routes: tuple[PublicRoute, ...] = ROUTES) -> None:
+        self.templates: list[PathTemplate] = []
+        table: dict[str, dict[str, PublicRoute]] = {}
+        for route in routes:
+            table.setdefault(route.path, {})[route.method] = route
+        for path, methods in table.items():
+            self.templates.append(PathTemplate(PREFIX + path, methods, _pattern(PREFIX + path)))
+        self._literal = {t.path: t for t in self.templates if "{" not in t.path}
+
+    def match(self, method: str, path: str) -> RouteMatch | None:
+        template = self._literal.get(path)
+        params: dict[str, str] = {}
+        if template is None:
+            for candidate in self.templates:
+                found = candidate.pattern.match(path)
+                if found is not None:
+                    template, params = candidate, found.groupdict()
+                    break
+            else:
+                return None
+        route = template.methods.get("GET" if method == "HEAD" else method)
+        return RouteMatch(template, route, params)

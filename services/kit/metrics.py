@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,9 +23,18 @@ HTTP_DURATION = Histogram(
 
 
 def observe_request(service: str, method: str, route: str, status: int, seconds: float) -> None:
+    requests, duration = _children(service, method, route, status)
+    requests.inc()
+    duration.observe(seconds)
+
+
+@cache
+def _children(service: str, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+    """The labelled series, looked up once per label set instead of on every request.
+
+    Routes are templates and statuses a few dozen values, so the cache stays small."""
     labels = {"service": service, "method": method, "route": route, "status": str(status)}
-    HTTP_REQUESTS.labels(**labels).inc()
-    HTTP_DURATION.labels(**labels).observe(seconds)
+    return HTTP_REQUESTS.labels(**labels), HTTP_DURATION.labels(**labels)
 
 
 async def metrics_endpoint(_: Request) -> Response:

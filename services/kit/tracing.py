@@ -8,7 +8,7 @@ and the W3C `traceparent` header carries the trace across every HTTP hop and thr
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -33,7 +33,7 @@ def tracing_enabled() -> bool:
 
 
 def setup_tracing(service: str) -> bool:
-    """Installs the tracer provider and the httpx instrumentation once per process; False when off."""
+    """Installs the tracer provider once per process; False when off."""
     global _provider_installed
     if not tracing_enabled():
         return False
@@ -47,7 +47,6 @@ def setup_tracing(service: str) -> bool:
         raise RuntimeError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: ordersaga exports http/protobuf only")
     # Imported here so that a process without tracing does not pay for the SDK and exporter imports.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -57,8 +56,6 @@ def setup_tracing(service: str) -> bool:
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    # Patches httpx's transports, so every client (proxy, activities, JWKS) injects `traceparent`.
-    HTTPXClientInstrumentor().instrument()
     _provider_installed = True
     return True
 
@@ -75,6 +72,17 @@ def instrument_app(app: FastAPI, engine: AsyncEngine | None = None) -> None:
 
         # The package pins SQLAlchemy < 2.1; its engine hooks are unchanged in 2.1, so the pin is skipped.
         SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, skip_dep_check=True)
+
+
+def traced_asgi(app: Any, span_details: Callable[[dict[str, Any]], tuple[str, dict[str, str]]]) -> Any:
+    """A plain ASGI app with server spans (continuing an incoming `traceparent`), named by `span_details`."""
+    if not tracing_enabled():
+        return app
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    return OpenTelemetryMiddleware(
+        app, excluded_urls=EXCLUDED_URLS, default_span_details=span_details, exclude_spans=["receive", "send"]
+    )
 
 
 def shutdown_tracing() -> None:

@@ -19,7 +19,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from services.gateway.app import create_app
@@ -108,6 +108,22 @@ class Scripted:
     seen: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _body_answer(kind: str, size: int) -> Response:
+    body = bytes(n % 251 for n in range(size))  # no repeating 64 KiB block: a reordered relay would show
+    if kind == "bytes":
+        return Response(body, media_type="application/octet-stream")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        sent = body if kind == "chunks" else body[: size // 2]
+        for start in range(0, len(sent), 16 * 1024):
+            yield sent[start : start + 16 * 1024]
+        if kind == "cut":
+            raise ConnectionError("the scripted upstream breaks off its answer")
+
+    headers = {"Content-Length": str(size)} if kind == "cut" else None
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
+
+
 def _scripted_app(state: Scripted) -> Starlette:
     async def jwks(_: Request) -> Response:
         state.jwks_fetches += 1
@@ -123,13 +139,17 @@ def _scripted_app(state: Scripted) -> Starlette:
             "body": body.decode(errors="replace"),
         }
         state.seen.append(seen)
-        # A path segment scripts the answer: /products/sleep-3, /orders/status-503/cancel.
+        # A path segment scripts the answer: /products/sleep-3, /orders/status-503/cancel,
+        # /products/bytes-N (N bytes, sized), chunks-N (N bytes, chunked), cut-N (N declared, half sent).
         status = 200
         for segment in request.url.path.split("/"):
-            if segment.startswith("sleep-"):
-                await asyncio.sleep(float(segment.removeprefix("sleep-")))
-            if segment.startswith("status-"):
-                status = int(segment.removeprefix("status-"))
+            kind, _, number = segment.partition("-")
+            if kind == "sleep":
+                await asyncio.sleep(float(number))
+            if kind == "status":
+                status = int(number)
+            if kind in ("bytes", "chunks", "cut"):
+                return _body_answer(kind, int(number))
         return JSONResponse(
             seen, status_code=status, headers={"Connection": "x-upstream-secret", "X-Upstream-Secret": "1"}
         )
@@ -171,4 +191,4 @@ async def in_process_gateway(**overrides: Any) -> AsyncIterator[httpx.AsyncClien
         try:
             yield client
         finally:
-            await app.state.gateway.client.aclose()
+            await app.gateway.aclose()

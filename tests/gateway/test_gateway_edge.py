@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from services.gateway.proxy import RelayInterrupted
 from services.gateway.ratelimit import RateLimits
 from services.users.tokens import TokenIssuer
 from tests.gateway.conftest import Scripted, Tokens, in_process_gateway
@@ -164,6 +165,30 @@ async def test_a_burst_over_the_limit_gets_429_and_recovers(stack: Stack, tokens
         assert (await gw.get("/api/v1/products", headers=auth)).status_code == 200
         await asyncio.sleep(retry_after + 0.1)
         assert (await gw.get("/api/v1/products")).status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["bytes", "chunks"])
+@pytest.mark.parametrize("size", [10, 64 * 1024, 64 * 1024 + 1, 3 * 1024 * 1024 + 7])
+async def test_answers_of_any_size_arrive_whole(scripted: Scripted, kind: str, size: int) -> None:
+    async with in_process_gateway(inventory_url=scripted.url) as gw:
+        response = await gw.get(f"/api/v1/products/{kind}-{size}")
+        head = await gw.head(f"/api/v1/products/{kind}-{size}")
+    assert response.status_code == 200
+    assert response.content == bytes(n % 251 for n in range(size))
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert head.status_code == 200 and head.content == b""
+
+
+async def test_an_answer_cut_off_upstream_is_never_passed_off_as_whole(scripted: Scripted) -> None:
+    async with in_process_gateway(inventory_url=scripted.url, breaker_threshold=50) as gw:
+        # A small answer is read whole before its head goes out, so the gateway can still say so.
+        small = await gw.get("/api/v1/products/cut-1000")
+        assert small.status_code == 502
+        assert small.json()["code"] == "upstream_unreachable"
+        # A large one is on its way already: the app raises, and its server drops the connection
+        # (in process, the ASGI transport hands the error to the client instead).
+        with pytest.raises(RelayInterrupted):
+            await gw.get(f"/api/v1/products/cut-{1024 * 1024}")
 
 
 async def test_an_oversized_body_is_413(scripted: Scripted) -> None:
