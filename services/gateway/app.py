@@ -56,6 +56,7 @@ class Gateway:
             self.upstreams["users"].url,
             max_age=settings.jwks_max_age_seconds,
             min_refresh=settings.jwks_min_refresh_seconds,
+            verified_tokens=settings.verified_token_cache_size,
         )
         self.limits = RateLimits(
             {

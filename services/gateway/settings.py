@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # JWKS of the users service: kept this long, refetched at most this often for an unknown key id.
     jwks_max_age_seconds: float = 300.0
     jwks_min_refresh_seconds: float = 5.0
+    # Verified tokens remembered until they expire (0: check every signature).
+    verified_token_cache_size: int = 10_000
 
     internal_token: str = Field(
         default="ordersaga-dev-internal-token",

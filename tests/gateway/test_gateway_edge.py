@@ -137,9 +137,28 @@ async def test_a_rotated_key_is_fetched_once_and_unknown_kids_do_not_flood(scrip
         scripted.jwks = new.jwks()  # the users service rotated its key
         assert await call(new) == 200
         assert scripted.jwks_fetches == 2
+        # The old key is gone from the key set: its tokens are refused, remembered as verified or not.
+        assert await call(old) == 401
         for _ in range(5):
             assert await call(unknown) == 401
         assert scripted.jwks_fetches == 2  # refetches are rate-limited
+
+
+async def test_a_remembered_token_is_exactly_the_verified_one(scripted: Scripted) -> None:
+    key = issuer()
+    scripted.jwks = key.jwks()
+    user = uuid.uuid4()
+    async with in_process_gateway(users_url=scripted.url) as gw:
+        token = key.issue(user, "customer").access_token
+        path = f"/api/v1/users/{user}"
+        assert (await gw.get(path, headers={"Authorization": f"Bearer {token}"})).status_code == 200
+        head, payload, signature = token.split(".")
+        forged = ".".join([head, payload, signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB")])
+        admin = key.issue(user, "admin").access_token.split(".")[1]
+        for altered in (forged, ".".join([head, admin, signature])):
+            answer = await gw.get(path, headers={"Authorization": f"Bearer {altered}"})
+            assert answer.status_code == 401, altered
+        assert (await gw.get(path, headers={"Authorization": f"Bearer {token}"})).status_code == 200
 
 
 async def test_a_burst_over_the_limit_gets_429_and_recovers(stack: Stack, tokens: Tokens) -> None:
