@@ -79,9 +79,18 @@ def start(directory: Path, *, bare_relay: bool = False) -> tuple[dict[str, Manag
             ready=lambda: tcp_open(relay_port),
         )
         bases["bare_relay"] = relay + "/api/v1"
-    for process in processes.values():
-        process.start(timeout=60)
+    try:
+        for process in processes.values():
+            process.start(timeout=60)
+    except BaseException:
+        stop(processes)  # one that failed to start must not leave the others running
+        raise
     return processes, bases
+
+
+def stop(processes: dict[str, ManagedProcess]) -> None:
+    for process in reversed(processes.values()):
+        process.stop()
 
 
 async def latencies(client: httpx.AsyncClient, url: str, count: int) -> list[float]:
@@ -193,8 +202,7 @@ def main() -> int:
         try:
             result = asyncio.run(run(args, processes, bases))
         finally:
-            for process in reversed(processes.values()):
-                process.stop()
+            stop(processes)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -539,6 +539,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {gateway['added_p99_ms']:+.2f} ms |",
             f"| throughput | {gateway['direct_rps']:.0f} req/s | {gateway['gateway_rps']:.0f} req/s "
             f"| {gateway['throughput_ratio']:.0%} |",
+            f"| gateway CPU per request | | {gateway['gateway_cpu_ms_per_request_sequential']:.2f} ms "
+            f"one at a time, {gateway['gateway_cpu_ms_per_request_concurrent']:.2f} ms 32 in flight | |",
         ]
     else:
         lines += ["", f"gateway overhead failed: {gateway['error'][-300:]}"]

@@ -3,6 +3,11 @@
 The client is the user id when the caller has a valid token, otherwise the peer IP. The answer
 carries the IETF draft headers (`RateLimit-Policy: 120;w=60`, `RateLimit: limit=120, remaining=3,
 reset=37`), and a refusal is 429 with `Retry-After`.
+
+In memory, the counts live in `SweptMemoryStorage`: limits' own storage, sweeping out expired
+counters at most once a second. Upstream starts a sweep over every client's counter whenever the
+previous one has finished, which under steady traffic means after every request, so a hit's cost
+grows with the number of clients: 24 µs with one, 1 ms with 10 000 (benchmarks/rate_limits.py).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
@@ -49,9 +54,34 @@ class Decision:
         return headers
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """limits' async in-memory storage with its sweep of expired counters throttled.
+
+    A sweep only bounds memory: an expired counter is also dropped when it is next read, so the
+    counts are the same as upstream's.
+    """
+
+    STORAGE_SCHEME = ["async+swept-memory"]
+    SWEEP_INTERVAL_SECONDS = 1.0
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: str) -> None:
+        self._last_sweep = float("-inf")
+        self.sweeps = 0
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+
+    # Upstream's (name-mangled) hook, which its incr, decr and acquire_entry await on every hit.
+    async def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < self.SWEEP_INTERVAL_SECONDS:
+            return
+        self._last_sweep = now
+        self.sweeps += 1
+        await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
+
+
 def storage_uri(redis_url: str) -> str:
     if not redis_url:
-        return "async+memory://"
+        return "async+swept-memory://"
     scheme, sep, rest = redis_url.partition("://")
     return f"async+{scheme}{sep}{rest}"
 
