@@ -41,7 +41,16 @@ def serve(
     if overrides:
         settings = settings.model_copy(update=overrides)
     application = spec.create_app(settings)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    # uvicorn would take X-Forwarded-For from any local peer as the client's address; only the
+    # gateway uses that address (rate limits), and it decides whom to believe (GATEWAY_TRUSTED_PROXIES).
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 @app.command()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import structlog
@@ -21,6 +21,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.gateway.auth import JwksCache, JwksUnavailable, bearer_token
 from services.gateway.breaker import Breakers
@@ -201,6 +202,12 @@ class GatewayApp:
         settings = gateway.settings
         app: ASGIApp = BodySizeLimitMiddleware(self._dispatch, max_bytes=settings.max_body_bytes)
         app = RequestContextMiddleware(app, service=settings.service_name)
+        if settings.trusted_proxies:
+            # Behind an ingress: the client's address is what the trusted proxies say it is.
+            # (uvicorn types ASGI more narrowly than Starlette; the protocol is the same)
+            app = cast(
+                ASGIApp, ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=settings.trusted_proxies)
+            )
         self._app = traced_asgi(app, self._span_details)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # Verified tokens remembered until they expire (0: check every signature).
     verified_token_cache_size: int = 10_000
 
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or CIDRs, comma-separated;
+    # "*" for any). Empty: the gateway is the edge, the TCP peer is the client, and a client's own
+    # X-Forwarded-For is ignored, so it cannot pick its rate-limit bucket.
+    trusted_proxies: str = ""
+
     internal_token: str = Field(
         default="ordersaga-dev-internal-token",
         validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),

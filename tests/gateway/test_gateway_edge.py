@@ -9,15 +9,16 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from services.gateway.proxy import RelayInterrupted
 from services.gateway.ratelimit import RateLimits
 from services.users.tokens import TokenIssuer
-from tests.gateway.conftest import Scripted, Tokens, in_process_gateway
+from tests.gateway.conftest import Scripted, Tokens, gateway_env, in_process_gateway
 from tests.support.identity import INTERNAL_TOKEN
-from tests.support.processes import ManagedProcess, free_port, tcp_open
+from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok, tcp_open
 from tests.support.stack import Stack
 
 
@@ -208,6 +209,33 @@ async def test_an_answer_cut_off_upstream_is_never_passed_off_as_whole(scripted:
         # (in process, the ASGI transport hands the error to the client instead).
         with pytest.raises(RelayInterrupted):
             await gw.get(f"/api/v1/products/cut-{1024 * 1024}")
+
+
+@pytest.mark.parametrize("trusted_proxies", ["", "127.0.0.1"])
+async def test_a_client_picks_its_rate_limit_bucket_only_through_a_trusted_proxy(
+    stack: Stack, trusted_proxies: str
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = gateway_env(stack, GATEWAY_RATE_LIMIT_ANON="3/minute", GATEWAY_TRUSTED_PROXIES=trusted_proxies)
+    process = ManagedProcess(
+        "gateway-forwarded",
+        [str(VENV_BIN / "ordersaga"), "serve", "gateway", "--port", str(port)],
+        stack.directory / f"gateway-forwarded-{port}.log",
+        env,
+        ready=http_ok(url + "/health"),
+    )
+    process.start(timeout=60)
+    try:
+        async with httpx.AsyncClient(base_url=url + "/api/v1", timeout=30) as api:
+            claims = [{"X-Forwarded-For": f"198.51.100.{n}"} for n in range(4)]
+            codes = [(await api.get("/products", headers=claim)).status_code for claim in claims]
+    finally:
+        process.stop()
+    if trusted_proxies:
+        assert codes == [200] * 4  # the proxy vouches for four clients: four buckets
+    else:
+        assert codes == [200] * 3 + [429]  # one peer, one bucket, whoever it claims to be
 
 
 async def test_an_oversized_body_is_413(scripted: Scripted) -> None:
