@@ -79,18 +79,40 @@ def start(directory: Path, *, bare_relay: bool = False) -> tuple[dict[str, Manag
             ready=lambda: tcp_open(relay_port),
         )
         bases["bare_relay"] = relay + "/api/v1"
+    start_all(processes)
+    return processes, bases
+
+
+def start_all(processes: dict[str, ManagedProcess]) -> None:
     try:
         for process in processes.values():
             process.start(timeout=60)
     except BaseException:
         stop(processes)  # one that failed to start must not leave the others running
         raise
-    return processes, bases
 
 
 def stop(processes: dict[str, ManagedProcess]) -> None:
     for process in reversed(processes.values()):
         process.stop()
+
+
+async def product_path(client: httpx.AsyncClient, inventory: str) -> str:
+    """Creates the product every request reads, straight at the inventory service; its path."""
+    created = await client.post(
+        inventory + "/products",
+        json={
+            "sku": "BENCH-1",
+            "name": "bench",
+            "description": "",
+            "price_cents": 100,
+            "currency": "USD",
+            "stock": 5,
+        },
+        headers=identity_headers(TOKEN, "admin", "00000000-0000-0000-0000-000000000001"),
+    )
+    assert created.status_code == 201, created.text
+    return f"/products/{created.json()['id']}"
 
 
 async def latencies(client: httpx.AsyncClient, url: str, count: int) -> list[float]:
@@ -132,20 +154,7 @@ async def run(
 ) -> dict[str, float]:
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        created = await client.post(
-            bases["direct"] + "/products",
-            json={
-                "sku": "BENCH-1",
-                "name": "bench",
-                "description": "",
-                "price_cents": 100,
-                "currency": "USD",
-                "stock": 5,
-            },
-            headers=identity_headers(TOKEN, "admin", "00000000-0000-0000-0000-000000000001"),
-        )
-        assert created.status_code == 201, created.text
-        path = f"/products/{created.json()['id']}"
+        path = await product_path(client, bases["direct"])
         urls = {name: base + path for name, base in bases.items()}
         for url in urls.values():  # warm up connections, caches and the JIT-less interpreter alike
             await latencies(client, url, 200)
