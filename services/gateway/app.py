@@ -30,7 +30,15 @@ from services.gateway.proxy import ClientRequest, Proxy, RelayInterrupted
 from services.gateway.ratelimit import RateLimits
 from services.gateway.routes import PREFIX, RouteTable
 from services.gateway.settings import Settings, Upstream
-from services.kit.errors import BodyTooLarge, Problem, install_problem_handlers, problem_response
+from services.kit.errors import (
+    BodyTooLarge,
+    Problem,
+    install_problem_handlers,
+    internal_error,
+    problem_answer,
+    problem_response,
+    too_large,
+)
 from services.kit.identity import identity_headers
 from services.kit.logging import configure_logging
 from services.kit.metrics import metrics_endpoint
@@ -104,19 +112,17 @@ class Gateway:
         """One public request, answered by the upstream or with problem+json."""
         try:
             await self._serve(scope, receive, send)
-        except Problem as problem:
-            await _problem_answer(problem, scope)(scope, receive, send)
+            return
+        except Problem as raised:
+            problem = raised
         except BodyTooLarge as exc:
-            await problem_response(413, "payload_too_large", exc.detail, instance=scope["path"])(
-                scope, receive, send
-            )
+            problem = too_large(exc)
         except (RelayInterrupted, ClientDisconnect):
             raise  # a head already went out, or nobody is listening: only dropping the connection is left
         except Exception:
             log.exception("unhandled_error", path=scope["path"])
-            await problem_response(
-                500, "internal_error", "An unexpected error occurred.", instance=scope["path"]
-            )(scope, receive, send)
+            problem = internal_error()
+        await problem_answer(problem, scope["path"])(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         matched = self.routes.match(scope["method"], scope["path"])
@@ -179,18 +185,6 @@ class Gateway:
         results = await asyncio.gather(*(probe(upstream) for upstream in self.upstreams.values()))
         states = dict(zip(self.upstreams, results, strict=True))
         return all(state == "ready" for state in states.values()), states
-
-
-def _problem_answer(problem: Problem, scope: Scope) -> JSONResponse:
-    return problem_response(
-        problem.status,
-        problem.code,
-        problem.detail,
-        title=problem.title,
-        instance=scope["path"],
-        headers=problem.headers,
-        **problem.extensions,
-    )
 
 
 class GatewayApp:

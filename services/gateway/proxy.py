@@ -35,7 +35,7 @@ from services.gateway.breaker import BreakerOpen, Breakers, UpstreamFailure
 from services.gateway.routes import PublicRoute
 from services.gateway.settings import Upstream
 from services.kit.errors import Problem
-from services.kit.metrics import LATENCY_BUCKETS
+from services.kit.metrics import LATENCY_BUCKETS, labelled
 from services.kit.transport import CHUNK_BYTES, SKIP_AUTO_HEADERS, ServicePool, failure_kind
 
 log = structlog.get_logger(__name__)
@@ -186,15 +186,9 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join([chunk async for chunk in _body_chunks(receive)])
 
 
-# A labelled child is looked up once per label set rather than on every request.
 @cache
-def _head_latency(upstream: str, method: str, route: str) -> Histogram:
-    return UPSTREAM_DURATION.labels(upstream=upstream, method=method, route=route)
-
-
-@cache
-def _answers(upstream: str, method: str, route: str, status: int) -> Counter:
-    return UPSTREAM_REQUESTS.labels(upstream=upstream, method=method, route=route, status=str(status))
+def _client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read)
 
 
 class Proxy:
@@ -227,7 +221,7 @@ class Proxy:
             try:
                 answer = await self._answer(scope, receive, request, route, upstream, params, identity)
             finally:
-                _head_latency(upstream.name, request.method, route.public_path).observe(
+                labelled(UPSTREAM_DURATION, upstream.name, request.method, route.public_path).observe(
                     time.perf_counter() - started
                 )
             status = answer.status
@@ -236,7 +230,7 @@ class Proxy:
             status = problem.status
             raise
         finally:
-            _answers(upstream.name, request.method, route.public_path, status).inc()
+            labelled(UPSTREAM_REQUESTS, upstream.name, request.method, route.public_path, str(status)).inc()
 
     async def _answer(
         self,
@@ -261,7 +255,7 @@ class Proxy:
             # with no bytes behind it would break the upstream request.
             headers = [(name, value) for name, value in headers if name != "content-length"]
         kept_body = await _read_body(receive) if has_body and retriable else None
-        timeout = aiohttp.ClientTimeout(sock_connect=self.connect_timeout, sock_read=upstream.timeout)
+        timeout = _client_timeout(self.connect_timeout, upstream.timeout)
         session = self.pool.session()
         attempts = 1 + (upstream.retries if retriable else 0)
         for attempt in range(1, attempts + 1):

@@ -90,6 +90,28 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+def problem_answer(problem: Problem, instance: str) -> JSONResponse:
+    """The problem+json answer to a raised Problem, for the request at path `instance`."""
+    return problem_response(
+        problem.status,
+        problem.code,
+        problem.detail,
+        title=problem.title,
+        instance=instance,
+        headers=problem.headers,
+        **problem.extensions,
+    )
+
+
+def too_large(exc: BodyTooLarge) -> Problem:
+    return Problem(413, "payload_too_large", exc.detail)
+
+
+def internal_error() -> Problem:
+    """What an unexpected error answers: nothing of its cause reaches the caller."""
+    return Problem(500, "internal_error", "An unexpected error occurred.")
+
+
 def _safe_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     # pydantic puts the offending input in each error; it may be a password or a card number.
     return [
@@ -105,15 +127,7 @@ def _safe_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(
-            exc.status,
-            exc.code,
-            exc.detail,
-            title=exc.title,
-            instance=request.url.path,
-            headers=exc.headers,
-            **exc.extensions,
-        )
+        return problem_answer(exc, request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -140,14 +154,12 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return problem_response(413, "payload_too_large", exc.detail, instance=request.url.path)
+        return problem_answer(too_large(exc), request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path)
-        return problem_response(
-            500, "internal_error", "An unexpected error occurred.", instance=request.url.path
-        )
+        return problem_answer(internal_error(), request.url.path)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
