@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from services.kit.identity import identity_headers
+from workflows.payloads import workflow_id_for
 
 # Conflicts that go away on their own: a concurrent writer, a charge still in flight.
 TRANSIENT_CODES = frozenset({"version_conflict", "charge_in_progress", "provider_unavailable"})
@@ -28,9 +29,13 @@ def current_attempt() -> int:
     return activity.info().attempt if activity.in_activity() else 1
 
 
-def idempotency_key(step: str) -> str:
-    """Derived from the workflow id and the step, so every retry and replay uses the same key."""
-    return f"{activity.info().workflow_id}:{step}"
+def saga_key(order_id: str, step: str) -> str:
+    """The idempotency key of one saga step: `order-<order id>:<step>`.
+
+    Derived from the order's saga workflow id and the step, so every retry, replay or reset of the
+    saga, and the repair workflow of a terminated one, uses the same key.
+    """
+    return f"{workflow_id_for(order_id)}:{step}"
 
 
 class ServiceCaller:

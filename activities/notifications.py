@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.http import ServiceCaller, current_attempt, idempotency_key
+from activities.http import ServiceCaller, current_attempt, saga_key
 from workflows.payloads import Notice, NoticeResult
 
 NOTIFY_STEP = "notify_customer"
@@ -21,13 +21,14 @@ class NotificationActivities:
             channels.append(("email", notice.contact.email))
         if notice.contact.phone:
             channels.append(("sms", notice.contact.phone))
+        notice_key = saga_key(notice.order_id, NOTIFY_STEP)
         for channel, address in channels:
             await self._notifications.call(
                 "POST",
                 "/notifications",
                 json={
                     # One key per order, notice and channel: the notice goes out at most once.
-                    "idempotency_key": f"{idempotency_key(NOTIFY_STEP)}:{notice.template}:{channel}",
+                    "idempotency_key": f"{notice_key}:{notice.template}:{channel}",
                     "user_id": notice.user_id,
                     "channel": channel,
                     "to": address,

@@ -6,7 +6,7 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.http import ServiceCaller, current_attempt, idempotency_key
+from activities.http import ServiceCaller, current_attempt, saga_key
 from workflows.payloads import OrderCommand, OrderSnapshot
 
 
@@ -20,7 +20,7 @@ class OrderActivities:
         response = await self._orders.call(
             "POST",
             f"/internal/orders/{command.order_id}/commands",
-            json=_command_body(command, idempotency_key(command.step)),
+            json=_command_body(command, saga_key(command.order_id, command.step)),
             # Confirm is the pivot's second half and cancel a compensation: neither may give up.
             must_succeed=command.type in ("confirm", "cancel"),
         )
@@ -57,4 +57,6 @@ def _command_body(command: OrderCommand, command_id: str) -> dict[str, Any]:
         )
     elif command.type == "cancel":
         body["reason"] = command.reason
+    if command.type in ("await_review", "cancel") and command.payment_id:
+        body["payment_id"] = command.payment_id  # known from the authorisation on
     return body

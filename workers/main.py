@@ -12,7 +12,17 @@ from typing import Any
 import httpx
 import structlog
 from temporalio import activity, workflow
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+)
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
@@ -22,6 +32,7 @@ from activities.notifications import NotificationActivities
 from activities.orders import OrderActivities
 from activities.payments import PaymentActivities
 from activities.policy import PolicyActivities
+from activities.reconciler import ReconcilerActivities
 from activities.users import UserActivities
 from services.kit.logging import configure_logging
 from services.kit.temporal import TemporalSettings, connect
@@ -32,11 +43,15 @@ from workers.settings import WorkerSettings
 from workflows.metrics import SAGA_DURATION, SAGA_DURATION_BUCKETS
 from workflows.order import OrderWorkflow
 from workflows.payloads import TASK_QUEUE
+from workflows.repair import ReconcileWorkflow, RepairWorkflow
+
+RECONCILER_SCHEDULE_ID = "ordersaga-reconciler"
+RECONCILE_WORKFLOW_ID = "reconcile"
 
 log = structlog.get_logger(__name__)
 
 
-def build_activities(http: httpx.AsyncClient, settings: WorkerSettings) -> Sequence[Any]:
+def build_activities(client: Client, http: httpx.AsyncClient, settings: WorkerSettings) -> Sequence[Any]:
     def caller(base_url: str) -> ServiceCaller:
         return ServiceCaller(http, base_url, settings.internal_token)
 
@@ -46,6 +61,7 @@ def build_activities(http: httpx.AsyncClient, settings: WorkerSettings) -> Seque
     orders = OrderActivities(caller(settings.orders_url))
     notifications = NotificationActivities(caller(settings.notifications_url))
     policy = PolicyActivities(settings.saga_policy())
+    reconciler = ReconcilerActivities(client, caller(settings.orders_url))
     return [
         users.validate_user,
         users.lookup_contact,
@@ -54,9 +70,15 @@ def build_activities(http: httpx.AsyncClient, settings: WorkerSettings) -> Seque
         inventory.commit_stock,
         payments.charge_payment,
         payments.refund_payment,
+        payments.authorize_payment,
+        payments.capture_payment,
+        payments.refund_capture,
+        payments.void_payment,
         orders.order_command,
         notifications.notify_customer,
         policy.saga_policy,
+        reconciler.find_stranded_orders,
+        reconciler.saga_facts,
     ]
 
 
@@ -69,14 +91,44 @@ async def running_worker(
         worker = Worker(
             client,
             task_queue=task_queue,
-            workflows=[OrderWorkflow],
-            activities=build_activities(http, settings),
+            workflows=[OrderWorkflow, RepairWorkflow, ReconcileWorkflow],
+            activities=build_activities(client, http, settings),
             max_concurrent_activities=settings.max_concurrent_activities,
             max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
             graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
         )
         async with worker:
             yield worker
+
+
+async def ensure_reconciler_schedule(client: Client, settings: WorkerSettings) -> None:
+    """The reconciler's Schedule, created by the first worker and brought to this worker's interval.
+
+    Each run is one `ReconcileWorkflow`; a sweep still running when the next is due is skipped.
+    It looks at orders untouched for one interval, so a stranded order is repaired within two.
+    """
+    if settings.reconcile_interval_seconds <= 0:
+        return
+    interval = timedelta(seconds=settings.reconcile_interval_seconds)
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            ReconcileWorkflow.run,
+            settings.reconcile_interval_seconds,
+            id=RECONCILE_WORKFLOW_ID,
+            task_queue=TASK_QUEUE,
+            execution_timeout=max(interval * 4, timedelta(minutes=5)),
+            static_summary="repair orders whose saga closed before the order was final",
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    try:
+        await client.create_schedule(RECONCILER_SCHEDULE_ID, schedule)
+        log.info("reconciler_schedule_created", every_seconds=settings.reconcile_interval_seconds)
+    except ScheduleAlreadyRunningError:
+        await client.get_schedule_handle(RECONCILER_SCHEDULE_ID).update(
+            lambda _: ScheduleUpdate(schedule=schedule)
+        )
 
 
 def sdk_runtime(settings: WorkerSettings) -> Runtime | None:
@@ -110,6 +162,7 @@ async def serve(settings: WorkerSettings | None = None, temporal: TemporalSettin
         serving_health(state, settings.metrics_host, settings.metrics_port),
         running_worker(client, settings),
     ):
+        await ensure_reconciler_schedule(client, settings)
         state.polling = True
         log.info("worker_started", task_queue=TASK_QUEUE, namespace=client.namespace)
         await stop.wait()

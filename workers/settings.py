@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Self
+
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workflows.payloads import SagaPolicy
@@ -26,6 +28,23 @@ class WorkerSettings(BaseSettings):
     payment_max_attempts: int = Field(default=6, ge=1)
     payment_initial_interval_seconds: float = Field(default=1.0, gt=0)
     payment_budget_seconds: float = Field(default=120.0, gt=0)
+    # How long the payments service holds an authorisation (PAYMENTS_AUTHORIZATION_VALIDITY_SECONDS,
+    # read here too): a review must end before the hold does, or the capture after it is refused.
+    authorization_validity_seconds: float = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        validation_alias=AliasChoices(
+            "WORKER_AUTHORIZATION_VALIDITY_SECONDS",
+            "PAYMENTS_AUTHORIZATION_VALIDITY_SECONDS",
+            "authorization_validity_seconds",
+        ),
+    )
+    # Each compensation is retried for this long; one still failing then is marked compensation_failed
+    # (the others still run) until an admin retries it: POST /orders/{id}/compensations/retry.
+    compensation_budget_seconds: float = Field(default=600.0, gt=0)
+    # The reconciler's sweep (a Temporal Schedule): orders whose saga closed early are repaired
+    # within two sweeps. 0 turns this worker's schedule management off.
+    reconcile_interval_seconds: float = Field(default=30.0, ge=0)
     # Run the short service calls (order records, customer check, stock hold and commit, notice) as
     # local activities: 19 history events instead of 49 and a quarter less CPU per order, measured in
     # benchmarks/README.md. False gives every call its own activity task, as sagas before it ran.
@@ -43,6 +62,16 @@ class WorkerSettings(BaseSettings):
     # served by the SDK runtime's Prometheus endpoint; off unless a port is set (9465 in containers).
     sdk_metrics_port: int | None = None
 
+    @model_validator(mode="after")
+    def _review_ends_before_the_hold(self) -> Self:
+        if self.review_timeout_seconds >= self.authorization_validity_seconds:
+            raise ValueError(
+                f"WORKER_REVIEW_TIMEOUT_SECONDS ({self.review_timeout_seconds:g} s) must be shorter than "
+                f"the authorisation's validity ({self.authorization_validity_seconds:g} s): an order "
+                "approved after its hold expired could not be captured"
+            )
+        return self
+
     def saga_policy(self) -> SagaPolicy:
         return SagaPolicy(
             review_threshold_cents=self.review_threshold_cents,
@@ -51,4 +80,5 @@ class WorkerSettings(BaseSettings):
             payment_initial_interval_seconds=self.payment_initial_interval_seconds,
             payment_budget_seconds=self.payment_budget_seconds,
             local_activities=self.local_activities,
+            compensation_budget_seconds=self.compensation_budget_seconds,
         )

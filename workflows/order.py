@@ -1,4 +1,9 @@
-"""OrderWorkflow: the order saga. Deterministic orchestration only; every side effect is an activity."""
+"""OrderWorkflow: the order saga. Deterministic orchestration only; every side effect is an activity.
+
+The plan: create_order, validate_user, reserve_stock, authorize_payment, review (above the
+threshold), capture_payment, confirm_order (the pivot), notify_customer. Money is only held, never
+taken, while a human reviews; an unusable card ends the saga before any review holds stock.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.failures import STEP_ERRORS, StepFailed, attempts_from_error, describe, reason_for
     from workflows.payloads import (
         STEP_NAMES,
+        AbandonCompensations,
         CancelRequest,
         Charge,
         ChargeRequest,
@@ -34,7 +40,9 @@ with workflow.unsafe.imports_passed_through():
         OrderResult,
         OrderSnapshot,
         Reservation,
+        RetryCompensations,
         ReviewDecision,
+        SagaFacts,
         SagaPolicy,
         SagaStatus,
         SagaView,
@@ -44,6 +52,10 @@ with workflow.unsafe.imports_passed_through():
 
 ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+
+# Sagas started before this patch reviewed first and then charged in one call (`charge_payment`);
+# they keep that plan when they replay on this code. See tests/replay/histories/v1-charge-before-review.
+AUTHORIZE_BEFORE_REVIEW = "authorize-before-review"
 
 T = TypeVar("T")
 
@@ -57,27 +69,53 @@ class OrderWorkflow:
         self._saga_status: SagaStatus = "running"
         self._steps = {name: StepState(name=name) for name in STEP_NAMES}
         self._saga = Saga(self._on_compensation)
-        self._cancel_requested = False
+        # The reason of a cancellation asked for (customer_cancelled, operator_cancelled), once asked.
+        self._cancel_asked: str | None = None
         self._awaiting_review = False
         self._review: ReviewDecision | None = None
         self._pivot_started = False
+        self._retry_asked = False
+        self._abandoned: AbandonCompensations | None = None
         self._ended = False
         self._local = False
+        self._reservation: Reservation | None = None
+        self._payment_id: str | None = None
 
     # ---- the saga -------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, order: OrderInput) -> OrderResult:
         self._order_id = order.order_id
+        saga = asyncio.ensure_future(self._run_saga(order))
+        operator_cancelled = False
+        while True:
+            try:
+                # Shielded: a Temporal cancellation (Web UI "Request Cancellation", `temporal workflow
+                # cancel`) is turned into the saga's own cancel, so that its compensations still run.
+                result = await asyncio.shield(saga)
+                break
+            except asyncio.CancelledError:
+                if saga.done():
+                    raise
+                operator_cancelled = True
+                if self._cancel_asked is None:
+                    self._cancel_asked = "operator_cancelled"
+                workflow.logger.info(
+                    "operator_cancel_requested", extra={"pivot_started": self._pivot_started}
+                )
+        if operator_cancelled and result.status == "CANCELLED":
+            # The workflow closes as Canceled, as the operator asked; the order is final and compensated.
+            raise asyncio.CancelledError()
+        return result
+
+    async def _run_saga(self, order: OrderInput) -> OrderResult:
         policy = await workflow.execute_local_activity_method(
             PolicyActivities.saga_policy, start_to_close_timeout=policies.POLICY_LOOKUP
         )
         self._local = policy.local_activities
         contact: CustomerContact | None = None
-        charge: Charge | None = None
-        reservation: Reservation | None = None
         try:
-            self._saga.register("create_order", lambda: self._cancel_order(order))
+            self._saga.register("create_order", lambda: self._cancel_order(order, policy))
             await self._step("create_order", lambda: self._order_command(order, "create", "create_order"))
 
             contact = await self._step(
@@ -91,7 +129,8 @@ class OrderWorkflow:
             )
 
             self._saga.register(
-                "reserve_stock", lambda: self._compensate_with(InventoryActivities.release_stock, order)
+                "reserve_stock",
+                lambda: self._compensate_with(InventoryActivities.release_stock, order, policy),
             )
             reserved: Reservation = await self._step(
                 "reserve_stock",
@@ -103,38 +142,21 @@ class OrderWorkflow:
                     summary=f"reserve {len(order.lines)} line{'s' if len(order.lines) != 1 else ''}",
                 ),
             )
+            self._reservation = reserved
 
-            reservation = reserved
-            await self._review_if_needed(order, reserved, policy)
+            if workflow.patched(AUTHORIZE_BEFORE_REVIEW):
+                charge = await self._authorize_review_capture(order, reserved, policy)
+            else:
+                charge = await self._review_then_charge(order, reserved, policy)
 
-            self._saga.register(
-                "charge_payment", lambda: self._compensate_with(PaymentActivities.refund_payment, order)
-            )
-            charged: Charge = await self._step(
-                "charge_payment",
-                lambda: workflow.execute_activity_method(
-                    PaymentActivities.charge_payment,
-                    ChargeRequest(
-                        order_id=order.order_id,
-                        user_id=order.user_id,
-                        payment_method_id=order.payment_method_id,
-                        amount_cents=reserved.total_cents,
-                        currency=reserved.currency,
-                    ),
-                    **_options(policies.payment(policy)),
-                    summary=f"charge {reserved.total_cents} {reserved.currency}",
-                ),
-                budget_reason="payment_failed",
-            )
-
-            if self._cancel_requested:
-                raise StepFailed("customer_cancelled", "cancelled by the customer")
-            charge = charged
-            await self._confirm(order, reserved, charged)
+            if self._cancel_asked:
+                raise StepFailed(self._cancel_asked, "cancelled before confirmation")
+            await self._confirm(order, reserved, charge)
         except StepFailed as failure:
             await self._unwind(failure.reason)
 
-        await self._notify(order, contact, reservation)
+        await self._notify(order, contact, self._reservation)
+        await self._settle_failed_compensations()
         self._ended = True
         if self._saga_status == "running":
             self._saga_status = "completed"
@@ -149,14 +171,74 @@ class OrderWorkflow:
             "saga_ended",
             extra={"order_status": self._order_status, "cancel_reason": self._cancel_reason},
         )
+        reservation = self._reservation
         return OrderResult(
             order_id=order.order_id,
             status=self._order_status,
             cancel_reason=self._cancel_reason,
-            payment_id=charge.payment_id if charge and self._order_status == "CONFIRMED" else None,
+            payment_id=self._payment_id if self._order_status == "CONFIRMED" else None,
             total_cents=reservation.total_cents if reservation else None,
             currency=reservation.currency if reservation else None,
         )
+
+    async def _authorize_review_capture(
+        self, order: OrderInput, reserved: Reservation, policy: SagaPolicy
+    ) -> Charge:
+        self._saga.register(
+            "authorize_payment", lambda: self._compensate_with(PaymentActivities.void_payment, order, policy)
+        )
+        authorization: Charge = await self._step(
+            "authorize_payment",
+            lambda: workflow.execute_activity_method(
+                PaymentActivities.authorize_payment,
+                self._charge_request(order, reserved),
+                **_options(policies.payment(policy)),
+                summary=f"authorise {reserved.total_cents} {reserved.currency}",
+            ),
+            budget_reason="payment_failed",
+        )
+        self._payment_id = authorization.payment_id
+
+        await self._review_if_needed(order, reserved, policy)
+
+        self._saga.register(
+            "capture_payment", lambda: self._compensate_with(PaymentActivities.refund_capture, order, policy)
+        )
+        # Not interruptible: a cancellation asked meanwhile waits for the capture's answer, then
+        # refunds it, so that no capture can land after its refund.
+        return await self._step(
+            "capture_payment",
+            lambda: workflow.execute_activity_method(
+                PaymentActivities.capture_payment,
+                order.order_id,
+                **_options(policies.payment(policy)),
+                summary=f"capture {reserved.total_cents} {reserved.currency}",
+            ),
+            interruptible=False,
+            budget_reason="payment_failed",
+        )
+
+    async def _review_then_charge(
+        self, order: OrderInput, reserved: Reservation, policy: SagaPolicy
+    ) -> Charge:
+        """The plan of sagas started before AUTHORIZE_BEFORE_REVIEW; their charge shows as the capture."""
+        await self._review_if_needed(order, reserved, policy)
+        self._steps["authorize_payment"].status = "skipped"
+        self._saga.register(
+            "capture_payment", lambda: self._compensate_with(PaymentActivities.refund_payment, order, policy)
+        )
+        charge: Charge = await self._step(
+            "capture_payment",
+            lambda: workflow.execute_activity_method(
+                PaymentActivities.charge_payment,
+                self._charge_request(order, reserved),
+                **_options(policies.payment(policy)),
+                summary=f"charge {reserved.total_cents} {reserved.currency}",
+            ),
+            budget_reason="payment_failed",
+        )
+        self._payment_id = charge.payment_id
+        return charge
 
     async def _review_if_needed(
         self, order: OrderInput, reservation: Reservation, policy: SagaPolicy
@@ -165,22 +247,26 @@ class OrderWorkflow:
         if reservation.total_cents < policy.review_threshold_cents:
             step.status = "skipped"
             return
-        await self._step("review", lambda: self._order_command(order, "await_review", "review"), finish=False)
+        await self._step(
+            "review",
+            lambda: self._order_command(order, "await_review", "review", payment_id=self._payment_id),
+            finish=False,
+        )
         self._set_status("AWAITING_REVIEW")
         self._awaiting_review = True
         decided = True
         try:
             await workflow.wait_condition(
-                lambda: self._review is not None or self._cancel_requested,
+                lambda: self._review is not None or self._cancel_asked is not None,
                 timeout=timedelta(seconds=policy.review_timeout_seconds),
                 timeout_summary="review timeout",
             )
         except TimeoutError:
             decided = False
         self._awaiting_review = False
-        if self._cancel_requested:
-            self._fail_step(step, "customer_cancelled")
-            raise StepFailed("customer_cancelled", "cancelled by the customer during review")
+        if self._cancel_asked:
+            self._fail_step(step, self._cancel_asked)
+            raise StepFailed(self._cancel_asked, "cancelled during review")
         if not decided or self._review is None:
             self._fail_step(step, "review_timeout")
             raise StepFailed("review_timeout", "nobody reviewed the order in time")
@@ -222,10 +308,24 @@ class OrderWorkflow:
     async def _unwind(self, reason: str) -> None:
         self._cancel_reason = reason
         self._saga_status = "compensating"
-        outcomes = await self._saga.compensate()
-        failed = any(state.status == "failed" for _, state in outcomes)
-        self._saga_status = "compensation_failed" if failed else "compensated"
+        await self._saga.compensate()
+        self._saga_status = "compensation_failed" if self._saga.failed_steps else "compensated"
         self._set_status("CANCELLED")
+
+    async def _settle_failed_compensations(self) -> None:
+        """A saga with a failed compensation stays open until an admin retries it or an operator gives up."""
+        while self._saga.failed_steps and self._abandoned is None:
+            await workflow.wait_condition(lambda: self._retry_asked or self._abandoned is not None)
+            if self._abandoned is not None:
+                workflow.logger.warning(
+                    "compensations_abandoned",
+                    extra={"steps": self._saga.failed_steps, "reason": self._abandoned.reason},
+                )
+                return
+            self._retry_asked = False
+            self._saga_status = "compensating"
+            await self._saga.retry_failed()
+            self._saga_status = "compensation_failed" if self._saga.failed_steps else "compensated"
 
     async def _notify(
         self, order: OrderInput, contact: CustomerContact | None, reservation: Reservation | None
@@ -277,20 +377,21 @@ class OrderWorkflow:
         finish: bool = True,
         budget_reason: str = "internal_error",
     ) -> T:
-        if interruptible and self._cancel_requested:
-            raise StepFailed("customer_cancelled", "cancelled by the customer")
+        if interruptible and self._cancel_asked:
+            raise StepFailed(self._cancel_asked, "cancelled before this step")
         state = self._steps[name]
         state.status = "running"
         state.started_at = _now()
         task = asyncio.ensure_future(run())
         if interruptible:
-            await workflow.wait_condition(lambda: task.done() or self._cancel_requested)
+            await workflow.wait_condition(lambda: task.done() or self._cancel_asked is not None)
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, *STEP_ERRORS):
                     await task
-                self._fail_step(state, "customer_cancelled")
-                raise StepFailed("customer_cancelled", "cancelled by the customer")
+                reason = self._cancel_asked or "customer_cancelled"
+                self._fail_step(state, reason)
+                raise StepFailed(reason, "cancelled during this step")
         try:
             result = await task
         except STEP_ERRORS as err:
@@ -314,6 +415,11 @@ class OrderWorkflow:
         state.compensation = outcome
         if outcome.status != "running":
             metrics.compensation_ran(step, outcome.status)
+        if outcome.status == "failed":
+            workflow.logger.error(
+                "compensation_failed",
+                extra={"step": step, "attempts": outcome.attempts, "error": outcome.error},
+            )
         if state.status == "failed":
             return  # the step that failed stays failed, even though its compensation ran
         if outcome.status == "done":
@@ -321,7 +427,18 @@ class OrderWorkflow:
         elif outcome.status == "failed":
             state.status = "compensation_failed"
 
-    async def _order_command(self, order: OrderInput, kind: str, step: str) -> Any:
+    def _charge_request(self, order: OrderInput, reserved: Reservation) -> ChargeRequest:
+        return ChargeRequest(
+            order_id=order.order_id,
+            user_id=order.user_id,
+            payment_method_id=order.payment_method_id,
+            amount_cents=reserved.total_cents,
+            currency=reserved.currency,
+        )
+
+    async def _order_command(
+        self, order: OrderInput, kind: str, step: str, *, payment_id: str | None = None
+    ) -> Any:
         return await self._short_call(
             OrderActivities.order_command,
             OrderCommand(
@@ -331,6 +448,7 @@ class OrderWorkflow:
                 user_id=order.user_id,
                 payment_method_id=order.payment_method_id,
                 lines=order.lines,
+                payment_id=payment_id,
             ),
             options=policies.FORWARD,
             summary=f"{kind.replace('_', ' ')} order",
@@ -349,7 +467,7 @@ class OrderWorkflow:
         events, only a marker, and consecutive calls share one workflow task. The cost: a worker
         crash re-runs the calls of the unfinished workflow task (they are idempotent, keyed by
         workflow id and step), and attempts are not visible in the history until the call ends.
-        The charge, with its long retry budget, and the compensations stay regular activities.
+        The payment calls, with their long retry budget, and the compensations stay regular activities.
         """
         if self._local:
             return workflow.execute_local_activity_method(
@@ -359,23 +477,27 @@ class OrderWorkflow:
             activity_method, args=args, **_options(options), summary=summary
         )
 
-    async def _cancel_order(self, order: OrderInput) -> int:
+    async def _cancel_order(self, order: OrderInput, policy: SagaPolicy) -> int:
         snapshot: OrderSnapshot = await workflow.execute_activity_method(
             OrderActivities.order_command,
             OrderCommand(
-                order_id=order.order_id, step="cancel_order", type="cancel", reason=self._cancel_reason
+                order_id=order.order_id,
+                step="cancel_order",
+                type="cancel",
+                reason=self._cancel_reason,
+                payment_id=self._payment_id,
             ),
-            **_options(policies.COMPENSATION),
+            **_options(policies.compensation(policy)),
             summary=f"cancel order ({self._cancel_reason})",
         )
         return int(snapshot.attempts)
 
     async def _compensate_with(
-        self, activity_method: Callable[..., Awaitable[int]], order: OrderInput
+        self, activity_method: Callable[..., Awaitable[int]], order: OrderInput, policy: SagaPolicy
     ) -> int:
         name = getattr(activity_method, "__name__", "compensate").replace("_", " ")
         attempts = await workflow.execute_activity_method(
-            activity_method, order.order_id, **_options(policies.COMPENSATION), summary=name
+            activity_method, order.order_id, **_options(policies.compensation(policy)), summary=name
         )
         return int(attempts)
 
@@ -401,16 +523,27 @@ class OrderWorkflow:
             trace_id=workflow.memo_value("trace_id", None, type_hint=str),
         )
 
+    @workflow.query(name="facts")
+    def facts(self) -> SagaFacts:
+        """What a repair of this saga needs once its workflow is closed (see workflows/repair.py)."""
+        return SagaFacts(
+            order_id=self._order_id,
+            pivot_started=self._pivot_started,
+            order_status=self._order_status,
+            reservation=self._reservation,
+            payment_id=self._payment_id,
+        )
+
     @workflow.update(name="cancel")
     def cancel(self, request: CancelRequest) -> str:
-        self._cancel_requested = True
+        self._cancel_asked = "customer_cancelled"
         return self._order_status
 
     @cancel.validator
     def validate_cancel(self, request: CancelRequest) -> None:
         if self._pivot_started or self._order_status in ("CONFIRMED", "SHIPPED", "DELIVERED"):
             raise ApplicationError("the order is already confirmed", type="illegal_transition")
-        if self._cancel_requested or self._saga_status != "running" or self._ended:
+        if self._cancel_asked or self._saga_status != "running" or self._ended:
             raise ApplicationError("the order is already cancelled", type="illegal_transition")
 
     @workflow.update(name="review")
@@ -420,8 +553,30 @@ class OrderWorkflow:
 
     @review.validator
     def validate_review(self, decision: ReviewDecision) -> None:
-        if not self._awaiting_review or self._review is not None or self._cancel_requested:
+        if not self._awaiting_review or self._review is not None or self._cancel_asked:
             raise ApplicationError("the order is not awaiting review", type="illegal_transition")
+
+    @workflow.update(name="retry_compensations")
+    def retry_compensations(self, request: RetryCompensations) -> list[str]:
+        self._retry_asked = True
+        return self._saga.failed_steps
+
+    @retry_compensations.validator
+    def validate_retry(self, request: RetryCompensations) -> None:
+        if self._saga_status != "compensation_failed" or self._retry_asked or self._abandoned:
+            raise ApplicationError("no failed compensation is waiting for a retry", type="illegal_transition")
+
+    @workflow.update(name="abandon_compensations")
+    def abandon_compensations(self, request: AbandonCompensations) -> list[str]:
+        self._abandoned = request
+        return self._saga.failed_steps
+
+    @abandon_compensations.validator
+    def validate_abandon(self, request: AbandonCompensations) -> None:
+        if self._saga_status != "compensation_failed" or self._abandoned:
+            raise ApplicationError("no failed compensation to give up on", type="illegal_transition")
+        if not request.reason.strip():
+            raise ApplicationError("giving up needs a reason", type="invalid_request")
 
 
 def _options(options: policies.ActivityOptions) -> dict[str, Any]:

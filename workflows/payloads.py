@@ -20,8 +20,9 @@ STEP_NAMES: tuple[str, ...] = (
     "create_order",
     "validate_user",
     "reserve_stock",
+    "authorize_payment",
     "review",
-    "charge_payment",
+    "capture_payment",
     "confirm_order",
     "notify_customer",
 )
@@ -40,6 +41,8 @@ CANCEL_REASONS: tuple[str, ...] = (
     "customer_cancelled",
     "review_rejected",
     "review_timeout",
+    "operator_cancelled",
+    "saga_terminated",
     "internal_error",
 )
 
@@ -70,6 +73,9 @@ class SagaPolicy:
     # The short calls to our own services run as local activities (WORKER_LOCAL_ACTIVITIES): see
     # workflows/order.py. False for every history recorded before this field, so those replay as they ran.
     local_activities: bool = False
+    # How long each compensation is retried before it is marked compensation_failed (and the others
+    # still run). None: retried without end, as every saga recorded before this field did.
+    compensation_budget_seconds: float | None = None
 
 
 @dataclass
@@ -165,6 +171,21 @@ class CancelRequest:
 
 
 @dataclass
+class RetryCompensations:
+    """An admin's retry of the compensations that failed, once the cause is fixed."""
+
+    requested_by: str | None = None
+
+
+@dataclass
+class AbandonCompensations:
+    """An operator gives up on the failed compensations; the saga then ends with them failed."""
+
+    reason: str
+    requested_by: str | None = None
+
+
+@dataclass
 class CompensationState:
     status: CompensationStatus
     attempts: int = 0
@@ -202,3 +223,34 @@ class OrderResult:
     payment_id: str | None = None
     total_cents: int | None = None
     currency: str | None = None
+
+
+@dataclass
+class SagaFacts:
+    """What a repair needs of a saga whose workflow closed before its order was final."""
+
+    order_id: str
+    pivot_started: bool
+    order_status: str
+    reservation: Reservation | None = None
+    payment_id: str | None = None
+
+
+@dataclass
+class RepairRequest:
+    order_id: str
+    user_id: str
+
+
+@dataclass
+class RepairResult:
+    order_id: str
+    outcome: Literal["rolled_back", "rolled_forward"]
+    status: str
+
+
+@dataclass
+class StrandedOrder:
+    order_id: str
+    user_id: str
+    workflow_status: str

@@ -39,8 +39,18 @@ PIVOT = ActivityOptions(
     ),
 )
 
-# A compensation must eventually succeed, or money and stock drift: retried without limit.
-COMPENSATION = PIVOT
+
+def compensation(policy: SagaPolicy) -> ActivityOptions:
+    """A compensation is retried with backoff for its budget (the worker's setting); one still
+    failing then is marked compensation_failed, the others still run, and an admin retries it once
+    the cause is fixed. Without a budget (sagas recorded before it) it is retried without end."""
+    budget = policy.compensation_budget_seconds
+    return ActivityOptions(
+        start_to_close=PIVOT.start_to_close,
+        schedule_to_close=timedelta(seconds=budget) if budget else None,
+        retry=PIVOT.retry,
+    )
+
 
 # Notices are best effort: ten minutes of retries, and a failure never undoes a confirmed order.
 NOTIFY = ActivityOptions(

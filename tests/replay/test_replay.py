@@ -15,7 +15,12 @@ from workflows.order import OrderWorkflow
 from workflows.payloads import OrderInput, OrderResult
 
 HISTORIES = Path(__file__).parent / "histories"
-EXPECTED_PATHS = {
+# Recorded on the current plan (authorise, review, capture), by tests/saga with ORDERSAGA_RECORD_HISTORIES=1.
+CURRENT = HISTORIES / "current"
+# Sagas recorded on the plan before it (review, then one charge), in both call shapes: still in flight
+# somewhere when the new code rolls out, so they must keep replaying (workflow.patched).
+V1 = HISTORIES / "v1-charge-before-review"
+V1_PATHS = {
     "success",
     "user_invalid",
     "out_of_stock",
@@ -29,20 +34,33 @@ EXPECTED_PATHS = {
     "review_timeout",
     "worker_killed",
 }
-
-
-# Sagas recorded before the short calls became local activities (WORKER_LOCAL_ACTIVITIES=false's shape):
-# still in flight somewhere when the new code rolls out, so they must keep replaying too.
-REGULAR = HISTORIES / "regular-activities"
+CURRENT_PATHS = V1_PATHS | {
+    "authorize_invalid_method",
+    "review_with_authorization",
+    "operator_cancelled_in_review",
+    "operator_cancelled_in_pivot",
+    "terminated_repaired",
+    "compensation_failed",
+    "compensation_failed_retried",
+    "reset_confirmed",
+}
 
 
 def recorded() -> list[Path]:
     return sorted(HISTORIES.rglob("*.json"))
 
 
-@pytest.mark.parametrize("corpus", [HISTORIES, REGULAR], ids=["local-activities", "regular-activities"])
-def test_corpus_covers_every_saga_path(corpus: Path) -> None:
-    assert {path.stem for path in corpus.glob("*.json")} >= EXPECTED_PATHS
+@pytest.mark.parametrize(
+    ("corpus", "paths"),
+    [
+        (CURRENT, CURRENT_PATHS),
+        (V1 / "local-activities", V1_PATHS),
+        (V1 / "regular-activities", V1_PATHS),
+    ],
+    ids=["current", "v1-local-activities", "v1-regular-activities"],
+)
+def test_corpus_covers_every_saga_path(corpus: Path, paths: set[str]) -> None:
+    assert {path.stem for path in corpus.glob("*.json")} >= paths
 
 
 @pytest.mark.parametrize("path", recorded(), ids=lambda p: str(p.relative_to(HISTORIES).with_suffix("")))
@@ -62,7 +80,7 @@ class ReorderedOrderWorkflow(OrderWorkflow):
 
 
 async def test_incompatible_change_is_detected_as_nondeterminism() -> None:
-    history = load_history_file(HISTORIES / "success.json")
+    history = load_history_file(V1 / "local-activities" / "success.json")
     [outcome] = await replay_histories([("success", history)], workflows=[ReorderedOrderWorkflow])
     assert not outcome.ok
     assert "nondetermin" in (outcome.reason or "").lower()
@@ -70,7 +88,7 @@ async def test_incompatible_change_is_detected_as_nondeterminism() -> None:
 
 async def test_tctl_export_format_replays(tmp_path: Path) -> None:
     """tctl wrote enum names without their prefix ("WorkflowExecutionStarted"); both are accepted."""
-    raw = json.loads((HISTORIES / "success.json").read_text())
+    raw = json.loads((V1 / "local-activities" / "success.json").read_text())
     for event in raw["events"]:
         event["eventType"] = _pascal(event["eventType"].removeprefix("EVENT_TYPE_"))
     exported = tmp_path / "order-tctl.json"

@@ -11,7 +11,7 @@ import pytest
 from tests.support.processes import VENV_BIN
 from tests.support.stack import Stack
 
-HISTORIES = Path(__file__).parent.parent / "replay" / "histories"
+HISTORIES = Path(__file__).parent.parent / "replay" / "histories" / "current"
 
 
 @pytest.fixture
