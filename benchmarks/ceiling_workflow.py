@@ -1,7 +1,7 @@
-"""The ceiling's workflow: the saga's shape (a recorded local activity, then 7 calls), no work.
+"""The ceiling's workflow: the saga's shape (a recorded local activity, then 8 calls), no work.
 
 With `local` (the saga's default, WORKER_LOCAL_ACTIVITIES) the calls are local activities except the
-fourth, as the saga keeps only the charge a regular activity; without it all 7 are regular.
+fourth and fifth, as the saga keeps only the payment calls regular activities; without it all 8 are.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from datetime import timedelta
 
 from temporalio import activity, workflow
 
-ACTIVITIES = 7
-CHARGE = 3  # create order, validate customer, reserve stock, *charge*, commit, confirm, notify
+ACTIVITIES = 8
+# create order, validate customer, reserve stock, *authorise*, *capture*, commit, confirm, notify
+PAYMENT_CALLS = frozenset({3, 4})
 
 
 @activity.defn
@@ -31,7 +32,7 @@ class CeilingWorkflow:
         await workflow.execute_local_activity(noop_local, start_to_close_timeout=timedelta(seconds=5))
         timeout = timedelta(seconds=10)
         for step in range(ACTIVITIES):
-            if local and step != CHARGE:
+            if local and step not in PAYMENT_CALLS:
                 await workflow.execute_local_activity(noop, step, start_to_close_timeout=timeout)
             else:
                 await workflow.execute_activity(noop, step, start_to_close_timeout=timeout)

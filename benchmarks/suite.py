@@ -300,7 +300,7 @@ def one_reservation_one_charge(data_dir: Path, base: audit.Baseline, lines: int)
             audit.hex_id(o)
             for (o,) in conn.execute(
                 "SELECT p.order_id FROM payment_transactions t JOIN payments p ON p.id = t.payment_id "
-                "WHERE t.kind = 'charge' AND p.order_id IS NOT NULL"
+                "WHERE t.kind IN ('charge', 'capture') AND p.order_id IS NOT NULL"
             )
         )
     shapes = Counter(

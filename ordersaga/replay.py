@@ -13,6 +13,10 @@ from temporalio.worker import Replayer
 
 from services.kit.codec import data_converter
 from workflows.order import OrderWorkflow
+from workflows.repair import ReconcileWorkflow, RepairWorkflow
+
+# Every workflow the worker runs: a history of any of them replays.
+WORKFLOWS: list[type] = [OrderWorkflow, RepairWorkflow, ReconcileWorkflow]
 
 
 @dataclass
@@ -42,14 +46,14 @@ def _workflow_id(raw: dict[str, Any]) -> str | None:
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[OrderWorkflow], data_converter=data_converter())
+    return Replayer(workflows=WORKFLOWS, data_converter=data_converter())
 
 
 async def replay_histories(
     sources: Iterable[tuple[str, WorkflowHistory]], *, workflows: list[type] | None = None
 ) -> list[ReplayOutcome]:
     # Encrypted histories need the same keys; unencrypted payloads pass the codec untouched.
-    engine = Replayer(workflows=workflows or [OrderWorkflow], data_converter=data_converter())
+    engine = Replayer(workflows=workflows or WORKFLOWS, data_converter=data_converter())
     outcomes: list[ReplayOutcome] = []
     for source, history in sources:
         result = await engine.replay_workflow(history, raise_on_replay_failure=False)

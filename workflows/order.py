@@ -80,6 +80,7 @@ class OrderWorkflow:
         self._local = False
         self._reservation: Reservation | None = None
         self._payment_id: str | None = None
+        self._charged_in_one_call = False
 
     # ---- the saga -------------------------------------------------------------------------
 
@@ -222,6 +223,7 @@ class OrderWorkflow:
         self, order: OrderInput, reserved: Reservation, policy: SagaPolicy
     ) -> Charge:
         """The plan of sagas started before AUTHORIZE_BEFORE_REVIEW; their charge shows as the capture."""
+        self._charged_in_one_call = True
         await self._review_if_needed(order, reserved, policy)
         self._steps["authorize_payment"].status = "skipped"
         self._saga.register(
@@ -532,6 +534,7 @@ class OrderWorkflow:
             order_status=self._order_status,
             reservation=self._reservation,
             payment_id=self._payment_id,
+            charged_in_one_call=self._charged_in_one_call,
         )
 
     @workflow.update(name="cancel")

@@ -234,6 +234,8 @@ class SagaFacts:
     order_status: str
     reservation: Reservation | None = None
     payment_id: str | None = None
+    # The plan before authorisations: one charge (the `charge_payment` key) instead of authorise+capture.
+    charged_in_one_call: bool = False
 
 
 @dataclass

@@ -73,12 +73,12 @@ class RepairWorkflow:
 
     async def _roll_back(self, facts: SagaFacts) -> str:
         # The saga's compensations in its own reverse order; each is harmless for a step never run.
-        for compensate in (
-            PaymentActivities.refund_capture,
-            PaymentActivities.refund_payment,  # a saga of the plan before authorisations charged in one call
-            PaymentActivities.void_payment,
-            InventoryActivities.release_stock,
-        ):
+        payment = (
+            (PaymentActivities.refund_payment,)  # the plan before authorisations charged in one call
+            if facts.charged_in_one_call
+            else (PaymentActivities.refund_capture, PaymentActivities.void_payment)
+        )
+        for compensate in (*payment, InventoryActivities.release_stock):
             await workflow.execute_activity_method(
                 compensate,
                 facts.order_id,

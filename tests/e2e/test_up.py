@@ -92,7 +92,7 @@ def test_readme_quickstart_confirms_an_order_and_compensates_a_declined_one(up: 
     assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "payment_declined")
     steps = {s["name"]: s["status"] for s in view["steps"]}
     assert steps["reserve_stock"] == "compensated"
-    assert steps["charge_payment"] == "failed"
+    assert steps["authorize_payment"] == "failed"
     assert view["status"] == "compensated"
 
 
@@ -265,9 +265,9 @@ def test_restart_mid_saga_resumes_and_charges_once(tmp_path: Path) -> None:
         body = {"items": [{"product_id": mug["id"], "quantity": 1}], "payment_method_id": card["id"]}
         order_id = httpx.post(f"{stack.api}/orders", json=body, headers=auth).json()["id"]
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # the first charge attempt has failed: the saga is mid-flight
+        while time.monotonic() < deadline:  # the first authorisation has failed: the saga is mid-flight
             view = httpx.get(f"{stack.api}/orders/{order_id}/saga", headers=auth).json()
-            charge = next(s for s in view["steps"] if s["name"] == "charge_payment")
+            charge = next(s for s in view["steps"] if s["name"] == "authorize_payment")
             if charge["status"] == "running":
                 break
             time.sleep(0.2)

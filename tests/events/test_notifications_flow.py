@@ -79,9 +79,9 @@ async def test_refund_sends_one_receipt(
     # Refund the capture as the saga's compensation would, twice with one key: one refund, one receipt.
     for _ in range(2):
         refund = await events_driver.http.post(
-            f"{events_stack.url('payments')}/charges/order-{order_id}:charge_payment/refund",
+            f"{events_stack.url('payments')}/charges/order-{order_id}:authorize_payment/refund",
             json={},
-            headers=as_service() | {"Idempotency-Key": f"order-{order_id}:refund_payment"},
+            headers=as_service() | {"Idempotency-Key": f"order-{order_id}:refund_capture"},
         )
         assert refund.status_code == 200, refund.text
 

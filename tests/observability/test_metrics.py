@@ -76,8 +76,8 @@ async def test_business_counters_move_by_exactly_what_happened(
     assert moved("worker-sdk", "ordersaga_orders_cancelled_total") == 1
     assert moved("worker-sdk", "ordersaga_saga_duration_seconds_count", outcome="confirmed") == 1
     assert moved("worker-sdk", "ordersaga_saga_duration_seconds_count", outcome="cancelled") == 1
-    # Unwinding the declined order: refund (nothing to refund), release stock, cancel the order.
-    for step in ("charge_payment", "reserve_stock", "create_order"):
+    # Unwinding the declined order: void the authorisation (nothing held), release stock, cancel the order.
+    for step in ("authorize_payment", "reserve_stock", "create_order"):
         assert moved("worker-sdk", "ordersaga_compensations_total", step=step, outcome="done") == 1, step
     assert moved("worker-sdk", "ordersaga_compensations_total") == 3
 

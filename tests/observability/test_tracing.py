@@ -20,7 +20,8 @@ ACTIVITY_SERVICE = {
     "order_command": "orders",
     "validate_user": "users",
     "reserve_stock": "inventory",
-    "charge_payment": "payments",
+    "authorize_payment": "payments",
+    "capture_payment": "payments",
     "commit_stock": "inventory",
     "notify_customer": "notifications",
 }
@@ -130,7 +131,7 @@ async def test_one_order_is_one_trace_across_every_process(
     charged = [
         line
         for line in worker
-        if line.get("activity") == "charge_payment" and line.get("order_id") == order_id
+        if line.get("activity") == "authorize_payment" and line.get("order_id") == order_id
     ]
     assert charged, worker[-5:]
     assert all(

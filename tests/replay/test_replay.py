@@ -36,10 +36,11 @@ V1_PATHS = {
 }
 CURRENT_PATHS = V1_PATHS | {
     "authorize_invalid_method",
-    "review_with_authorization",
     "operator_cancelled_in_review",
     "operator_cancelled_in_pivot",
+    "terminated_in_review",
     "terminated_repaired",
+    "terminated_rolled_forward",
     "compensation_failed",
     "compensation_failed_retried",
     "reset_confirmed",

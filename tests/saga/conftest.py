@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,10 @@ from tests.support.stack import Stack
 HISTORIES = Path(__file__).parent.parent / "replay" / "histories" / "current"
 
 
-@pytest.fixture
-def record_history(stack: Stack):  # type: ignore[no-untyped-def]
+def history_recorder(temporal_address: str) -> Callable[..., None]:
     """With ORDERSAGA_RECORD_HISTORIES=1, export a finished saga's history for the replay corpus."""
 
-    def record(order_id: str, name: str) -> None:
+    def record(order_id: str, name: str, workflow_id: str | None = None) -> None:
         if not os.environ.get("ORDERSAGA_RECORD_HISTORIES"):
             return
         HISTORIES.mkdir(parents=True, exist_ok=True)
@@ -28,9 +28,9 @@ def record_history(stack: Stack):  # type: ignore[no-untyped-def]
                 "workflow",
                 "show",
                 "--address",
-                stack.temporal_address,
+                temporal_address,
                 "--workflow-id",
-                f"order-{order_id}",
+                workflow_id or f"order-{order_id}",
                 "--output",
                 "json",
             ],
@@ -41,3 +41,8 @@ def record_history(stack: Stack):  # type: ignore[no-untyped-def]
         (HISTORIES / f"{name}.json").write_text(output)
 
     return record
+
+
+@pytest.fixture
+def record_history(stack: Stack) -> Callable[..., None]:
+    return history_recorder(stack.temporal_address)

@@ -63,3 +63,4 @@ async def test_unreviewed_order_times_out_after_24_hours_and_compensates(
     order = await driver.order(order_id)
     assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "review_timeout")
     await driver.assert_invariants(order, {product: 3})
+    assert [p["status"] for p in await driver.payments_of(order_id)] == ["voided"], "the hold was let go"

@@ -52,8 +52,9 @@ async def test_success_confirms_charges_once_and_commits_stock(driver: Driver, r
         "create_order": "done",
         "validate_user": "done",
         "reserve_stock": "done",
+        "authorize_payment": "done",
         "review": "skipped",
-        "charge_payment": "done",
+        "capture_payment": "done",
         "confirm_order": "done",
         "notify_customer": "done",
     }
@@ -79,8 +80,9 @@ async def test_deleted_user_cancels_with_user_invalid(driver: Driver, record_his
         "create_order": "compensated",
         "validate_user": "failed",
         "reserve_stock": "skipped",
+        "authorize_payment": "skipped",
         "review": "skipped",
-        "charge_payment": "skipped",
+        "capture_payment": "skipped",
         "confirm_order": "skipped",
         "notify_customer": "done",
     }
@@ -129,12 +131,14 @@ async def test_declined_card_refunds_nothing_releases_stock_and_cancels(
         "create_order": "compensated",
         "validate_user": "done",
         "reserve_stock": "compensated",
+        "authorize_payment": "failed",
         "review": "skipped",
-        "charge_payment": "failed",
+        "capture_payment": "skipped",
         "confirm_order": "skipped",
         "notify_customer": "done",
     }
-    assert steps(view)["charge_payment"]["attempts"] == 1, "a decline is final, never retried"
+    assert steps(view)["authorize_payment"]["attempts"] == 1, "a decline is final, never retried"
+    assert steps(view)["authorize_payment"]["compensation"]["status"] == "done", "the void ran, harmless"
     await driver.assert_invariants(order, before)
     payments = await driver.payments_of(order["id"])
     assert [p["status"] for p in payments] == ["declined"]
@@ -153,7 +157,8 @@ async def test_transient_payment_failure_is_retried_then_confirms(
     order, view = await driver.wait_final(accepted.json()["id"])
 
     assert order["status"] == "CONFIRMED"
-    assert steps(view)["charge_payment"]["attempts"] == 3
+    assert steps(view)["authorize_payment"]["attempts"] == 3
+    assert steps(view)["capture_payment"]["attempts"] == 1
     await driver.assert_invariants(order, before)
     record_history(order["id"], "payment_retried")
 
@@ -169,8 +174,8 @@ async def test_provider_down_for_good_ends_payment_failed_with_nothing_charged(
     order, view = await driver.wait_final(accepted.json()["id"], timeout=90)
 
     assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "payment_failed")
-    assert statuses(view)["charge_payment"] == "failed"
-    assert steps(view)["charge_payment"]["attempts"] == 4  # the test worker's payment budget
+    assert statuses(view)["authorize_payment"] == "failed"
+    assert steps(view)["authorize_payment"]["attempts"] == 4  # the test worker's payment budget
     await driver.assert_invariants(order, before)
     record_history(order["id"], "payment_failed")
 

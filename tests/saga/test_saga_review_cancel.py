@@ -32,9 +32,13 @@ async def test_review_approved_confirms(driver: Driver, record_history: Any) -> 
     customer = await driver.customer()
     product = await driver.product(stock=3, price_cents=BIG_PRICE)
     order_id = await awaiting_review(driver, customer, product)
+    held = await driver.payments_of(order_id)
+    assert [(p["status"], p["amount_cents"]) for p in held] == [("authorized", 2 * BIG_PRICE)]
+    assert (await driver.order(order_id))["payment_id"] == held[0]["id"], "known from the authorisation on"
 
     assert (await driver.review(order_id, approve=True)).status_code == 202
     order, view = await driver.wait_final(order_id)
+    assert [p["status"] for p in await driver.payments_of(order_id)] == ["captured"]
 
     assert order["status"] == "CONFIRMED"
     assert order["total_cents"] == 2 * BIG_PRICE
@@ -54,7 +58,9 @@ async def test_review_rejected_cancels_and_releases(driver: Driver, record_histo
     assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "review_rejected")
     assert statuses(view)["review"] == "failed"
     assert statuses(view)["reserve_stock"] == "compensated"
-    assert statuses(view)["charge_payment"] == "skipped"
+    assert statuses(view)["capture_payment"] == "skipped"
+    assert statuses(view)["authorize_payment"] == "compensated"
+    assert [p["status"] for p in await driver.payments_of(order_id)] == ["voided"]
     await driver.assert_invariants(order, {product: 3})
     record_history(order_id, "review_rejected")
 
