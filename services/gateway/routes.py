@@ -53,6 +53,7 @@ ROUTES: tuple[PublicRoute, ...] = (
     PublicRoute("GET", "/orders/{order_id}/events", "orders", "user"),
     PublicRoute("POST", "/orders/{order_id}/cancel", "orders", "user"),
     PublicRoute("POST", "/orders/{order_id}/review", "orders", "admin"),
+    PublicRoute("POST", "/orders/{order_id}/compensations/retry", "orders", "admin"),
     PublicRoute("PUT", "/orders/{order_id}/status", "orders", "admin"),
     PublicRoute("GET", "/users/{user_id}/orders", "orders", "user"),
     PublicRoute("GET", "/users/{user_id}/notifications", "notifications", "user"),

@@ -36,6 +36,8 @@ CANCEL_REASONS: dict[str, str] = {
     "customer_cancelled": "you cancelled it",
     "review_rejected": "it did not pass our review",
     "review_timeout": "it could not be reviewed in time",
+    "operator_cancelled": "our team stopped it before it was completed",
+    "saga_terminated": "its processing stopped unexpectedly before it was completed",
     "internal_error": "of an internal error on our side",
 }
 

@@ -30,6 +30,11 @@ class CancelReason(StrEnum):
     CUSTOMER_CANCELLED = "customer_cancelled"
     REVIEW_REJECTED = "review_rejected"
     REVIEW_TIMEOUT = "review_timeout"
+    # An operator cancelled the saga's workflow (Temporal Web UI or CLI) before its pivot.
+    OPERATOR_CANCELLED = "operator_cancelled"
+    # The workflow was terminated, timed out or failed before the order was final; the reconciler
+    # rolled the order back.
+    SAGA_TERMINATED = "saga_terminated"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -52,6 +57,9 @@ EVENT_TYPES: dict[CommandType, str] = {
 }
 
 _BEFORE_CONFIRMATION = frozenset({OrderStatus.PENDING, OrderStatus.AWAITING_REVIEW})
+
+# Commands that may name the payment authorised so far (`confirm` always names its own).
+_CARRIES_PAYMENT = frozenset({CommandType.AWAIT_REVIEW, CommandType.CANCEL})
 
 # command → (statuses it may be applied in, status it leads to); `create` is not a transition.
 TRANSITIONS: dict[CommandType, tuple[frozenset[OrderStatus], OrderStatus]] = {
@@ -175,13 +183,17 @@ def decide(
     *,
     reason: CancelReason | None = None,
     confirmation: Confirmation | None = None,
+    payment_id: uuid.UUID | None = None,
 ) -> Decision:
+    """`payment_id` (await_review, cancel) records the payment the saga authorised; None leaves it be."""
     status = next_status(current, command)
+    fields: dict[str, Any] = {}
+    data: dict[str, Any] = {}
     if command is CommandType.CONFIRM:
         if confirmation is None:
             raise ValueError("confirm needs a confirmation")
         priced = [line.to_json() for line in price_lines(lines, confirmation.lines, confirmation.total_cents)]
-        fields: dict[str, Any] = {
+        fields = {
             "items": priced,
             "total_cents": confirmation.total_cents,
             "currency": confirmation.currency,
@@ -192,5 +204,11 @@ def decide(
     if command is CommandType.CANCEL:
         if reason is None:
             raise ValueError("cancel needs a reason")
-        return Decision(status, {"cancel_reason": reason.value}, {"reason": reason.value})
-    return Decision(status, {}, {})
+        fields["cancel_reason"] = reason.value
+        data["reason"] = reason.value
+    if payment_id is not None:
+        if command not in _CARRIES_PAYMENT:
+            raise ValueError(f"{command} does not carry a payment_id")
+        fields["payment_id"] = payment_id
+        data["payment_id"] = str(payment_id)
+    return Decision(status, fields, data)

@@ -1,8 +1,10 @@
-"""The read side: pages of a user's orders (newest first) and of an order's events (version order)."""
+"""The read side: pages of a user's orders (newest first) and of an order's events (version order),
+and the unfinished orders the saga reconciler looks at (oldest change first)."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -10,7 +12,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.kit.errors import Problem
 from services.kit.keyset import after, split_page
 from services.kit.pagination import PageParams, decode_cursor, encode_cursor
+from services.orders.domain import OrderStatus
 from services.orders.models import Order, OrderEvent
+
+UNFINISHED = (OrderStatus.PENDING.value, OrderStatus.AWAITING_REVIEW.value)
 
 
 def _invalid_cursor() -> Problem:
@@ -42,3 +47,21 @@ async def order_events_page(
         return rows, None
     rows = rows[: page.limit]
     return rows, encode_cursor(rows[-1].version)
+
+
+async def unfinished_orders(session: AsyncSession, changed_before: datetime, limit: int) -> list[Order]:
+    """Orders not final yet whose saga was started and that have not changed since `changed_before`.
+
+    Oldest change first; an order whose saga start is still pending is the start sweeper's, not here.
+    """
+    statement = (
+        select(Order)
+        .where(
+            col(Order.status).in_(UNFINISHED),
+            col(Order.saga_started_at).is_not(None),
+            col(Order.updated_at) <= changed_before,
+        )
+        .order_by(col(Order.updated_at), col(Order.id))
+        .limit(limit)
+    )
+    return list((await session.exec(statement)).all())

@@ -1,24 +1,28 @@
-"""HTTP routes: placing and reading orders, admin status changes, and the saga's command endpoint."""
+"""HTTP routes: placing and reading orders, admin status changes, the saga's command endpoint and
+the saga reconciler's list of unfinished orders."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from services.kit.business import ORDERS_PLACED
 from services.kit.db import SessionDep
 from services.kit.errors import Problem, problem_responses
 from services.kit.identity import AdminDep, CallerDep, CustomerDep, Identity, ServiceDep, require_owner
+from services.kit.models import utcnow
 from services.kit.pagination import Page, PageDep
 from services.orders import store
 from services.orders.domain import ADMIN_STATUS_COMMANDS, CommandType, Confirmation, workflow_id
 from services.orders.models import Order, OrderEvent
-from services.orders.queries import order_events_page, user_orders_page
+from services.orders.queries import order_events_page, unfinished_orders, user_orders_page
 from services.orders.saga import OrderStart, SagaPort, start_saga
 from services.orders.schemas import (
+    AwaitReviewCommand,
     CancelCommand,
     ConfirmCommand,
     CreateCommand,
@@ -29,6 +33,8 @@ from services.orders.schemas import (
     OrderOut,
     PlaceOrderIn,
     StatusChangeIn,
+    UnfinishedOrderOut,
+    UnfinishedOrdersOut,
 )
 from services.orders.settings import Settings
 
@@ -182,6 +188,41 @@ async def change_status(
     return order_out(order)
 
 
+@internal_router.get(
+    "/internal/orders/unfinished",
+    response_model=UnfinishedOrdersOut,
+    summary="Orders whose saga started but which are not final yet, oldest change first (reconciler)",
+    responses=problem_responses(401, 403, 422),
+)
+async def list_unfinished_orders(
+    caller: ServiceDep,
+    session: SessionDep,
+    older_than_seconds: Annotated[
+        float,
+        Query(ge=0, allow_inf_nan=False, description="Only orders unchanged for at least this long."),
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=500, description="At most this many orders.")] = 100,
+) -> UnfinishedOrdersOut:
+    try:
+        changed_before = utcnow() - timedelta(seconds=older_than_seconds)
+    except OverflowError:  # further back than any datetime: no order is that old
+        return UnfinishedOrdersOut(items=[])
+    async with session.begin():
+        orders = await unfinished_orders(session, changed_before, limit)
+    return UnfinishedOrdersOut(
+        items=[
+            UnfinishedOrderOut(
+                id=order.id,
+                user_id=order.user_id,
+                status=order.status,
+                updated_at=order.updated_at,
+                saga_started_at=order.saga_started_at,
+            )
+            for order in orders
+        ]
+    )
+
+
 @internal_router.post(
     "/internal/orders/{order_id}/commands",
     response_model=OrderOut,
@@ -223,7 +264,9 @@ async def apply_command(
 def _transition(command: OrderCommandIn) -> store.Transition:
     kind = CommandType(command.type)
     if isinstance(command, CancelCommand):
-        return store.Transition(kind, reason=command.reason)
+        return store.Transition(kind, reason=command.reason, payment_id=command.payment_id)
+    if isinstance(command, AwaitReviewCommand):
+        return store.Transition(kind, payment_id=command.payment_id)
     if isinstance(command, ConfirmCommand):
         lines = [line.to_line() for line in command.items]
         store.reject_repeated_products(lines)

@@ -63,6 +63,10 @@ class SagaPort(Protocol):
 
     async def review(self, order_id: uuid.UUID, approve: bool, by: Identity) -> None: ...
 
+    async def retry_compensations(self, order_id: uuid.UUID, by: Identity) -> None:
+        """Run again the compensations of the order's saga that failed (an admin, once the cause is fixed)."""
+        ...
+
     async def describe(self, order_id: uuid.UUID) -> dict[str, Any]: ...
 
 
@@ -80,6 +84,9 @@ class NoSaga:
         raise _unavailable()
 
     async def review(self, order_id: uuid.UUID, approve: bool, by: Identity) -> None:
+        raise _unavailable()
+
+    async def retry_compensations(self, order_id: uuid.UUID, by: Identity) -> None:
         raise _unavailable()
 
     async def describe(self, order_id: uuid.UUID) -> dict[str, Any]:

@@ -1,10 +1,10 @@
-"""Saga-facing order routes: cancel and review (workflow updates) and the saga view (its query)."""
+"""Saga-facing order routes: cancel, review and the retry of failed compensations (workflow updates),
+and the saga view (its query)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -15,6 +15,7 @@ from services.kit.identity import AdminDep, CallerDep
 from services.orders.routes import _visible_order, order_out
 from services.orders.saga import SagaPort
 from services.orders.schemas import OrderOut
+from workflows.payloads import CompensationStatus, SagaStatus, StepStatus
 
 router = APIRouter(tags=["saga"])
 
@@ -26,15 +27,17 @@ class ReviewIn(BaseModel):
     approve: StrictBool
 
 
+# The statuses are the workflow's own (workflows/payloads.py), so the view cannot drift from them.
 class CompensationOut(BaseModel):
-    status: Literal["running", "done", "failed"]
+    status: CompensationStatus
     attempts: int
     error: str | None = None
 
 
 class SagaStepOut(BaseModel):
+    # Any name: workflows/payloads.py STEP_NAMES today, and the older names of sagas still running.
     name: str
-    status: Literal["pending", "running", "done", "skipped", "failed", "compensated", "compensation_failed"]
+    status: StepStatus
     attempts: int
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -45,7 +48,7 @@ class SagaStepOut(BaseModel):
 class SagaViewOut(BaseModel):
     order_id: uuid.UUID
     workflow_id: str
-    status: Literal["running", "completed", "compensating", "compensated", "compensation_failed"]
+    status: SagaStatus
     order_status: str
     cancel_reason: str | None = None
     steps: list[SagaStepOut]
@@ -95,6 +98,22 @@ async def review_order(
     if order.status != "AWAITING_REVIEW":
         raise _illegal(order.status, "reviewed")
     await _saga(request).review(order.id, decision.approve, caller)
+    return order_out(await _visible_order(session, order_id, caller))
+
+
+@router.post(
+    "/orders/{order_id}/compensations/retry",
+    status_code=202,
+    response_model=OrderOut,
+    summary="Run the saga's failed compensations again, once their cause is fixed (admin)",
+    responses=problem_responses(401, 403, 404, 409, 503),
+)
+async def retry_compensations(
+    order_id: uuid.UUID, caller: AdminDep, session: SessionDep, request: Request
+) -> OrderOut:
+    order = await _visible_order(session, order_id, caller)
+    # The workflow's update validator decides: it refuses unless some compensation has failed.
+    await _saga(request).retry_compensations(order.id, caller)
     return order_out(await _visible_order(session, order_id, caller))
 
 

@@ -97,6 +97,8 @@ class CreateCommand(_Command):
 
 class AwaitReviewCommand(_Command):
     type: Literal["await_review"]
+    # The payment the saga authorised before the review; recorded on the order when given.
+    payment_id: uuid.UUID | None = None
 
 
 class ConfirmCommand(_Command):
@@ -110,6 +112,8 @@ class ConfirmCommand(_Command):
 class CancelCommand(_Command):
     type: Literal["cancel"]
     reason: CancelReason
+    # The payment authorised before the cancel (voided or refunded by the saga), when there was one.
+    payment_id: uuid.UUID | None = None
 
 
 class ShipCommand(_Command):
@@ -118,6 +122,18 @@ class ShipCommand(_Command):
 
 class DeliverCommand(_Command):
     type: Literal["deliver"]
+
+
+class UnfinishedOrderOut(BaseModel):
+    id: uuid.UUID
+    user_id: uuid.UUID
+    status: OrderStatus
+    updated_at: datetime
+    saga_started_at: datetime
+
+
+class UnfinishedOrdersOut(BaseModel):
+    items: list[UnfinishedOrderOut]
 
 
 OrderCommandIn = Annotated[

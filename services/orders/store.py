@@ -266,6 +266,8 @@ class Transition:
     command: CommandType
     reason: CancelReason | None = None
     confirmation: Confirmation | None = None
+    # The authorised payment named by await_review or cancel; None leaves the order's payment_id as is.
+    payment_id: uuid.UUID | None = None
 
 
 async def apply_transition(
@@ -326,6 +328,7 @@ async def _transition_once(
             transition.command,
             reason=transition.reason,
             confirmation=transition.confirmation,
+            payment_id=transition.payment_id,
         )
     except domain.IllegalTransition as exc:
         raise Problem(409, "illegal_transition", str(exc), status_now=order.status) from None

@@ -1,4 +1,5 @@
-"""The orders service's saga port backed by Temporal: start, cancel and review updates, status query."""
+"""The orders service's saga port backed by Temporal: start; cancel, review and compensation-retry
+updates; the status query."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from workflows.payloads import (
     CancelRequest,
     OrderInput,
     OrderLine,
+    RetryCompensations,
     ReviewDecision,
     SagaView,
     workflow_id_for,
@@ -94,6 +96,11 @@ class TemporalSaga:
     async def review(self, order_id: uuid.UUID, approve: bool, by: Identity) -> None:
         await self._update(
             order_id, "review", ReviewDecision(approve=approve, reviewer=str(by.user_id or by.role))
+        )
+
+    async def retry_compensations(self, order_id: uuid.UUID, by: Identity) -> None:
+        await self._update(
+            order_id, "retry_compensations", RetryCompensations(requested_by=str(by.user_id or by.role))
         )
 
     async def describe(self, order_id: uuid.UUID) -> dict[str, Any]:

@@ -154,6 +154,7 @@ async def test_customers_get_403_on_admin_routes(api: httpx.AsyncClient, tokens:
         ),
         ("PUT", f"/products/{some}/stock", {"stock": 5}),
         ("POST", f"/orders/{some}/review", {"approve": True}),
+        ("POST", f"/orders/{some}/compensations/retry", None),
         ("PUT", f"/orders/{some}/status", {"status": "SHIPPED"}),
     ]
     for method, path, body in calls:
@@ -172,9 +173,13 @@ async def test_saga_only_and_unknown_endpoints_are_not_routed(api: httpx.AsyncCl
         ("POST", f"/reservations/{some}/commit"),
         ("POST", "/charges"),
         ("POST", "/charges/some-key/refund"),
+        ("POST", "/authorizations"),
+        ("POST", "/authorizations/some-key/capture"),
+        ("POST", "/authorizations/some-key/void"),
         ("GET", f"/payments/{some}/transactions"),
         ("GET", f"/orders/{some}/payments"),
         ("POST", f"/internal/orders/{some}/commands"),
+        ("GET", "/internal/orders/unfinished"),
         ("GET", f"/internal/users/{some}"),
         ("POST", "/notifications"),
         ("GET", f"/notifications/{some}"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.notifications.templates import CANCEL_REASONS, TEMPLATES, format_money, render
+from workflows.payloads import CANCEL_REASONS as SAGA_CANCEL_REASONS
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,12 @@ def test_every_cancel_reason_is_put_in_words(reason: str) -> None:
     body = render("order_cancelled", {"reason": reason}).body
     assert CANCEL_REASONS[reason] in body
     assert reason not in body
+
+
+def test_every_reason_the_saga_cancels_for_has_words() -> None:
+    assert set(SAGA_CANCEL_REASONS) <= set(CANCEL_REASONS)
+    for reason in ("operator_cancelled", "saga_terminated"):
+        assert CANCEL_REASONS[reason] in render("order_cancelled", {"reason": reason}).body
 
 
 def test_unknown_cancel_reason_is_shown_as_given() -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from sqlmodel import col, select
 
+from services.kit.errors import Problem
 from services.kit.identity import Identity
 from services.kit.outbox import OutboxEvent
 from services.orders.saga import OrderStart
@@ -34,8 +35,44 @@ class RecordingSaga:
     async def review(self, order_id: uuid.UUID, approve: bool, by: Identity) -> None:
         raise NotImplementedError
 
+    async def retry_compensations(self, order_id: uuid.UUID, by: Identity) -> None:
+        raise NotImplementedError
+
     async def describe(self, order_id: uuid.UUID) -> dict[str, Any]:
         raise NotImplementedError
+
+
+class UpdatingSaga(RecordingSaga):
+    """A SagaPort whose workflow updates are recorded; `refuse` makes them fail as a refused update would.
+
+    `view` is what `describe` answers (the workflow's `status` query).
+    """
+
+    def __init__(self, *, refuse: str | None = None, view: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.view = view
+        self.updates: list[tuple[str, uuid.UUID, Identity]] = []
+
+    def _update(self, name: str, order_id: uuid.UUID, by: Identity) -> None:
+        self.updates.append((name, order_id, by))
+        if self.refuse is not None:
+            # What TemporalSaga raises when the workflow's update validator refuses.
+            raise Problem(409, "illegal_transition", self.refuse)
+
+    async def cancel(self, order_id: uuid.UUID, by: Identity) -> None:
+        self._update("cancel", order_id, by)
+
+    async def review(self, order_id: uuid.UUID, approve: bool, by: Identity) -> None:
+        self._update("review", order_id, by)
+
+    async def retry_compensations(self, order_id: uuid.UUID, by: Identity) -> None:
+        self._update("retry_compensations", order_id, by)
+
+    async def describe(self, order_id: uuid.UUID) -> dict[str, Any]:
+        if self.view is None:
+            raise NotImplementedError
+        return self.view
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from services.orders.domain import TRANSITIONS, CommandType, OrderStatus
+from services.orders.domain import TRANSITIONS, CancelReason, CommandType, OrderStatus
 from tests.services.orders.conftest import (
     command,
     confirm_fields,
@@ -120,22 +120,72 @@ async def test_cancel_from_review_and_every_reason_is_accepted(orders: httpx.Asy
     order_id = await order_in_status(orders, "AWAITING_REVIEW")
     response = await command(orders, order_id, "cancel", reason="review_timeout")
     assert (response.status_code, response.json()["status"]) == (200, "CANCELLED")
-    reasons = [
-        "user_invalid",
-        "invalid_item",
-        "out_of_stock",
-        "invalid_payment_method",
-        "payment_declined",
-        "payment_failed",
-        "customer_cancelled",
-        "review_rejected",
-        "review_timeout",
-        "internal_error",
-    ]
+    reasons = [reason.value for reason in CancelReason]
+    assert {"operator_cancelled", "saga_terminated"} <= set(reasons)
     for reason in reasons:
         fresh = await place_ok(orders, uuid.uuid4())
         response = await command(orders, fresh, "cancel", reason=reason)
         assert response.json()["cancel_reason"] == reason
+
+
+async def _event_data(client: httpx.AsyncClient, order_id: str) -> list[dict[str, Any]]:
+    response = await client.get(f"/orders/{order_id}/events", headers=as_admin(), params={"limit": 200})
+    assert response.status_code == 200, response.text
+    return [event["data"] for event in response.json()["items"]]
+
+
+async def test_await_review_and_cancel_record_the_authorised_payment(orders: httpx.AsyncClient) -> None:
+    order_id = await place_ok(orders, uuid.uuid4())
+    payment = str(uuid.uuid4())
+    review = await command(orders, order_id, "await_review", "review-1", payment_id=payment)
+    assert review.status_code == 200, review.text
+    assert (review.json()["status"], review.json()["payment_id"]) == ("AWAITING_REVIEW", payment)
+
+    # A repeated command id is the first run's result, whatever payment id the repeat names.
+    again = await command(orders, order_id, "await_review", "review-1", payment_id=str(uuid.uuid4()))
+    assert (again.status_code, again.json()) == (200, review.json())
+
+    # A later command without a payment id (or with null) keeps the one recorded.
+    cancelled = await command(orders, order_id, "cancel", reason="review_rejected", payment_id=None)
+    assert cancelled.status_code == 200, cancelled.text
+    assert (
+        cancelled.json()["status"],
+        cancelled.json()["cancel_reason"],
+        cancelled.json()["payment_id"],
+    ) == (
+        "CANCELLED",
+        "review_rejected",
+        payment,
+    )
+    assert (await get_order(orders, order_id))["payment_id"] == payment
+    data = await _event_data(orders, order_id)
+    assert data[1] == {"payment_id": payment}
+    assert data[2] == {"reason": "review_rejected"}
+
+    # Cancelled straight from PENDING, after an authorisation: the cancel names the payment.
+    pending = await place_ok(orders, uuid.uuid4())
+    voided = str(uuid.uuid4())
+    response = await command(orders, pending, "cancel", reason="operator_cancelled", payment_id=voided)
+    assert response.status_code == 200, response.text
+    assert (response.json()["cancel_reason"], response.json()["payment_id"]) == ("operator_cancelled", voided)
+    assert (await _event_data(orders, pending))[1] == {"reason": "operator_cancelled", "payment_id": voided}
+
+    # Without any payment id, nothing is recorded.
+    plain = await place_ok(orders, uuid.uuid4())
+    response = await command(orders, plain, "await_review")
+    assert (response.json()["payment_id"], (await _event_data(orders, plain))[1]) == (None, {})
+
+
+async def test_confirm_after_an_authorised_review_keeps_the_payment(orders: httpx.AsyncClient) -> None:
+    order_id = await place_ok(orders, uuid.uuid4())
+    payment = str(uuid.uuid4())
+    assert (await command(orders, order_id, "await_review", payment_id=payment)).status_code == 200
+    fields = {**confirm_fields(await get_order(orders, order_id)), "payment_id": payment}
+    confirmed = await command(orders, order_id, "confirm", **fields)
+    assert confirmed.status_code == 200, confirmed.text
+    assert (confirmed.json()["status"], confirmed.json()["payment_id"]) == ("CONFIRMED", payment)
+    shipped = await command(orders, order_id, "ship")
+    assert shipped.json()["payment_id"] == payment
 
 
 async def test_every_illegal_transition_is_refused(orders: httpx.AsyncClient) -> None:
@@ -225,6 +275,14 @@ async def test_commands_refuse_bad_input(orders: httpx.AsyncClient) -> None:
         "oversized command id": {"command_id": "c" * 201, "type": "ship"},
         "cancel without reason": {"command_id": "c", "type": "cancel"},
         "cancel with unknown reason": {"command_id": "c", "type": "cancel", "reason": "bored"},
+        "cancel with a bad payment id": {
+            "command_id": "c",
+            "type": "cancel",
+            "reason": "payment_declined",
+            "payment_id": "pay-1",
+        },
+        "await_review with a bad payment id": {"command_id": "c", "type": "await_review", "payment_id": 7},
+        "ship with a payment id": {"command_id": "c", "type": "ship", "payment_id": str(uuid.uuid4())},
         "version as string": {"command_id": "c", "type": "await_review", "expected_version": "1"},
         "version zero": {"command_id": "c", "type": "await_review", "expected_version": 0},
         "extra field": {"command_id": "c", "type": "ship", "status": "SHIPPED"},

@@ -7,15 +7,18 @@ import uuid
 import pytest
 
 from services.orders.domain import (
+    CancelReason,
     CommandType,
     ConfirmationMismatch,
     IllegalTransition,
     Line,
     OrderStatus,
+    decide,
     next_status,
     price_lines,
     request_fingerprint,
 )
+from workflows.payloads import CANCEL_REASONS
 
 ALLOWED = {
     (OrderStatus.PENDING, CommandType.AWAIT_REVIEW): OrderStatus.AWAITING_REVIEW,
@@ -57,3 +60,33 @@ def test_the_fingerprint_ignores_line_order_but_not_content() -> None:
     )
     assert request_fingerprint([Line(a, 1)], pm) != request_fingerprint([Line(a, 2)], pm)
     assert request_fingerprint([Line(a, 1)], pm) != request_fingerprint([Line(a, 1)], uuid.uuid4())
+
+
+def test_the_cancel_reasons_are_the_sagas() -> None:
+    assert {reason.value for reason in CancelReason} == set(CANCEL_REASONS)
+    assert CancelReason("operator_cancelled") is CancelReason.OPERATOR_CANCELLED
+    assert CancelReason("saga_terminated") is CancelReason.SAGA_TERMINATED
+
+
+def test_await_review_and_cancel_may_name_the_payment() -> None:
+    lines = [Line(uuid.uuid4(), 1)]
+    payment = uuid.uuid4()
+    review = decide(OrderStatus.PENDING, lines, CommandType.AWAIT_REVIEW, payment_id=payment)
+    assert (review.status, review.fields, review.event_data) == (
+        OrderStatus.AWAITING_REVIEW,
+        {"payment_id": payment},
+        {"payment_id": str(payment)},
+    )
+    cancel = decide(
+        OrderStatus.AWAITING_REVIEW,
+        lines,
+        CommandType.CANCEL,
+        reason=CancelReason.SAGA_TERMINATED,
+        payment_id=payment,
+    )
+    assert cancel.fields == {"cancel_reason": "saga_terminated", "payment_id": payment}
+    assert cancel.event_data == {"reason": "saga_terminated", "payment_id": str(payment)}
+    # Without one, the decision leaves the order's payment_id alone.
+    assert decide(OrderStatus.PENDING, lines, CommandType.AWAIT_REVIEW).fields == {}
+    with pytest.raises(ValueError, match="payment_id"):
+        decide(OrderStatus.CONFIRMED, lines, CommandType.SHIP, payment_id=payment)
