@@ -1,8 +1,15 @@
-"""Charges and refunds: idempotent by key, with the provider call outside any database transaction.
+"""Charges, authorisations and refunds: idempotent by key, with provider calls outside any transaction.
 
-A charge first records a `pending` payment holding a short lease, then calls the provider, then
-records the outcome. The unique key decides which request owns a charge; the lease decides which
-request may talk to the provider for it right now; conditional updates make every outcome land once.
+A charge or an authorisation first records a `pending` payment holding a short lease, then calls the
+provider, then records the outcome. The unique key decides which request owns a payment; the lease
+decides which request may talk to the provider for it right now; conditional updates make every
+outcome land once.
+
+An authorisation only holds the amount (`authorized`); its capture later takes exactly that amount
+(`captured`), or its void releases it (`voided`). A capture and a void of one key are ordered by the
+provider's row lock: whichever the provider saw first wins, and the other one's record of it is a
+conditional update from `authorized` that matches nothing. A void that finds the capture won refunds
+it in full, so the key never keeps the money.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -24,15 +31,27 @@ from services.kit.business import PAYMENTS_CAPTURED_CENTS, PAYMENTS_REFUNDED_CEN
 from services.kit.errors import Problem
 from services.kit.models import new_id, utcnow
 from services.kit.outbox import add_event
-from services.payments.models import Payment, PaymentMethod, PaymentTransaction
-from services.payments.provider import Captured, CardProvider, Declined, NotCharged, Transient, Voided
+from services.payments.models import KEY_LENGTH, Payment, PaymentMethod, PaymentTransaction
+from services.payments.provider import (
+    Authorized,
+    Captured,
+    CardProvider,
+    Declined,
+    Expired,
+    NotCharged,
+    Transient,
+    Voided,
+)
 from services.payments.schemas import ChargeCreate
 
 log = structlog.get_logger(__name__)
 
 SOURCE = "payments"
 SETTLED_CAPTURE = ("captured", "refunded")
+# What a replay of a charge or authorisation key answers with 200 (a charge is never `authorized`).
+SUCCEEDED = ("authorized", *SETTLED_CAPTURE)
 RETRY_AFTER = {"Retry-After": "1"}
+DEFAULT_AUTHORIZATION_VALIDITY_SECONDS = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,12 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _body_hash(request: ChargeCreate, *, authorizing: bool) -> str:
+    """A charge's hash is that of its body; an authorisation's differs, so a key serves only one of them."""
+    body = request.model_dump(mode="json")
+    return request_hash({**body, "operation": "authorization"} if authorizing else body)
+
+
 def charge_in_progress() -> Problem:
     return Problem(
         503,
@@ -60,17 +85,33 @@ def charge_in_progress() -> Problem:
 
 
 class PaymentLedger:
-    """Charge and refund flows over one request's session and the provider."""
+    """Charge, authorisation and refund flows over one request's session and the provider."""
 
-    def __init__(self, session: AsyncSession, provider: CardProvider, *, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        provider: CardProvider,
+        *,
+        lease_seconds: float,
+        authorization_validity_seconds: float = DEFAULT_AUTHORIZATION_VALIDITY_SECONDS,
+    ) -> None:
         self._session = session
         self._provider = provider
         self._lease = timedelta(seconds=lease_seconds)
+        self._validity = timedelta(seconds=authorization_validity_seconds)
 
-    # -- charges -------------------------------------------------------------------------------
+    # -- charges and authorisations ------------------------------------------------------------
 
     async def charge(self, key: str, request: ChargeCreate) -> ChargeResult:
-        body_hash = request_hash(request.model_dump(mode="json"))
+        """Authorise and capture at once."""
+        return await self._start(key, request, authorizing=False)
+
+    async def authorize(self, key: str, request: ChargeCreate) -> ChargeResult:
+        """Hold the amount until `capture` takes it or `void` releases it."""
+        return await self._start(key, request, authorizing=True)
+
+    async def _start(self, key: str, request: ChargeCreate, *, authorizing: bool) -> ChargeResult:
+        body_hash = _body_hash(request, authorizing=authorizing)
         owner = new_id()
         now = utcnow()
         session = self._session
@@ -101,8 +142,12 @@ class PaymentLedger:
             if isinstance(resumed, ChargeResult):
                 return resumed
             payment, method = resumed
-        log.info("charge_started", charge_key=key, payment_id=str(payment.id))
-        return await self._call_provider(payment, method, owner)
+        log.info(
+            "authorization_started" if authorizing else "charge_started",
+            charge_key=key,
+            payment_id=str(payment.id),
+        )
+        return await self._call_provider(payment, method, owner, authorizing=authorizing)
 
     async def _resume_charge(
         self, key: str, body_hash: str, owner: uuid.UUID
@@ -131,45 +176,77 @@ class PaymentLedger:
         log.info("charge_lease_taken_over", charge_key=key, payment_id=str(payment.id))
         return payment, method
 
-    async def _call_provider(self, payment: Payment, method: PaymentMethod, owner: uuid.UUID) -> ChargeResult:
+    async def _call_provider(
+        self, payment: Payment, method: PaymentMethod, owner: uuid.UUID, *, authorizing: bool
+    ) -> ChargeResult:
         assert payment.amount_cents is not None
         assert payment.currency is not None
         key = payment.idempotency_key
-        outcome = await self._provider.charge(key, method.token, payment.amount_cents, payment.currency)
+        outcome: Authorized | Captured | Declined | Transient | Voided
+        if authorizing:
+            valid_until = utcnow() + self._validity
+            outcome = await self._provider.authorize(
+                key, method.token, payment.amount_cents, payment.currency, valid_until
+            )
+        else:
+            outcome = await self._provider.charge(key, method.token, payment.amount_cents, payment.currency)
         if isinstance(outcome, Transient):
             await self._release_lease(payment.id, owner)
             log.warning("charge_provider_unavailable", charge_key=key, reason=outcome.reason)
+            held = "held" if authorizing else "captured"
             raise Problem(
                 503,
                 "provider_unavailable",
-                "The payment provider is unavailable; nothing was captured. Retry with the same key.",
+                f"The payment provider is unavailable; nothing was {held}. Retry with the same key.",
                 headers=RETRY_AFTER,
             )
         if isinstance(outcome, Voided):
             raise _voided_problem()
         if isinstance(outcome, Declined):
             created = await self._record_decline(payment, outcome.decline_code)
+        elif isinstance(outcome, Authorized):
+            created = await self._record_authorization(payment, outcome)
         else:
             created = await self._record_capture(payment, outcome.provider_ref)
         async with self._session.begin():
             payment = await self._reload(payment.id)
-        # Raises the 402 of a decline; a capture recorded by someone else replays as 200.
+        # Raises the 402 of a decline; an outcome recorded by someone else replays as 200.
         answer = _settled_answer(payment, payment.request_hash or "")
         if answer is None:
             raise charge_in_progress()
         return ChargeResult(payment, created=created)
 
-    async def _record_capture(self, payment: Payment, provider_ref: str) -> bool:
+    async def _record_capture(
+        self, payment: Payment, provider_ref: str, *, from_status: str = "pending", kind: str = "charge"
+    ) -> bool:
+        """A charge's capture (from `pending`), or an authorisation's (from `authorized`, kind `capture`)."""
         settled = await self._settle(
             payment,
+            from_status=from_status,
             status="captured",
-            kind="charge",
+            kind=kind,
             columns={"provider_ref": provider_ref},
             event_data={"payment_method_id": str(payment.payment_method_id)},
         )
         if settled:
             log.info("payment_captured", payment_id=str(payment.id), order_id=str(payment.order_id))
             PAYMENTS_CAPTURED_CENTS.inc(payment.amount_cents or 0)
+        return settled
+
+    async def _record_authorization(self, payment: Payment, outcome: Authorized) -> bool:
+        until = outcome.expires_at or utcnow() + self._validity
+        settled = await self._settle(
+            payment,
+            status="authorized",
+            kind="authorization",
+            columns={"provider_ref": outcome.provider_ref, "authorized_until": until},
+            event_data={
+                "payment_method_id": str(payment.payment_method_id),
+                "authorized_until": _timestamp(until),
+            },
+        )
+        if settled:
+            log.info("payment_authorized", payment_id=str(payment.id), order_id=str(payment.order_id))
         return settled
 
     async def _record_decline(self, payment: Payment, decline_code: str) -> bool:
@@ -192,16 +269,17 @@ class PaymentLedger:
         kind: str,
         columns: dict[str, Any],
         event_data: dict[str, Any],
+        from_status: str = "pending",
     ) -> bool:
-        """Move a pending payment to its outcome, with its transaction row and event, exactly once.
+        """Move a payment from `from_status` to `status`, with its transaction row and event, exactly once.
 
-        False when another request settled it first (the conditional update matched nothing).
+        False when another request moved it first (the conditional update matched nothing).
         """
         session = self._session
         async with session.begin():
             result = await session.exec(
                 update(Payment)
-                .where(col(Payment.id) == payment.id, col(Payment.status) == "pending")
+                .where(col(Payment.id) == payment.id, col(Payment.status) == from_status)
                 .values(status=status, lease_owner=None, lease_until=None, updated_at=utcnow(), **columns)
             )
             if result.rowcount != 1:
@@ -218,6 +296,75 @@ class PaymentLedger:
                 data={**_event_base(payment), **event_data},
             )
         return True
+
+    # -- captures and voids of authorisations --------------------------------------------------
+
+    async def capture(self, key: str) -> Payment:
+        """Capture exactly the authorised amount, once; a repeat answers the same captured payment."""
+        session = self._session
+        async with session.begin():
+            payment = await self._by_key(key)
+        if payment is None:
+            raise _authorization_not_found()
+        if payment.status == "authorized":
+            # The provider decides, under its row lock, whether a void (or the expiry) came first.
+            outcome = await self._provider.capture(key, utcnow())
+            if isinstance(outcome, Captured):
+                await self._record_capture(
+                    payment, outcome.provider_ref, from_status="authorized", kind="capture"
+                )
+            elif isinstance(outcome, Voided):
+                await self._record_authorization_void(payment)  # a void whose answer was lost
+            elif isinstance(outcome, Expired):
+                log.info("authorization_expired", charge_key=key, payment_id=str(payment.id))
+                raise _authorization_expired()
+            else:
+                raise LookupError("the provider holds no authorisation for an authorized payment")
+            async with session.begin():
+                payment = await self._reload(payment.id)
+        return _capture_answer(payment)
+
+    async def void(self, key: str) -> Payment:
+        """Release whatever the key holds: void an authorisation, or refund a capture in full.
+
+        An unseen key gets a placeholder void, so a late authorisation or charge with it is refused.
+        """
+        session = self._session
+        async with session.begin():
+            payment = await self._by_key(key)
+        if payment is None:
+            payment = await self._void_unseen_charge(key)
+        if payment.status == "pending":
+            payment = await self._void_pending_charge(payment)
+        if payment.status == "authorized":
+            payment = await self._void_authorization(payment)
+        if payment.status == "captured":
+            # A capture landed (perhaps late, its saga gone): the void must not let it keep the money.
+            refund_hash = request_hash({"charge_key": key, "amount_cents": None})
+            payment = await self._refund_capture(payment, _void_refund_key(key), refund_hash, None)
+        return payment  # voided, refunded or declined: nothing is held any more
+
+    async def _void_authorization(self, payment: Payment) -> Payment:
+        outcome = await self._provider.void(payment.idempotency_key)
+        if isinstance(outcome, Captured):
+            # The capture won the provider's lock; record it (if its request did not), then refund it.
+            await self._record_capture(
+                payment, outcome.provider_ref, from_status="authorized", kind="capture"
+            )
+        elif isinstance(outcome, NotCharged | Voided):
+            await self._record_authorization_void(payment)
+        else:  # an authorized payment was never declined, and void() never answers a transient failure
+            raise TypeError(f"unexpected void outcome {outcome!r}")
+        async with self._session.begin():
+            return await self._reload(payment.id)
+
+    async def _record_authorization_void(self, payment: Payment) -> bool:
+        settled = await self._settle(
+            payment, from_status="authorized", status="voided", kind="void", columns={}, event_data={}
+        )
+        if settled:
+            log.info("authorization_voided", payment_id=str(payment.id), order_id=str(payment.order_id))
+        return settled
 
     # -- refunds -------------------------------------------------------------------------------
 
@@ -431,22 +578,41 @@ class PaymentLedger:
 
 
 def _settled_answer(payment: Payment, body_hash: str) -> ChargeResult | None:
-    """The replayed answer for a charge key that already has an outcome; None while it is pending."""
+    """The replayed answer for a charge or authorisation key with an outcome; None while it is pending."""
     if payment.status == "voided":
         raise _voided_problem()
     if payment.request_hash != body_hash:
         raise _key_reused()
-    if payment.status in SETTLED_CAPTURE:
+    if payment.status in SUCCEEDED:
         return ChargeResult(payment, created=False)
     if payment.status == "declined":
-        raise Problem(
-            402,
-            "payment_declined",
-            "The card was declined.",
-            decline_code=payment.decline_code,
-            payment_id=str(payment.id),
-        )
+        raise _declined(payment)
     return None
+
+
+def _capture_answer(payment: Payment) -> Payment:
+    """The answer of a capture once the provider had its say (or when the key is past authorising)."""
+    if payment.status == "voided":
+        raise Problem(409, "authorization_voided", "This authorisation was voided; nothing can be captured.")
+    if payment.status == "declined":
+        raise _declined(payment)
+    if payment.status in SETTLED_CAPTURE:
+        if payment.authorized_until is None:  # a charge, captured at once: not an authorisation
+            raise _authorization_not_found()
+        return payment
+    raise charge_in_progress()  # still authorising
+
+
+def _void_refund_key(key: str) -> str:
+    """The refund key of a void that finds a capture; within the column's length for the longest keys."""
+    candidate = f"{key}:void"
+    if len(candidate) <= KEY_LENGTH:
+        return candidate
+    return "void:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _event_base(payment: Payment) -> dict[str, Any]:
@@ -459,8 +625,28 @@ def _event_base(payment: Payment) -> dict[str, Any]:
     }
 
 
+def _declined(payment: Payment) -> Problem:
+    return Problem(
+        402,
+        "payment_declined",
+        "The card was declined.",
+        decline_code=payment.decline_code,
+        payment_id=str(payment.id),
+    )
+
+
+def _authorization_not_found() -> Problem:
+    return Problem(404, "authorization_not_found", "No authorisation has this key.")
+
+
+def _authorization_expired() -> Problem:
+    return Problem(409, "authorization_expired", "This authorisation expired; nothing was captured.")
+
+
 def _voided_problem() -> Problem:
-    return Problem(409, "charge_voided", "This charge was voided by a refund before it ran.")
+    return Problem(
+        409, "charge_voided", "This key was voided (by a refund or a void); nothing can be charged with it."
+    )
 
 
 def _key_reused() -> Problem:

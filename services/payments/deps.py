@@ -27,7 +27,12 @@ ProviderDep = Annotated[CardProvider, Depends(get_provider)]
 
 def get_ledger(request: Request, session: SessionDep, provider: ProviderDep) -> PaymentLedger:
     settings: Settings = request.app.state.settings
-    return PaymentLedger(session, provider, lease_seconds=settings.charge_lease_seconds)
+    return PaymentLedger(
+        session,
+        provider,
+        lease_seconds=settings.charge_lease_seconds,
+        authorization_validity_seconds=settings.authorization_validity_seconds,
+    )
 
 
 LedgerDep = Annotated[PaymentLedger, Depends(get_ledger)]

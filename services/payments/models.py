@@ -34,7 +34,11 @@ class PaymentMethod(SQLModel, table=True):
 
 
 class Payment(SQLModel, table=True):
-    """One charge attempt per idempotency key; a `voided` row may hold the key alone."""
+    """One charge or authorisation per idempotency key; a `voided` row may hold the key alone.
+
+    A charge goes pending → captured | declined (→ refunded); an authorisation goes pending →
+    authorized | declined, then authorized → captured (→ refunded) or authorized → voided.
+    """
 
     __tablename__ = "payments"
     __table_args__ = (UniqueConstraint("idempotency_key", name="uq_payments_idempotency_key"),)
@@ -51,6 +55,8 @@ class Payment(SQLModel, table=True):
     refunded_cents: int = Field(default=0)
     decline_code: str | None = Field(default=None, max_length=32)
     provider_ref: str | None = Field(default=None, max_length=64)
+    # Set when an authorisation succeeds: the hold can be captured until then (kept once captured).
+    authorized_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # While a request talks to the provider it holds the lease; an expired lease may be taken over.
     lease_owner: uuid.UUID | None = Field(default=None)
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -85,7 +91,11 @@ class ProviderVaultEntry(SQLModel, table=True):
 
 
 class ProviderLedgerEntry(SQLModel, table=True):
-    """Provider side: one row per charge key, so a repeated capture never captures twice."""
+    """Provider side: one row per charge key, so a repeated capture never captures twice.
+
+    A charge goes pending → captured | declined; an authorisation pending → authorized | declined,
+    then authorized → captured (until `expires_at`) or voided.
+    """
 
     __tablename__ = "payment_provider_ledger"
 
@@ -97,5 +107,7 @@ class ProviderLedgerEntry(SQLModel, table=True):
     attempts: int = Field(default=0)
     provider_ref: str | None = Field(default=None, max_length=64)
     decline_code: str | None = Field(default=None, max_length=32)
+    # An authorisation can be captured until then; null for a plain charge.
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)

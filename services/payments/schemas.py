@@ -12,7 +12,8 @@ MAX_AMOUNT_CENTS = 1_000_000_000
 
 AmountCents = Annotated[StrictInt, Field(ge=1, le=MAX_AMOUNT_CENTS)]
 Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
-PaymentStatus = Literal["pending", "captured", "declined", "refunded", "voided"]
+PaymentStatus = Literal["pending", "authorized", "captured", "declined", "refunded", "voided"]
+TransactionKind = Literal["charge", "refund", "decline", "authorization", "capture", "void"]
 
 
 class PaymentMethodCreate(BaseModel):
@@ -36,6 +37,8 @@ class PaymentMethodOut(BaseModel):
 
 
 class ChargeCreate(BaseModel):
+    """The body of a charge, and of an authorisation (which holds the amount until it is captured)."""
+
     model_config = ConfigDict(extra="forbid")
 
     order_id: uuid.UUID
@@ -52,7 +55,12 @@ class RefundCreate(BaseModel):
 
 
 class PaymentOut(BaseModel):
-    """A payment; `voided` ones (a refund that arrived before its charge) carry only id and status."""
+    """A payment.
+
+    `authorized_until` is set on an authorisation once it holds the amount: it can be captured until
+    then. A `voided` one that never ran (its key voided before anything was charged) carries only
+    id and status.
+    """
 
     id: uuid.UUID
     order_id: uuid.UUID | None
@@ -62,12 +70,13 @@ class PaymentOut(BaseModel):
     status: PaymentStatus
     refunded_cents: int
     decline_code: str | None
+    authorized_until: datetime | None
     created_at: datetime
 
 
 class TransactionOut(BaseModel):
     id: uuid.UUID
-    kind: Literal["charge", "refund", "decline"]
+    kind: TransactionKind
     amount_cents: int
     created_at: datetime
 

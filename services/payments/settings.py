@@ -19,5 +19,7 @@ class Settings(ServiceSettings):
     provider_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     # How long one request owns an in-flight charge before another request may take it over.
     charge_lease_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # How long an authorisation holds the amount: a capture after that is refused (at most a year).
+    authorization_validity_seconds: float = Field(default=7 * 24 * 3600.0, gt=0.0, le=366 * 24 * 3600.0)
     # Key of the HMAC that fingerprints card numbers in the provider's vault.
     vault_secret: str = Field(default="ordersaga-dev-vault-secret", min_length=16)

@@ -17,15 +17,19 @@ from services.payments.schemas import PaymentOut, TransactionList, TransactionOu
 
 router = APIRouter(tags=["payments"])
 
-# A charge still in flight, or a void that never charged anything, is bookkeeping, not a payment.
-HIDDEN_FROM_CUSTOMERS = ("pending", "voided")
+
+def _is_bookkeeping(payment: Payment) -> bool:
+    """A charge still in flight, or a placeholder void (its key voided before anything ran).
+
+    Neither is a payment to its customer; a voided authorisation of an order is, and stays visible.
+    """
+    return payment.status == "pending" or (payment.status == "voided" and payment.order_id is None)
 
 
 async def _visible_payment(session: SessionDep, payment_id: uuid.UUID, caller: Identity) -> Payment:
     payment = await session.get(Payment, payment_id)
     visible = payment is not None and (
-        caller.is_privileged
-        or (payment.user_id == caller.user_id and payment.status not in HIDDEN_FROM_CUSTOMERS)
+        caller.is_privileged or (payment.user_id == caller.user_id and not _is_bookkeeping(payment))
     )
     if payment is None or not visible:
         raise Problem(404, "payment_not_found", "No such payment.")
@@ -45,7 +49,7 @@ async def get_payment(payment_id: uuid.UUID, caller: CallerDep, session: Session
 @router.get(
     "/payments/{payment_id}/transactions",
     response_model=TransactionList,
-    summary="A payment's charge, decline and refunds, oldest first",
+    summary="A payment's transactions: charge or authorisation, capture, void, decline, refunds",
     responses=problem_responses(401, 404, 422),
 )
 async def list_transactions(payment_id: uuid.UUID, caller: CallerDep, session: SessionDep) -> TransactionList:

@@ -60,6 +60,18 @@ async def post_refund(
     )
 
 
+async def post_authorize(client: httpx.AsyncClient, key: str, body: dict[str, Any]) -> httpx.Response:
+    return await client.post("/authorizations", json=body, headers={**as_service(), "Idempotency-Key": key})
+
+
+async def post_capture(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    return await client.post(f"/authorizations/{key}/capture", headers=as_service())
+
+
+async def post_void(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    return await client.post(f"/authorizations/{key}/void", headers=as_service())
+
+
 async def captured_payment(
     client: httpx.AsyncClient, amount_cents: int = 1000
 ) -> tuple[str, dict[str, Any], uuid.UUID]:

@@ -27,6 +27,7 @@ PAYMENT_FIELDS = {
     "status",
     "refunded_cents",
     "decline_code",
+    "authorized_until",
     "created_at",
 }
 
