@@ -279,16 +279,32 @@ class OrderWorkflow:
         step.finished_at = _now()
 
     async def _confirm(self, order: OrderInput, reservation: Reservation, charge: Charge) -> None:
-        """The pivot: once it starts, cancellation is refused and it is retried until it succeeds."""
+        """The pivot: once it starts, cancellation is refused and it is retried until it succeeds.
+
+        Its first call is a regular activity on the current plan, never a local one. A cancel request
+        that reaches the server while a workflow task runs local activities fails that task; its
+        replay then sees the request together with the capture's result and does not enter the pivot,
+        while a local commit would already have acted. A scheduled activity is a command instead, and
+        a failed task never sent it, so whichever way the replay goes, the services agree with it.
+        """
         self._pivot_started = True
+        durable_start = not self._charged_in_one_call
 
         async def pivot() -> Any:
-            await self._short_call(
-                InventoryActivities.commit_stock,
-                order.order_id,
-                options=policies.PIVOT,
-                summary="commit stock",
-            )
+            if durable_start:
+                await workflow.execute_activity_method(
+                    InventoryActivities.commit_stock,
+                    order.order_id,
+                    **_options(policies.PIVOT),
+                    summary="commit stock",
+                )
+            else:
+                await self._short_call(
+                    InventoryActivities.commit_stock,
+                    order.order_id,
+                    options=policies.PIVOT,
+                    summary="commit stock",
+                )
             return await self._short_call(
                 OrderActivities.order_command,
                 OrderCommand(

@@ -216,7 +216,7 @@ async def test_cancel_once_the_pivot_started_lets_the_saga_confirm(
 
     order, view = await driver.wait_final(order_id)
     assert order["status"] == "CONFIRMED"
-    assert view["status"] == "completed"
+    assert view["status"] == "completed", view
     assert statuses(view)["capture_payment"] == "done"
     await driver.assert_invariants(order, {product: STOCK})
     assert await saga_notices(driver, customer, order_id) == ["order_confirmed"]
