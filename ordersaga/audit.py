@@ -65,14 +65,23 @@ def run_orders(data_dir: Path, base: Baseline) -> list[dict[str, Any]]:
     import json
 
     with database(data_dir, "orders") as conn:
-        rows = conn.execute("SELECT id, status, cancel_reason, total_cents, items FROM orders").fetchall()
+        rows = conn.execute(
+            "SELECT id, status, cancel_reason, total_cents, items, payment_id FROM orders"
+        ).fetchall()
     orders = []
-    for oid, status, reason, total, items in rows:
+    for oid, status, reason, total, items, payment_id in rows:
         if hex_id(oid) in base.order_ids:
             continue
         parsed = json.loads(items) if isinstance(items, str) else items
         orders.append(
-            {"id": hex_id(oid), "status": status, "reason": reason, "total": total, "items": parsed}
+            {
+                "id": hex_id(oid),
+                "status": status,
+                "reason": reason,
+                "total": total,
+                "items": parsed,
+                "payment_id": payment_id,
+            }
         )
     return orders
 
@@ -83,6 +92,8 @@ class Pending:
 
     open_orders: int = 0
     live_reservations: int = 0
+    # Payments of the run still authorised or in flight: each must end captured, voided or declined.
+    live_payments: int = 0
     outbox: dict[str, int] = field(default_factory=dict)
     queued_notifications: int = 0
 
@@ -91,6 +102,7 @@ class Pending:
         return not (
             self.open_orders
             or self.live_reservations
+            or self.live_payments
             or any(self.outbox.values())
             or self.queued_notifications
         )
@@ -102,6 +114,11 @@ def pending(data_dir: Path, base: Baseline) -> Pending:
         state.live_reservations = conn.execute(
             "SELECT count(*) FROM inventory_reservations WHERE status = 'reserved'"
         ).fetchone()[0]
+    state.live_payments = sum(
+        1
+        for p in payments(data_dir)
+        if p.status in LIVE_STATUSES and (p.order_id is None or p.order_id not in base.order_ids)
+    )
     for service in DATA_SERVICES:
         with database(data_dir, service) as conn:
             state.outbox[service] = conn.execute(
@@ -132,7 +149,15 @@ def wait_quiescent(data_dir: Path, base: Baseline, timeout: float) -> tuple[bool
 
 
 def audit(data_dir: Path, base: Baseline, client_order_ids: set[str]) -> list[str]:
-    """Every invariant of DESIGN.md; returns one line per violation (empty = all hold)."""
+    """Every invariant of DESIGN.md; returns one line per violation (empty = all hold).
+
+    - every order a client saw accepted exists, and is final (a cancelled one with its reason);
+    - stock is conserved, and no reservation outlives its order (committed only for a confirmed one);
+    - money (`_money`): no key captured twice; no authorisation outlives its order (no payment of a
+      final order still `authorized` or `pending`); a confirmed order has exactly one captured
+      payment, of its total, unrefunded, and it is the order's `payment_id`; a cancelled order nets 0;
+    - each notification sent at most once; every outbox drained.
+    """
     violations: list[str] = []
     orders = run_orders(data_dir, base)
     by_id = {o["id"]: o for o in orders}
@@ -177,36 +202,130 @@ def audit(data_dir: Path, base: Baseline, client_order_ids: set[str]) -> list[st
     return violations
 
 
-def _money(data_dir: Path, by_id: dict[str, dict[str, Any]]) -> list[str]:
-    violations: list[str] = []
+# Transaction kinds that move money to us: a charge (authorised and captured at once, the plan of
+# sagas started before authorisations) and the capture of an authorisation. Both count as captured.
+CAPTURE_KINDS = ("charge", "capture")
+# Payment statuses whose amount was captured (a refund, partial or full, keeps it counted as captured).
+CAPTURED_STATUSES = ("captured", "refunded")
+# Statuses that may still move money: a hold on the card, or a charge or authorisation in flight.
+LIVE_STATUSES = ("authorized", "pending")
+
+
+@dataclass
+class PaymentRow:
+    """One payment with its ledger: what it captured and refunded according to its transactions."""
+
+    id: str
+    order_id: str | None  # the order's id (hex), from the row or else from its saga key
+    key: str
+    status: str
+    amount: int
+    refunded: int
+    captures: list[int] = field(default_factory=list)
+    refunds: int = 0
+
+
+def order_of_key(key: str) -> str | None:
+    """`order-<order id>:<step>` (every saga key, activities/http.py `saga_key`) → the order id in hex."""
+    prefix, _, rest = key.partition("-")
+    if prefix != "order" or ":" not in rest:
+        return None
+    try:
+        return hex_id(rest.partition(":")[0])
+    except ValueError:
+        return None
+
+
+def payments(data_dir: Path) -> list[PaymentRow]:
+    """Every payment with its transactions; a placeholder void (no order id) is tied to its key's order."""
     with database(data_dir, "payments") as conn:
         rows = conn.execute(
-            "SELECT p.order_id, p.idempotency_key, t.kind, t.amount_cents FROM payment_transactions t "
-            "JOIN payments p ON p.id = t.payment_id"
+            "SELECT id, order_id, idempotency_key, status, amount_cents, refunded_cents FROM payments"
         ).fetchall()
-    charges: dict[str, list[int]] = defaultdict(list)
-    refunds: Counter[str] = Counter()
-    charged_keys: Counter[str] = Counter()
-    for oid, key, kind, amount in rows:
-        if kind == "charge":
-            charged_keys[key] += 1
-        if oid is None or hex_id(oid) not in by_id:
-            continue
-        if kind == "charge":
-            charges[hex_id(oid)].append(int(amount))
+        transactions = conn.execute(
+            "SELECT payment_id, kind, amount_cents FROM payment_transactions"
+        ).fetchall()
+    by_id: dict[str, PaymentRow] = {}
+    for pid, oid, key, status, amount, refunded in rows:
+        order = hex_id(oid) if oid is not None else order_of_key(str(key))
+        by_id[hex_id(pid)] = PaymentRow(
+            id=hex_id(pid),
+            order_id=order,
+            key=str(key),
+            status=str(status),
+            amount=int(amount or 0),
+            refunded=int(refunded or 0),
+        )
+    for pid, kind, amount in transactions:
+        payment = by_id.get(hex_id(pid))
+        if payment is None:
+            continue  # a foreign key holds in the service; nothing to tie it to here
+        if kind in CAPTURE_KINDS:
+            payment.captures.append(int(amount))
         elif kind == "refund":
-            refunds[hex_id(oid)] += int(amount)
-    violations += [f"idempotency key {key} charged {n} times" for key, n in charged_keys.items() if n > 1]
+            payment.refunds += int(amount)
+    return list(by_id.values())
+
+
+def payment_counts(data_dir: Path, base: Baseline) -> dict[str, int]:
+    """The run's payments by status (a placeholder void, with no order id, counted as `voided`)."""
+    counts: Counter[str] = Counter(
+        p.status for p in payments(data_dir) if p.order_id is None or p.order_id not in base.order_ids
+    )
+    return dict(sorted(counts.items()))
+
+
+def _money(data_dir: Path, by_id: dict[str, dict[str, Any]]) -> list[str]:
+    violations: list[str] = []
+    rows = payments(data_dir)
+    of_order: dict[str, list[PaymentRow]] = defaultdict(list)
+    for payment in rows:
+        # No key charged twice: one capture per key (a key is one payment, its charge or authorisation).
+        if len(payment.captures) > 1:
+            violations.append(f"idempotency key {payment.key} charged {len(payment.captures)} times")
+        if payment.order_id in by_id:
+            of_order[payment.order_id].append(payment)
+        elif payment.order_id is None and payment.status in LIVE_STATUSES:
+            violations.append(f"payment {payment.id} {payment.status} for no order (key {payment.key})")
+
     for oid, order in by_id.items():
-        captured = charges.get(oid, [])
-        if order["status"] in CONFIRMED:
-            if len(captured) != 1 or captured[0] != order["total"] or refunds[oid]:
+        mine = of_order.get(oid, [])
+        status = order["status"]
+        # No authorisation outlives its order: once final, nothing may still hold or move money.
+        if status in FINAL:
+            violations += [
+                f"payment {p.id} of order {oid} still {p.status} after {status}"
+                for p in mine
+                if p.status in LIVE_STATUSES
+            ]
+        captured = [p for p in mine if p.status in CAPTURED_STATUSES]
+        ledger = [amount for p in mine for amount in p.captures]
+        refunds = sum(p.refunds for p in mine)
+        if status in CONFIRMED:
+            one = captured[0] if len(captured) == 1 else None
+            if (
+                one is None
+                or one.amount != order["total"]
+                or one.refunded
+                or ledger != [order["total"]]
+                or refunds
+            ):
                 violations.append(
-                    f"confirmed order {oid}: captures {captured}, refunds {refunds[oid]}, "
-                    f"total {order['total']}"
+                    f"confirmed order {oid}: captured payments "
+                    f"{[(p.id, p.status, p.amount, p.refunded) for p in captured]}, "
+                    f"captures {ledger}, refunds {refunds}, total {order['total']}"
                 )
-        elif order["status"] == "CANCELLED" and sum(captured) != refunds[oid]:
-            violations.append(f"cancelled order {oid}: charged {sum(captured)}, refunded {refunds[oid]}")
+            elif (named := hex_id(order["payment_id"]) if order["payment_id"] else None) != one.id:
+                violations.append(
+                    f"confirmed order {oid}: its payment_id {named} is not its captured payment {one.id}"
+                )
+        elif status == "CANCELLED":
+            kept = sum(p.amount - p.refunded for p in captured)
+            if kept or sum(ledger) != refunds:
+                violations.append(
+                    f"cancelled order {oid}: charged {sum(ledger)}, refunded {refunds}, "
+                    f"kept by its payments {kept}"
+                )
     return violations
 
 

@@ -351,6 +351,8 @@ def _summary(
         "faults_by_kind": dict(by_kind),
         "quiescence_seconds": round(waited, 1),
         "email_redeliveries": len(audit.email_redeliveries(data_dir)),
+        # By status: every authorisation of the run ends captured, voided or declined, none `authorized`.
+        "payments": audit.payment_counts(data_dir, load["baseline"]),
         # By status; `unknown` = killed mid-send, not re-sent (`unknown_delivered`: it did arrive).
         "notifications": notifications,
         "notifications_unknown": notifications.get("unknown", 0),
@@ -371,7 +373,11 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         "elapsed_seconds",
         "email_redeliveries",
     )
-    counts = {"outcome": summary["outcomes"], "notifications": summary["notifications"]}
+    counts = {
+        "outcome": summary["outcomes"],
+        "payments": summary.get("payments", {}),
+        "notifications": summary["notifications"],
+    }
     table = measures_table("ordersaga chaos", summary, keys, counts)
     for kind, recoveries in sorted(summary["faults_by_kind"].items()):
         shown = ", ".join("failed" if r is None else f"{r}s" for r in recoveries)

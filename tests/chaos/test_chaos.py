@@ -68,6 +68,10 @@ def test_chaos_under_load_loses_nothing(chaos: ChaosRun) -> None:
     assert report["outcomes"].get("CONFIRMED", 0) > 0, report["outcomes"]
     assert report["outcomes"].get("CANCELLED:payment_declined", 0) > 0, report["outcomes"]
     assert report["outcomes"].get("CANCELLED:out_of_stock", 0) > 0, report["outcomes"]
+    # Every order paid by authorisation and capture; no hold outlived the run.
+    payments = report["payments"]
+    assert "authorized" not in payments and "pending" not in payments, payments
+    assert payments.get("captured", 0) >= report["outcomes"]["CONFIRMED"], (payments, report["outcomes"])
 
 
 @pytest.fixture
@@ -102,11 +106,11 @@ def test_the_audit_catches_each_broken_invariant(chaos: ChaosRun, broken: Path) 
         "UPDATE inventory_reservations SET status = 'reserved' WHERE order_id = "
         "(SELECT order_id FROM inventory_reservations WHERE status = 'released' LIMIT 1)",
     )
-    # A declined card turned into a charge: a cancelled order with money kept.
+    # A declined card turned into a capture: a cancelled order with money kept.
     assert _write(
         broken,
         "payments",
-        "UPDATE payment_transactions SET kind = 'charge' WHERE id = "
+        "UPDATE payment_transactions SET kind = 'capture' WHERE id = "
         "(SELECT id FROM payment_transactions WHERE kind = 'decline' LIMIT 1)",
     )
     assert _write(
@@ -127,6 +131,30 @@ def test_the_audit_catches_each_broken_invariant(chaos: ChaosRun, broken: Path) 
         "delivered 2 times",
     ):
         assert expected in found, found
+
+
+@pytest.mark.slow
+@pytest.mark.temporal
+@pytest.mark.timeout(420)
+def test_the_audit_catches_an_authorisation_outliving_its_order(chaos: ChaosRun, broken: Path) -> None:
+    base = audit.Baseline.from_json(chaos.report["baseline"])
+    clients = set(chaos.report["client_order_ids"])
+    assert audit.audit(broken, base, clients) == []
+    cancelled = {o["id"] for o in audit.run_orders(broken, base) if o["status"] == "CANCELLED"}
+    with closing(sqlite3.connect(broken / "payments.db")) as conn:
+        released = conn.execute(
+            "SELECT id, order_id FROM payments "
+            "WHERE status IN ('voided', 'declined') AND order_id IS NOT NULL"
+        ).fetchall()
+    # A hold of a cancelled order (voided, or declined by the card) turned back into an authorisation.
+    payment_id, order_id = next((p, o) for p, o in released if audit.hex_id(o) in cancelled)
+    assert _write(broken, "payments", f"UPDATE payments SET status = 'authorized' WHERE id = '{payment_id}'")
+
+    payment, order = audit.hex_id(payment_id), audit.hex_id(order_id)
+    assert audit.audit(broken, base, clients) == [
+        f"payment {payment} of order {order} still authorized after CANCELLED"
+    ]
+    assert audit.pending(broken, base).live_payments == 1
 
 
 @pytest.mark.slow

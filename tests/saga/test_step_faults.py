@@ -40,6 +40,14 @@ def order_command(kind: str) -> Match:
     return Match("orders", "POST", r"/internal/orders/[^/]+/commands", {"type": kind})
 
 
+# How a compensation is reached: a declined card fails the authorisation (the void, the release and
+# the cancel run); a customer's cancel while the capture is in flight lets it capture, then unwinds
+# (the refund of the capture runs first, on money really taken).
+DECLINED_CARD = "declined_card"
+CANCEL_DURING_CAPTURE = "cancel_during_capture"
+CAPTURE = Match("payments", "POST", r"/authorizations/[^/]+/capture")
+
+
 @dataclass(frozen=True)
 class Boundary:
     """The HTTP call that starts a step (or one half of it) or a compensation."""
@@ -47,20 +55,28 @@ class Boundary:
     name: str
     match: Match
     step: str  # the step of the saga view that shows this call's attempts and failure
-    compensation: bool = False  # reached only while unwinding: the order is paid with a declined card
+    unwound_by: str | None = None  # a compensation: how the example makes the saga unwind
     review: bool = False  # reached only by an order above the review threshold
     attempts_shown: bool = True  # commit_stock's attempts are not in the view (confirm_order shows its own)
     # A short call, run as a local activity (WORKER_LOCAL_ACTIVITIES, on by default): a killed worker's
     # call is run again, from its first attempt, by the next worker that takes over the workflow task.
+    # The payment calls and the compensations are regular activities.
     local: bool = True
+
+    @property
+    def compensation(self) -> bool:
+        return self.unwound_by is not None
 
 
 BOUNDARIES = (
     Boundary("create_order", order_command("create"), "create_order"),
     Boundary("validate_user", Match("users", "GET", r"/internal/users/[^/]+"), "validate_user"),
     Boundary("reserve_stock", Match("inventory", "POST", r"/reservations"), "reserve_stock"),
+    Boundary(
+        "authorize_payment", Match("payments", "POST", r"/authorizations"), "authorize_payment", local=False
+    ),
     Boundary("review", order_command("await_review"), "review", review=True),
-    Boundary("charge_payment", Match("payments", "POST", r"/charges"), "charge_payment", local=False),
+    Boundary("capture_payment", CAPTURE, "capture_payment", local=False),
     Boundary(
         "commit_stock",
         Match("inventory", "POST", r"/reservations/[^/]+/commit"),
@@ -70,20 +86,27 @@ BOUNDARIES = (
     Boundary("confirm_order", order_command("confirm"), "confirm_order"),
     Boundary("notify_customer", Match("notifications", "POST", r"/notifications"), "notify_customer"),
     Boundary(
-        "refund_payment",
+        "refund_capture",
         Match("payments", "POST", r"/charges/[^/]+/refund"),
-        "charge_payment",
-        compensation=True,
+        "capture_payment",
+        unwound_by=CANCEL_DURING_CAPTURE,
+        local=False,
+    ),
+    Boundary(
+        "void_payment",
+        Match("payments", "POST", r"/authorizations/[^/]+/void"),
+        "authorize_payment",
+        unwound_by=DECLINED_CARD,
         local=False,
     ),
     Boundary(
         "release_stock",
         Match("inventory", "POST", r"/reservations/[^/]+/release"),
         "reserve_stock",
-        compensation=True,
+        unwound_by=DECLINED_CARD,
         local=False,
     ),
-    Boundary("cancel_order", order_command("cancel"), "create_order", compensation=True, local=False),
+    Boundary("cancel_order", order_command("cancel"), "create_order", unwound_by=DECLINED_CARD, local=False),
 )
 BY_NAME = {boundary.name: boundary for boundary in BOUNDARIES}
 ALL_PAIRS = frozenset((b.name, f) for b in BOUNDARIES for f in FAULTS)
@@ -98,36 +121,46 @@ class Outcome:
 
 
 CONFIRMED = Outcome("CONFIRMED", None, "completed", "order_confirmed")
-DECLINED_OUTCOME = Outcome("CANCELLED", "payment_declined", "compensated", "order_cancelled")
 UNWOUND = Outcome("CANCELLED", "internal_error", "compensated", "order_cancelled")
+# What an example reaching a compensation ends with when nothing is injected.
+UNWIND_OUTCOMES = {
+    DECLINED_CARD: Outcome("CANCELLED", "payment_declined", "compensated", "order_cancelled"),
+    CANCEL_DURING_CAPTURE: Outcome("CANCELLED", "customer_cancelled", "compensated", "order_cancelled"),
+}
 
-# A refusal (4xx with a code no activity knows → `upstream_rejected`) at each boundary. Before the
-# pivot it is final: the step fails, the saga unwinds and cancels with internal_error. A refused notice
-# never undoes the order. The pivot (commit stock, confirm) and the compensations must not give up
-# (activities/http.py, `must_succeed`): a refusal there is retried like an outage, and the saga ends
-# as it would have without it, with nothing stranded.
-MUST_SUCCEED = frozenset({"commit_stock", "confirm_order", "refund_payment", "release_stock", "cancel_order"})
+# A refusal (4xx with a code no activity knows → `upstream_rejected`) at each forward boundary. Before
+# the pivot it is final: the step fails, the saga unwinds and cancels with internal_error; a refused
+# authorisation leaves nothing held (its void records a placeholder for the key), a refused capture
+# leaves the hold, which the void releases (the refund of the capture finds nothing captured). A
+# refused notice never undoes the order. The pivot (commit stock, confirm) and the compensations must
+# not give up (activities/http.py, `must_succeed`): a refusal there is retried like an outage, and
+# the saga ends as it would have without it, with nothing stranded.
+MUST_SUCCEED = frozenset(
+    {"commit_stock", "confirm_order", "refund_capture", "void_payment", "release_stock", "cancel_order"}
+)
 REFUSED: dict[str, Outcome] = {
     "create_order": UNWOUND,
     "validate_user": UNWOUND,
     "reserve_stock": UNWOUND,
+    "authorize_payment": UNWOUND,
     "review": UNWOUND,
-    "charge_payment": UNWOUND,
+    "capture_payment": UNWOUND,
     "commit_stock": CONFIRMED,
     "confirm_order": CONFIRMED,
     "notify_customer": Outcome("CONFIRMED", None, "completed", None),
-    "refund_payment": DECLINED_OUTCOME,
-    "release_stock": DECLINED_OUTCOME,
-    "cancel_order": DECLINED_OUTCOME,
 }
+assert set(REFUSED) | MUST_SUCCEED >= set(BY_NAME), "every boundary has an expected refusal outcome"
 
 
 def expected(boundary: Boundary, fault: str) -> Outcome:
+    if boundary.unwound_by is not None:
+        # Every compensation must succeed: whatever is injected, the unwinding ends as it would have.
+        return UNWIND_OUTCOMES[boundary.unwound_by]
     if fault == "activity_error":
         return REFUSED[boundary.name]
     # A 5xx burst is retried and a killed worker's activity runs again on the next one, idempotently:
     # neither changes what happens to the order.
-    return DECLINED_OUTCOME if boundary.compensation else CONFIRMED
+    return CONFIRMED
 
 
 @dataclass
@@ -141,8 +174,9 @@ def faulty_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultySta
     """Its own Temporal dev server, services and worker; the worker reaches every service via a proxy."""
     stack = Stack(tmp_path_factory.mktemp("fault-stack"))
     proxies = FaultProxies({name: stack.url(name) for name in DATA_SERVICES}).start()
-    # A charge whose worker was killed is retried only after its 15 s start-to-close timeout; a longer
-    # budget than the suite's 20 s keeps that retry inside it on a loaded machine. No example spends it.
+    # A payment call (authorise, capture) whose worker was killed is retried only after its 15 s
+    # start-to-close timeout; a longer budget than the suite's 20 s keeps that retry inside it on a
+    # loaded machine. No example spends it.
     stack.worker_env = proxies.worker_env() | {"WORKER_PAYMENT_BUDGET_SECONDS": "45"}
     try:
         stack.start()
@@ -176,7 +210,7 @@ def test_every_fault_at_every_saga_boundary_keeps_the_invariants(faulty_stack: F
             except BaseException:
                 print(f"FAILED: {fault} at {boundary}\n{faulty_stack.stack.logs()}")
                 raise
-            print(f"{fault:>14} at {boundary:<16} {time.monotonic() - began:5.1f}s")
+            print(f"{fault:>14} at {boundary:<17} {time.monotonic() - began:5.1f}s")
 
         try:
             fault_at_boundary()
@@ -190,9 +224,11 @@ def test_every_fault_at_every_saga_boundary_keeps_the_invariants(faulty_stack: F
 async def run_example(env: FaultyStack, driver: Driver, boundary: Boundary, fault: str) -> None:
     proxies, stack = env.proxies, env.stack
     proxies.reset()
-    customer = await driver.customer(card=DECLINED if boundary.compensation else OK_CARD)
+    customer = await driver.customer(card=DECLINED if boundary.unwound_by == DECLINED_CARD else OK_CARD)
     product = await driver.product(stock=STOCK, price_cents=REVIEW_PRICE if boundary.review else PRICE)
 
+    # Armed first, so that it sees the capture whatever the fault's rule is.
+    capture = proxies.arm(CAPTURE).hold() if boundary.unwound_by == CANCEL_DURING_CAPTURE else None
     rule = proxies.arm(boundary.match)
     if fault == "activity_error":
         rule.fail_with(422, "injected_refusal")
@@ -205,6 +241,14 @@ async def run_example(env: FaultyStack, driver: Driver, boundary: Boundary, faul
     assert accepted.status_code == 202, accepted.text
     order_id = accepted.json()["id"]
 
+    if capture is not None:
+        # The customer cancels while the capture is in flight: it is not interrupted, it captures, and
+        # then the saga unwinds, refunding it.
+        await capture.wait_held()
+        cancelled = await driver.cancel(order_id, customer)
+        assert cancelled.status_code == 202, cancelled.text
+        capture.release()
+        assert 200 <= await capture.wait_forwarded_after_hold() < 300
     if fault == "worker_kill":
         await rule.wait_held()
         stack.processes["worker"].kill()
@@ -226,7 +270,29 @@ async def run_example(env: FaultyStack, driver: Driver, boundary: Boundary, faul
     assert_fault_fired(rule, fault)
     assert_outcome(order, view, outcome, boundary, fault)
     await driver.assert_invariants(order, {product: STOCK})
+    await assert_payments(driver, order_id, boundary, fault, outcome)
     await assert_one_notice(driver, customer.user_id, order_id, outcome.notice)
+
+
+async def assert_payments(
+    driver: Driver, order_id: str, boundary: Boundary, fault: str, outcome: Outcome
+) -> None:
+    """What is left of the order's payment: one row, and its status says where the money went."""
+    payments = await driver.payments_of(order_id)
+    statuses = [p["status"] for p in payments]
+    if outcome.status == "CONFIRMED":
+        expected_statuses = ["captured"]
+    elif boundary.unwound_by == CANCEL_DURING_CAPTURE:
+        expected_statuses = ["refunded"]  # captured, then refunded in full
+    elif boundary.unwound_by == DECLINED_CARD:
+        expected_statuses = ["declined"]
+    elif boundary.name in ("create_order", "validate_user", "reserve_stock") or (
+        boundary.name == "authorize_payment" and fault == "activity_error"
+    ):
+        expected_statuses = []  # never authorised (a refused one left only a placeholder, of no order)
+    else:
+        expected_statuses = ["voided"]  # authorised, then the hold released
+    assert statuses == expected_statuses, payments
 
 
 def assert_fault_fired(rule: Rule, fault: str) -> None:

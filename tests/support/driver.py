@@ -13,6 +13,11 @@ import httpx
 from tests.support.identity import as_admin, as_customer, as_service
 
 FINAL_SAGA_STATES = {"completed", "compensated", "compensation_failed"}
+CONFIRMED_STATUSES = ("CONFIRMED", "SHIPPED", "DELIVERED")
+# A payment in these statuses took money (a refund, partial or full, keeps it counted as captured).
+CAPTURED_STATUSES = ("captured", "refunded")
+# A payment in these still holds money on the card, or may yet: none may outlive a final order.
+LIVE_PAYMENT_STATUSES = ("authorized", "pending")
 OK_CARD = "4242424242424242"
 
 
@@ -162,8 +167,12 @@ class Driver:
         assert response.status_code == 204, response.text
 
     async def assert_invariants(self, order: dict[str, Any], stock_before: dict[str, int]) -> None:
-        """Stock conserved, no live hold, and the net charge equals the confirmed total or 0."""
-        confirmed = order["status"] in ("CONFIRMED", "SHIPPED", "DELIVERED")
+        """Stock conserved, no live hold on stock or card, and the net charge is the confirmed total or 0.
+
+        A final order keeps no authorisation (nor a payment still in flight): each was captured,
+        voided or declined. A confirmed order's `payment_id` is its one captured payment.
+        """
+        confirmed = order["status"] in CONFIRMED_STATUSES
         if confirmed:
             assert order["cancel_reason"] is None
         else:
@@ -175,12 +184,14 @@ class Driver:
             assert now["on_hand"] + sold == on_hand_before, (product_id, now, on_hand_before)
             assert now["reserved"] == 0, f"a reservation outlived order {order['id']}: {now}"
         payments = await self.payments_of(order["id"])
-        captured = [p for p in payments if p["status"] in ("captured", "refunded")]
+        live = [p for p in payments if p["status"] in LIVE_PAYMENT_STATUSES]
+        assert live == [], f"an authorisation outlived order {order['id']} ({order['status']}): {payments}"
+        captured = [p for p in payments if p["status"] in CAPTURED_STATUSES]
         net = sum(p["amount_cents"] - p["refunded_cents"] for p in captured)
         if confirmed:
             assert len(captured) == 1, payments
             assert net == order["total_cents"], (net, order)
-            assert order["payment_id"] == captured[0]["id"]
+            assert order["payment_id"] == captured[0]["id"], (order["payment_id"], payments)
         else:
             assert len(captured) <= 1, payments
             assert net == 0, payments
