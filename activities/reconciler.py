@@ -9,6 +9,7 @@ handling. An order whose saga never started is the orders service's own sweeper'
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlencode
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -29,10 +30,7 @@ class ReconcilerActivities:
 
     @activity.defn(name="find_stranded_orders")
     async def find_stranded_orders(self, older_than_seconds: float) -> list[StrandedOrder]:
-        response = await self._orders.call(
-            "GET", f"/internal/orders/unfinished?older_than_seconds={older_than_seconds}&limit={PAGE_SIZE}"
-        )
-        unfinished = response.json()["items"]
+        unfinished = await self._unfinished(older_than_seconds)
         gate = asyncio.Semaphore(DESCRIBE_CONCURRENCY)
 
         async def closed(order: dict[str, str]) -> StrandedOrder | None:
@@ -50,6 +48,20 @@ class ReconcilerActivities:
                 extra={"orders": [o.order_id for o in stranded], "unfinished": len(unfinished)},
             )
         return stranded
+
+    async def _unfinished(self, older_than_seconds: float) -> list[dict[str, str]]:
+        """Every unfinished order, page by page: orders in review must not hide a stranded one."""
+        orders: list[dict[str, str]] = []
+        cursor: str | None = None
+        while True:
+            query = {"older_than_seconds": older_than_seconds, "limit": PAGE_SIZE}
+            path = "/internal/orders/unfinished?" + urlencode(query | ({"cursor": cursor} if cursor else {}))
+            body = (await self._orders.call("GET", path)).json()
+            orders += body["items"]
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return orders
+            activity.heartbeat(len(orders))
 
     @activity.defn(name="saga_facts")
     async def saga_facts(self, order_id: str) -> SagaFacts:

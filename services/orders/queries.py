@@ -10,7 +10,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.errors import Problem
-from services.kit.keyset import after, split_page
+from services.kit.keyset import after, cursor_for, split_page
 from services.kit.pagination import PageParams, decode_cursor, encode_cursor
 from services.orders.domain import OrderStatus
 from services.orders.models import Order, OrderEvent
@@ -49,19 +49,24 @@ async def order_events_page(
     return rows, encode_cursor(rows[-1].version)
 
 
-async def unfinished_orders(session: AsyncSession, changed_before: datetime, limit: int) -> list[Order]:
+async def unfinished_orders(
+    session: AsyncSession, changed_before: datetime, limit: int, cursor: str | None = None
+) -> tuple[list[Order], str | None]:
     """Orders not final yet whose saga was started and that have not changed since `changed_before`.
 
-    Oldest change first; an order whose saga start is still pending is the start sweeper's, not here.
+    Oldest change first, in pages over (updated_at, id); an order whose saga start is still pending
+    is the start sweeper's, not here.
     """
-    statement = (
-        select(Order)
-        .where(
-            col(Order.status).in_(UNFINISHED),
-            col(Order.saga_started_at).is_not(None),
-            col(Order.updated_at) <= changed_before,
-        )
-        .order_by(col(Order.updated_at), col(Order.id))
-        .limit(limit)
+    statement = select(Order).where(
+        col(Order.status).in_(UNFINISHED),
+        col(Order.saga_started_at).is_not(None),
+        col(Order.updated_at) <= changed_before,
     )
-    return list((await session.exec(statement)).all())
+    if cursor is not None:
+        statement = statement.where(after(col(Order.updated_at), col(Order.id), cursor, descending=False))
+    statement = statement.order_by(col(Order.updated_at), col(Order.id)).limit(limit + 1)
+    rows = list((await session.exec(statement)).all())
+    if len(rows) <= limit:
+        return rows, None
+    page = rows[:limit]
+    return page, cursor_for(page[-1].updated_at, page[-1].id)

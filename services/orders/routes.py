@@ -202,14 +202,16 @@ async def list_unfinished_orders(
         Query(ge=0, allow_inf_nan=False, description="Only orders unchanged for at least this long."),
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many orders.")] = 100,
+    cursor: Annotated[str | None, Query(max_length=500, description="The page before's next_cursor.")] = None,
 ) -> UnfinishedOrdersOut:
     try:
         changed_before = utcnow() - timedelta(seconds=older_than_seconds)
     except OverflowError:  # further back than any datetime: no order is that old
         return UnfinishedOrdersOut(items=[])
     async with session.begin():
-        orders = await unfinished_orders(session, changed_before, limit)
+        orders, next_cursor = await unfinished_orders(session, changed_before, limit, cursor)
     return UnfinishedOrdersOut(
+        next_cursor=next_cursor,
         items=[
             UnfinishedOrderOut(
                 id=order.id,
@@ -219,7 +221,7 @@ async def list_unfinished_orders(
                 saga_started_at=order.saga_started_at,
             )
             for order in orders
-        ]
+        ],
     )
 
 

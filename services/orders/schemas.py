@@ -134,6 +134,7 @@ class UnfinishedOrderOut(BaseModel):
 
 class UnfinishedOrdersOut(BaseModel):
     items: list[UnfinishedOrderOut]
+    next_cursor: str | None = None
 
 
 OrderCommandIn = Annotated[

@@ -32,7 +32,7 @@ async def _unfinished(client: httpx.AsyncClient, **params: Any) -> list[dict[str
     response = await client.get(PATH, params=params, headers=as_service())
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
-    assert set(body) == {"items"}
+    assert set(body) == {"items", "next_cursor"}
     items: list[dict[str, Any]] = body["items"]
     return items
 
@@ -124,3 +124,29 @@ async def test_unfinished_orders_are_for_the_saga_only(orders: httpx.AsyncClient
         response = await orders.get(PATH, headers=headers)
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_unfinished_orders_page_through_every_one_with_a_cursor(orders: httpx.AsyncClient) -> None:
+    placed = [await order_in_status(orders, "AWAITING_REVIEW") for _ in range(5)]
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        response = await orders.get(PATH, params=params, headers=as_service())
+        assert response.status_code == 200, response.text
+        body = response.json()
+        seen += [item["id"] for item in body["items"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == placed, "every order once, oldest change first"
+
+
+async def test_an_unreadable_cursor_is_a_422(orders: httpx.AsyncClient) -> None:
+    response = await orders.get(PATH, params={"cursor": "not-a-cursor"}, headers=as_service())
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "invalid_cursor"
