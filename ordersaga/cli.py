@@ -68,9 +68,19 @@ def migrate(service: ServiceName) -> None:
 @app.command()
 def worker() -> None:
     """Run the Temporal worker (task queue `orders`) until SIGTERM or Ctrl-C."""
-    from workers.main import serve as serve_worker
+    from pydantic import ValidationError
 
-    asyncio.run(serve_worker())
+    from workers.main import serve as serve_worker
+    from workers.settings import WorkerSettings
+
+    try:
+        settings = WorkerSettings()
+    except ValidationError as err:
+        for problem in err.errors():
+            where = ".".join(str(part) for part in problem["loc"]) or "settings"
+            console.print(f"[red]worker settings[/] {where}: {problem['msg']}")
+        raise typer.Exit(2) from None
+    asyncio.run(serve_worker(settings))
     _exit(0)
 
 

@@ -25,6 +25,8 @@ from tests.support.fault_proxy import FaultProxies, Match
 from tests.support.identity import as_admin, as_customer
 from tests.support.processes import VENV_BIN
 from tests.support.stack import Stack
+from workflows.payloads import TASK_QUEUE
+from workflows.repair import ReconcileWorkflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.temporal]
 
@@ -39,6 +41,7 @@ RECONCILE_DEFAULT_INTERVAL = 30.0
 RESERVE = Match("inventory", "POST", r"/reservations")
 RELEASE = Match("inventory", "POST", r"/reservations/[^/]+/release")
 COMMIT = Match("inventory", "POST", r"/reservations/[^/]+/commit")
+VOID = Match("payments", "POST", r"/authorizations/[^/]+/void")
 
 
 @dataclass
@@ -418,3 +421,38 @@ async def test_an_operator_can_give_up_on_a_failed_compensation_with_a_reason(
     view = await driver.saga(order_id)
     assert view["status"] == "compensation_failed", "the view still tells that it never ran"
     record(order_id, "compensation_failed")
+
+
+async def test_two_reconcilers_at_once_and_a_worker_killed_mid_repair_repair_once(
+    operated: OperatedStack, driver: Driver, temporal_client: Client
+) -> None:
+    customer = await driver.customer()
+    product = await driver.product(stock=STOCK, price_cents=REVIEW_PRICE)
+    order_id = await in_review(driver, customer, product)
+    operated.temporal("workflow", "terminate", "--workflow-id", f"order-{order_id}", "--reason", "test")
+    void = operated.proxies.arm(VOID).hold()
+
+    # Two sweeps at once, as two reconcilers (or an operator's "Trigger" beside the schedule's) start them.
+    sweeps = [
+        await temporal_client.start_workflow(
+            ReconcileWorkflow.run, 0.0, id=f"reconcile-test-{side}-{order_id}", task_queue=TASK_QUEUE
+        )
+        for side in ("a", "b")
+    ]
+    started = [await sweep.result() for sweep in sweeps]
+    assert sum(order_id in orders for orders in started) == 1, started
+
+    await void.wait_held()  # the repair is voiding the hold: the worker dies mid-repair
+    operated.stack.processes["worker"].kill()
+    void.release()
+    await asyncio.to_thread(operated.stack.restart, "worker")
+
+    repair = temporal_client.get_workflow_handle(f"repair-{order_id}")
+    await repair.result()
+    order = await driver.order(order_id)
+    assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "saga_terminated")
+    await driver.assert_invariants(order, {product: STOCK})
+    runs = [w async for w in temporal_client.list_workflows(f'WorkflowId = "repair-{order_id}"')]
+    assert len(runs) == 1, "one repair"
+    assert await saga_notices(driver, customer, order_id) == ["order_cancelled"]
+    assert (await event_types(driver, order_id)).count("order.cancelled") == 1
