@@ -190,11 +190,11 @@ class OrderWorkflow:
         )
         authorization: Charge = await self._step(
             "authorize_payment",
-            lambda: workflow.execute_activity_method(
+            _payment_call(
                 PaymentActivities.authorize_payment,
                 self._charge_request(order, reserved),
-                **_options(policies.payment(policy)),
-                summary=f"authorise {reserved.total_cents} {reserved.currency}",
+                policy,
+                f"authorise {reserved.total_cents} {reserved.currency}",
             ),
             budget_reason="payment_failed",
         )
@@ -209,11 +209,11 @@ class OrderWorkflow:
         # refunds it, so that no capture can land after its refund.
         return await self._step(
             "capture_payment",
-            lambda: workflow.execute_activity_method(
+            _payment_call(
                 PaymentActivities.capture_payment,
                 order.order_id,
-                **_options(policies.payment(policy)),
-                summary=f"capture {reserved.total_cents} {reserved.currency}",
+                policy,
+                f"capture {reserved.total_cents} {reserved.currency}",
             ),
             interruptible=False,
             budget_reason="payment_failed",
@@ -231,11 +231,11 @@ class OrderWorkflow:
         )
         charge: Charge = await self._step(
             "capture_payment",
-            lambda: workflow.execute_activity_method(
+            _payment_call(
                 PaymentActivities.charge_payment,
                 self._charge_request(order, reserved),
-                **_options(policies.payment(policy)),
-                summary=f"charge {reserved.total_cents} {reserved.currency}",
+                policy,
+                f"charge {reserved.total_cents} {reserved.currency}",
             ),
             budget_reason="payment_failed",
         )
@@ -596,6 +596,15 @@ class OrderWorkflow:
             raise ApplicationError("no failed compensation to give up on", type="illegal_transition")
         if not request.reason.strip():
             raise ApplicationError("giving up needs a reason", type="invalid_request")
+
+
+def _payment_call(
+    activity_method: Callable[[Any, Any], Awaitable[Charge]], argument: Any, policy: SagaPolicy, summary: str
+) -> Callable[[], Awaitable[Charge]]:
+    """A call to the card network through payments: a regular activity with the payment retry budget."""
+    return lambda: workflow.execute_activity_method(
+        activity_method, argument, **_options(policies.payment(policy)), summary=summary
+    )
 
 
 def _options(options: policies.ActivityOptions) -> dict[str, Any]:

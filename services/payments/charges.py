@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from fastapi import Response
 from sqlalchemy import case, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -58,6 +59,12 @@ DEFAULT_AUTHORIZATION_VALIDITY_SECONDS = 7 * 24 * 3600.0
 class ChargeResult:
     payment: Payment
     created: bool
+
+    def answered(self, response: Response) -> Payment:
+        """The payment, with 200 instead of the route's 201 when its key had already been settled."""
+        if not self.created:
+            response.status_code = 200
+        return self.payment
 
 
 class _RefundTooLarge(Exception):

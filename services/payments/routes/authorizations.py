@@ -34,10 +34,7 @@ AuthorizationKey = Annotated[
 async def create_authorization(
     _: ServiceDep, key: IdempotencyKeyDep, body: ChargeCreate, ledger: LedgerDep, response: Response
 ) -> Payment:
-    result = await ledger.authorize(key, body)
-    if not result.created:
-        response.status_code = 200
-    return result.payment
+    return (await ledger.authorize(key, body)).answered(response)
 
 
 @router.post(

@@ -25,10 +25,7 @@ router = APIRouter(tags=["charges"])
 async def create_charge(
     _: ServiceDep, key: IdempotencyKeyDep, body: ChargeCreate, ledger: LedgerDep, response: Response
 ) -> Payment:
-    result = await ledger.charge(key, body)
-    if not result.created:
-        response.status_code = 200
-    return result.payment
+    return (await ledger.charge(key, body)).answered(response)
 
 
 @router.post(
