@@ -25,6 +25,7 @@ BIG_PRICE = 60_000
 # pivot's first call (commit stock) is a regular activity (workflows/order.py `_confirm` says why),
 # and the patch adds a marker and an upsert of TemporalChangeVersion (19 → 32 local, 49 → 57 regular).
 SUCCESS_HISTORY_EVENTS = {"local": 32, "regular": 57}
+SUCCESS_WORKFLOW_TASKS = {"local": 4, "regular": 9}
 
 
 def step(view: dict[str, Any], name: str) -> dict[str, Any]:
@@ -150,7 +151,12 @@ async def test_history_size_of_a_successful_saga(driver: Driver, stack: Stack, c
     history = await client.get_workflow_handle(accepted.json()["workflow_id"]).fetch_history()
     kinds = Counter(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events)
     print(f"history events of a successful saga ({calls} calls): {len(history.events)} {dict(kinds)}")
-    assert len(history.events) == SUCCESS_HISTORY_EVENTS[calls]
+    # On a loaded machine the server may deliver one result in a workflow task of its own: a task
+    # more (three events) is the machine's, not the saga's. Everything else is counted exactly.
+    tasks = sum(kinds[f"WORKFLOW_TASK_{phase}"] for phase in ("SCHEDULED", "STARTED", "COMPLETED"))
+    nominal_tasks = SUCCESS_WORKFLOW_TASKS[calls] * 3
+    assert len(history.events) - tasks == SUCCESS_HISTORY_EVENTS[calls] - nominal_tasks
+    assert nominal_tasks <= tasks <= nominal_tasks + 3, kinds
     # Local calls leave markers; only the payment calls (authorise, capture) and the pivot's start
     # (commit stock) are still activity tasks of the server's.
     scheduled = sum(e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED for e in history.events)
