@@ -331,6 +331,11 @@ async def _transition_once(
             payment_id=transition.payment_id,
         )
     except domain.IllegalTransition as exc:
+        # The same command, retried concurrently, may have committed between our look for it and our
+        # read of the order (READ COMMITTED): then this is its replay, not an illegal transition.
+        replay = await _replayed(session, order_id, transition.command, command_id)
+        if replay is not None:
+            return replay
         raise Problem(409, "illegal_transition", str(exc), status_now=order.status) from None
     except domain.ConfirmationMismatch as exc:
         raise Problem(422, "confirmation_mismatch", str(exc)) from None
