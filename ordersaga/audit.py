@@ -149,7 +149,7 @@ def wait_quiescent(data_dir: Path, base: Baseline, timeout: float) -> tuple[bool
 
 
 def audit(data_dir: Path, base: Baseline, client_order_ids: set[str]) -> list[str]:
-    """Every invariant of DESIGN.md; returns one line per violation (empty = all hold).
+    """Every invariant of RELIABILITY.md's table; returns one line per violation (empty = all hold).
 
     - every order a client saw accepted exists, and is final (a cancelled one with its reason);
     - stock is conserved, and no reservation outlives its order (committed only for a confirmed one);

@@ -1,4 +1,4 @@
-"""The public route table: exactly DESIGN.md's table, under `/api/v1`, and nothing else.
+"""The public route table: the public API of the README, under `/api/v1`, and nothing else.
 
 Every path here is the owning service's own path, so the upstream path is the public path without
 the prefix. Saga-only endpoints (reservations, charges, refunds, internal order commands) are absent
