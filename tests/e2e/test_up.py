@@ -15,6 +15,7 @@ import pytest
 
 from ordersaga.smtp_sink import read_mailbox
 from tests.e2e.conftest import ARTIFACTS, UpProcess, start_up
+from tests.support.prerequisites import chromium_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.temporal]
 
@@ -97,9 +98,7 @@ def test_readme_quickstart_confirms_an_order_and_compensates_a_declined_one(up: 
 
 
 def test_web_ui_lists_confirmed_orders_in_a_real_browser(up: UpProcess) -> None:
-    chromium = "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
+    chromium = chromium_path()
     creds = up.credentials()
     token, user_id = login(up.api, creds["demo_email"], creds["demo_password"])
     auth = {"Authorization": f"Bearer {token}"}
