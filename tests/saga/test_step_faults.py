@@ -11,6 +11,7 @@ promises for that fault, the invariants (stock, money, one notice), and that the
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,6 +111,11 @@ BOUNDARIES = (
 )
 BY_NAME = {boundary.name: boundary for boundary in BOUNDARIES}
 ALL_PAIRS = frozenset((b.name, f) for b in BOUNDARIES for f in FAULTS)
+# `make test` is the gating run a contributor waits for: every boundary once, the faults taking turns,
+# so every fault still fires at a third of the boundaries. CI (.ci/run) and ORDERSAGA_TEST_ALL_FAULTS=1
+# run the whole grid.
+GATING_PAIRS = frozenset((b.name, FAULTS[n % len(FAULTS)]) for n, b in enumerate(BOUNDARIES))
+SELECTED_PAIRS = ALL_PAIRS if os.environ.get("ORDERSAGA_TEST_ALL_FAULTS") == "1" else GATING_PAIRS
 
 
 @dataclass(frozen=True)
@@ -194,14 +200,15 @@ def test_every_fault_at_every_saga_boundary_keeps_the_invariants(faulty_stack: F
         driver = Driver({name: faulty_stack.stack.url(name) for name in DATA_SERVICES})
 
         @settings(
-            max_examples=len(ALL_PAIRS),  # the space is finite: hypothesis enumerates it, no repeats
+            max_examples=len(SELECTED_PAIRS),  # the space is finite: hypothesis enumerates it, no repeats
             deadline=None,
             derandomize=True,
             database=None,
             phases=[Phase.generate],  # no shrinking: each example costs seconds of real processes
         )
-        @given(boundary=st.sampled_from(list(BY_NAME)), fault=st.sampled_from(FAULTS))
-        def fault_at_boundary(boundary: str, fault: str) -> None:
+        @given(pair=st.sampled_from(sorted(SELECTED_PAIRS)))
+        def fault_at_boundary(pair: tuple[str, str]) -> None:
+            boundary, fault = pair
             covered.append((boundary, fault))
             note(f"{fault} at {boundary}")
             began = time.monotonic()
@@ -218,7 +225,7 @@ def test_every_fault_at_every_saga_boundary_keeps_the_invariants(faulty_stack: F
             runner.run(driver.close())
     print(f"{len(covered)} examples in {time.monotonic() - started:.0f}s")
     assert len(covered) == len(set(covered)), "an example ran twice"
-    assert set(covered) == ALL_PAIRS, f"not covered: {sorted(ALL_PAIRS - set(covered))}"
+    assert set(covered) == SELECTED_PAIRS, f"not covered: {sorted(SELECTED_PAIRS - set(covered))}"
 
 
 async def run_example(env: FaultyStack, driver: Driver, boundary: Boundary, fault: str) -> None:
