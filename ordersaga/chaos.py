@@ -7,7 +7,6 @@ finds a violation can be replayed with the same `--seed`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -15,6 +14,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -282,7 +282,8 @@ def run_chaos(
         injector = FaultInjector(stack, schedule, console)
         report = asyncio.run(_drive(load, injector, stack.data_dir, base_orders))
         injector.done.wait(timeout=300)
-        quiet, state, waited = audit.wait_quiescent(stack.data_dir, report["baseline"], quiesce_timeout)
+        with _status(console, "waiting for the stack to settle (quiescence)"):
+            quiet, state, waited = audit.wait_quiescent(stack.data_dir, report["baseline"], quiesce_timeout)
         violations = audit.audit(stack.data_dir, report["baseline"], set(load.keys))
         if not quiet:
             violations.append(f"not quiescent after {waited:.0f}s: {state}")
@@ -293,6 +294,10 @@ def run_chaos(
     except StartupError as err:
         console.print(f"[red bold]ordersaga chaos could not start the stack:[/] {err}")
         return 1
+    except (httpx.HTTPError, RuntimeError, ValueError) as err:
+        # The preparation (customers, stock top-up) failed, e.g. sign-ups answered 504: no fault ran.
+        console.print(f"[red bold]ordersaga chaos could not prepare its run:[/] {_describe(err)}")
+        return 1
     finally:
         # A SIGSTOPped Temporal would not answer the SIGTERM of stop_all.
         with contextlib.suppress(Exception):
@@ -300,7 +305,7 @@ def run_chaos(
             if temporal.proc is not None:
                 os.killpg(temporal.proc.pid, signal.SIGCONT)
         stack.stop()
-        if injector is not None:
+        if injector is not None and injector.thread.is_alive():
             injector.join(timeout=10)
     print_summary(console, summary)
     if json_path is not None:
@@ -390,30 +395,21 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         console.print(f"[red]violation:[/] {violation}", soft_wrap=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ordersaga chaos", description=__doc__)
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--orders", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=4.0)
-    parser.add_argument("--faults", type=int, default=9)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--hot-stock", type=int, default=15)
-    parser.add_argument("--quiesce-timeout", type=float, default=180.0)
-    parser.add_argument("--free-ports", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-    return run_chaos(
-        args.data_dir,
-        args.orders,
-        args.rate,
-        args.faults,
-        args.seed,
-        hot_stock=args.hot_stock,
-        quiesce_timeout=args.quiesce_timeout,
-        free_ports=args.free_ports,
-        json_path=args.json,
-    )
+def _status(console: Console, what: str) -> contextlib.AbstractContextManager[Any]:
+    """A spinner in a terminal; a plain line otherwise (a log file has no use for animation)."""
+    if console.is_terminal:
+        return console.status(what)
+    console.print(what + " ...")
+    return contextlib.nullcontext()
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, httpx.HTTPStatusError):
+        return f"{err.request.method} {err.request.url} answered {err.response.status_code}"
+    return f"{type(err).__name__}: {err}"
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ordersaga.cli import app
+
+    app(["chaos", *sys.argv[1:]])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -13,29 +15,53 @@ from rich.console import Console
 
 from services.registry import DATA_SERVICES, SERVICES
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run and operate ordersaga.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    help="Run and operate ordersaga.",
+    epilog="Examples:  [bold]ordersaga up[/]  ·  [bold]ordersaga load --orders 50[/]",
+)
 console = Console(stderr=True)
 
-ServiceName = Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")]
+# Choices, so that a wrong name is a usage error (exit 2) listing the valid ones.
+Service = enum.Enum("Service", {name: name for name in SERVICES}, type=str)  # type: ignore[misc]
+DataService = enum.Enum("DataService", {name: name for name in DATA_SERVICES}, type=str)  # type: ignore[misc]
 
 
-def _spec_or_exit(service: str):  # type: ignore[no-untyped-def]
-    if service not in SERVICES:
-        console.print(f"[red]unknown service {service!r}[/]; choose one of {', '.join(SERVICES)}")
-        raise typer.Exit(2)
-    return SERVICES[service]
+def _examples(*lines: str) -> str:
+    # Rich markup mode folds single newlines; each example stays on its own line with a blank one between.
+    return "Examples:\n\n" + "\n\n".join(f"  [bold]{line}[/]" for line in lines)
 
 
-@app.command()
+def _version(value: bool) -> None:
+    if value:
+        print(f"ordersaga {version('ordersaga')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Run and operate ordersaga."""
+
+
+@app.command(epilog=_examples("ordersaga serve users", "ordersaga serve gateway --port 8080"))
 def serve(
-    service: ServiceName,
+    service: Annotated[Service, typer.Argument(help="The service to run.")],
     host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default <SERVICE>_PORT or the service's own).")
+    ] = None,
 ) -> None:
     """Run one service with uvicorn; its migrations are applied on start unless *_AUTO_MIGRATE=false."""
     import uvicorn
 
-    spec = _spec_or_exit(service)
+    spec = SERVICES[service.value]
     settings = spec.settings()
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     if overrides:
@@ -53,19 +79,27 @@ def serve(
     )
 
 
-@app.command()
-def migrate(service: ServiceName) -> None:
+@app.command(
+    epilog=_examples(
+        "ordersaga migrate orders", "ORDERS_DATABASE_URL=postgresql+asyncpg://... ordersaga migrate orders"
+    )
+)
+def migrate(
+    service: Annotated[
+        DataService, typer.Argument(help="The service whose database to migrate (the gateway has none).")
+    ],
+) -> None:
     """Apply a service's migrations to its database (the explicit production step)."""
     from services.kit.migrations import upgrade
 
-    spec = _spec_or_exit(service)
+    spec = SERVICES[service.value]
     settings = spec.settings()
     url = settings.resolved_database_url()
-    asyncio.run(upgrade(service, url))
-    console.print(f"[green]{service}[/]: migrated to head")
+    asyncio.run(upgrade(service.value, url))
+    console.print(f"[green]{service.value}[/]: migrated to head")
 
 
-@app.command()
+@app.command(epilog=_examples("ordersaga worker", "TEMPORAL_ADDRESS=temporal:7233 ordersaga worker"))
 def worker() -> None:
     """Run the Temporal worker (task queue `orders`) until SIGTERM or Ctrl-C."""
     from pydantic import ValidationError
@@ -84,15 +118,25 @@ def worker() -> None:
     _exit(0)
 
 
-@app.command()
+@app.command(epilog=_examples("ordersaga up", "ordersaga up --data-dir /tmp/demo --workers 2"))
 def up(
-    data_dir: Annotated[Path | None, typer.Option(help="State and logs (default .data).")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="ORDERSAGA_DATA_DIR", show_envvar=True, help="State and logs (default .data)."),
+    ] = None,
     otel: Annotated[
         str | None,
-        typer.Option(help="An OTLP/HTTP collector address (e.g. http://127.0.0.1:4318): turns tracing on."),
+        typer.Option(
+            envvar="ORDERSAGA_OTEL_ENDPOINT",
+            show_envvar=True,
+            help="An OTLP/HTTP collector address (e.g. http://127.0.0.1:4318): turns tracing on.",
+        ),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes (default ORDERSAGA_WORKERS or 1).")
+        int | None,
+        typer.Option(
+            min=1, envvar="ORDERSAGA_WORKERS", show_envvar=True, help="Worker processes (default 1)."
+        ),
     ] = None,
 ) -> None:
     """Run the whole system: Temporal + Web UI, NATS, the services, the worker and the gateway."""
@@ -109,9 +153,14 @@ def up(
     _exit(run_up(settings))
 
 
-@app.command()
+DataDir = Annotated[
+    Path, typer.Option(envvar="ORDERSAGA_DATA_DIR", show_envvar=True, help="The data dir of `ordersaga up`.")
+]
+
+
+@app.command(epilog=_examples("ordersaga seed", "ordersaga seed --data-dir /tmp/demo"))
 def seed(
-    data_dir: Annotated[Path, typer.Option(help="Where credentials.json lives.")] = Path(".data"),
+    data_dir: DataDir = Path(".data"),
 ) -> None:
     """Create the admin, the demo customer with test cards, and the demo catalog (idempotent)."""
     import httpx
@@ -127,7 +176,12 @@ def seed(
     console.print(f"seeded: {len(result.products)} products, demo customer {creds.demo_email}")
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "ordersaga load --orders 200 --rate 10",
+        "ordersaga load --duration 60 --concurrency 8 --cards success=80,declined=15,transient=5",
+    )
+)
 def load(
     api: Annotated[str, typer.Option(help="The gateway's public API.")] = "http://127.0.0.1:8000/api/v1",
     orders: Annotated[int | None, typer.Option(help="How many orders (omit with --duration).")] = 100,
@@ -144,7 +198,12 @@ def load(
     seed: Annotated[int | None, typer.Option(help="Random seed, for a reproducible mix.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
     data_dir: Annotated[
-        Path, typer.Option(help="Admin credentials (stock top-up) and the internal token.")
+        Path,
+        typer.Option(
+            envvar="ORDERSAGA_DATA_DIR",
+            show_envvar=True,
+            help="Admin credentials (stock top-up) and the internal token.",
+        ),
     ] = Path(".data"),
     completion: Annotated[
         str | None,
@@ -154,7 +213,12 @@ def load(
         ),
     ] = None,
     temporal_address: Annotated[
-        str | None, typer.Option(help="Temporal of the stack (default TEMPORAL_ADDRESS or 127.0.0.1:7233).")
+        str | None,
+        typer.Option(
+            envvar="TEMPORAL_ADDRESS",
+            show_envvar=True,
+            help="Temporal of the stack (default 127.0.0.1:7233).",
+        ),
     ] = None,
     direct_orders: Annotated[
         str | None,
@@ -219,16 +283,56 @@ def load(
 
 
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+    epilog=_examples(
+        "ordersaga chaos --data-dir /tmp/chaos --free-ports",
+        "ordersaga chaos --data-dir /tmp/chaos --orders 400 --faults 20 --seed 7 --json chaos.json",
+    )
 )
-def chaos(ctx: typer.Context) -> None:
-    """Load plus random process kills and pauses, then an audit of every invariant (--help for options)."""
-    from ordersaga.chaos import main as chaos_main
+def chaos(
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            help="A data dir of its own: the run starts a whole stack there (a fresh one audits cleanly)."
+        ),
+    ],
+    orders: Annotated[int, typer.Option(min=1, help="Orders to send.")] = 200,
+    rate: Annotated[
+        float, typer.Option(min=0.1, help="Orders per second (the faults spread over orders/rate s).")
+    ] = 4.0,
+    faults: Annotated[int, typer.Option(min=0, help="Process kills and Temporal pauses to inject.")] = 9,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the fault schedule and the load: the same seed replays a run.")
+    ] = 1,
+    hot_stock: Annotated[
+        int, typer.Option(min=0, help="Stock of the hot product, so that orders race for it.")
+    ] = 15,
+    quiesce_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for every order to become final before the audit.")
+    ] = 180.0,
+    free_ports: Annotated[
+        bool, typer.Option("--free-ports", help="Run the stack on free ports (beside another stack).")
+    ] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON.")] = None,
+) -> None:
+    """Load plus random process kills and pauses, then an audit of every invariant (exit 1 on a violation)."""
+    from ordersaga.chaos import run_chaos
 
-    _exit(chaos_main(list(ctx.args)))
+    _exit(
+        run_chaos(
+            data_dir,
+            orders,
+            rate,
+            faults,
+            seed,
+            hot_stock=hot_stock,
+            quiesce_timeout=quiesce_timeout,
+            free_ports=free_ports,
+            json_path=json_path,
+        )
+    )
 
 
-@app.command("codec-server")
+@app.command("codec-server", epilog=_examples("ORDERSAGA_PAYLOAD_KEYS=... ordersaga codec-server"))
 def codec_server() -> None:
     """Serve the payload codec for the Temporal Web UI (needs ORDERSAGA_PAYLOAD_KEYS)."""
     from ordersaga.codec_server import serve
@@ -236,9 +340,9 @@ def codec_server() -> None:
     serve()
 
 
-@app.command()
+@app.command(epilog=_examples("ordersaga mail", "ordersaga mail --limit 5"))
 def mail(
-    data_dir: Annotated[Path, typer.Option(help="The data dir of `ordersaga up`.")] = Path(".data"),
+    data_dir: DataDir = Path(".data"),
     limit: Annotated[int, typer.Option(help="How many of the newest messages.")] = 20,
 ) -> None:
     """List the emails and SMS that the local sinks received."""
@@ -247,7 +351,12 @@ def mail(
     mail_command(data_dir, limit)
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "ordersaga replay histories/",
+        "ordersaga replay -q \"OrderStatus='CANCELLED'\"",
+    )
+)
 def replay(
     files: Annotated[list[Path] | None, typer.Argument(help="History JSON files or folders of them.")] = None,
     workflow_id: Annotated[
