@@ -1,18 +1,33 @@
-# ordersaga: `make test` installs into .venv (re-installing when the pins change) and runs every test.
-PYTHON ?= python3.11
+# ordersaga: `make dev` installs the run-time pins into .venv and runs the system; `make test` adds
+# the test pins (each installed once, again when its pins change) and runs every test.
+
+# The first interpreter that runs and is >= 3.11; override with `make PYTHON=/path/to/python3`.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { command -v $$p; break; }; \
+	done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install dev test test-fast lint format lock serve clean
+.PHONY: install dev test test-fast lint format lock serve clean python
 
-# The stamp is older than the pins or the project metadata → the venv is stale and is refreshed.
+python:
+	@test -n "$(PYTHON)" || { echo "make: no Python >= 3.11 found (tried python3.13, python3.12, python3.11, python3); install one or pass PYTHON=/path/to/python3" >&2; exit 1; }
+
+# Run time only: the stamp is older than the pins or the project metadata → refresh.
 $(STAMP): pyproject.toml requirements.lock
+	@$(MAKE) --no-print-directory python
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# The test and benchmark toolchain on top, held to the run-time pins.
+$(TEST_STAMP): $(STAMP) requirements-test.lock
+	$(BIN)/python -m pip install --quiet -r requirements-test.lock -c requirements.lock
+	@touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -20,27 +35,37 @@ install: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/ordersaga up
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -x -m "not slow" $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services workflows activities workers ordersaga
 
-format: $(STAMP)
+format: $(TEST_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Re-pin every dependency after editing pyproject.toml.
-lock:
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^ordersaga' > requirements.lock
+# Re-pin after editing pyproject.toml, in a scratch venv: requirements.lock holds what `pip install .`
+# brings; requirements-test.lock holds what the `dev` extra adds, resolved together so versions agree.
+LOCK_VENV := $(VENV)-lock
+lock: python
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(LOCK_VENV)/bin/python -m pip install --quiet '.[dev]'
+	$(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -vE '^(ordersaga|pip|setuptools|wheel)==' | sort -f > $(LOCK_VENV)/all.txt
+	$(LOCK_VENV)/bin/python -m pip uninstall --quiet --yes ordersaga
+	$(LOCK_VENV)/bin/python -m venv --clear $(LOCK_VENV)/run
+	$(LOCK_VENV)/run/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(LOCK_VENV)/run/bin/python -m pip install --quiet -c $(LOCK_VENV)/all.txt .
+	$(LOCK_VENV)/run/bin/python -m pip freeze --all --exclude-editable | grep -vE '^(ordersaga|pip|setuptools|wheel)==' | sort -f > requirements.lock
+	grep -vxFf requirements.lock $(LOCK_VENV)/all.txt > requirements-test.lock
+	rm -rf $(LOCK_VENV)
 
 serve: $(STAMP)
 	$(BIN)/ordersaga serve $(SERVICE)
