@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,8 +74,7 @@ class Credentials:
         creds.generated_now = not path.exists()
         data_dir.mkdir(parents=True, exist_ok=True)
         payload = {k: v for k, v in asdict(creds).items() if k != "generated_now"}
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-        path.chmod(0o600)
+        _write_private(path, json.dumps(payload, indent=2) + "\n")
         return creds
 
 
@@ -184,3 +184,12 @@ class Seeder:
             self._login(self.creds.admin_email, self.creds.admin_password)
             or "00000000-0000-0000-0000-000000000000"
         )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a secrets file that is never readable by others, not even for an instant."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_CREAT's mode applies only to a new file; an older one made before this fix is narrowed too.
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
