@@ -1,4 +1,4 @@
-"""The DESIGN's invariants, checked across the services' SQLite databases after a run.
+"""The invariants of docs/design.md (section 4), checked across the services' SQLite databases after a run.
 
 Read-only: each database is opened with `mode=ro`, so an audit never changes what it judges. Every
 id is compared in one spelling (32 hex digits), because SQLAlchemy stores UUIDs that way in SQLite
