@@ -29,6 +29,19 @@ Service = enum.Enum("Service", {name: name for name in SERVICES}, type=str)  # t
 DataService = enum.Enum("DataService", {name: name for name in DATA_SERVICES}, type=str)  # type: ignore[misc]
 
 
+class LogFormat(enum.StrEnum):
+    auto = "auto"
+    console = "console"
+    json = "json"
+
+
+class LogLevel(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 def _examples(*lines: str) -> str:
     # Rich markup mode folds single newlines; each example stays on its own line with a blank one between.
     return "Examples:\n\n" + "\n\n".join(f"  [bold]{line}[/]" for line in lines)
@@ -60,9 +73,18 @@ def serve(
 ) -> None:
     """Run one service with uvicorn; its migrations are applied on start unless *_AUTO_MIGRATE=false."""
     import uvicorn
+    from pydantic import ValidationError
 
     spec = SERVICES[service.value]
-    settings = spec.settings()
+    try:
+        settings = spec.settings()
+    except ValidationError as err:
+        # A refused setting (ORDERSAGA_ENV=production and a development secret, say) is the
+        # operator's to fix: say which, without a traceback.
+        for problem in err.errors():
+            where = " ".join(["settings", *(str(part) for part in problem["loc"])])
+            console.print(f"[red]{service.value} {where}[/]: {problem['msg']}", soft_wrap=True)
+        raise typer.Exit(2) from None
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
@@ -138,11 +160,37 @@ def up(
             min=1, envvar="ORDERSAGA_WORKERS", show_envvar=True, help="Worker processes (default 1)."
         ),
     ] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(
+            envvar="ORDERSAGA_LOG_FORMAT",
+            show_envvar=True,
+            help="The children's lines on the console: auto is console in a terminal, json otherwise.",
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            envvar="ORDERSAGA_LOG_LEVEL",
+            show_envvar=True,
+            help="The lowest level of the children's lines shown (default warning); "
+            "every line is in <data dir>/logs/<process>.log.",
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the children's info lines too (--log-level info).")
+    ] = False,
 ) -> None:
     """Run the whole system: Temporal + Web UI, NATS, the services, the worker and the gateway."""
     from ordersaga.up import UpSettings, run_up
 
     overrides: dict[str, Any] = {}
+    if log_format is not None:
+        overrides["log_format"] = log_format.value
+    if log_level is not None:
+        overrides["log_level"] = log_level.value
+    elif verbose:
+        overrides["log_level"] = "info"
     if data_dir is not None:
         overrides["data_dir"] = data_dir
     if workers is not None:
@@ -338,6 +386,17 @@ def codec_server() -> None:
     from ordersaga.codec_server import serve
 
     serve()
+
+
+@app.command(epilog=_examples("ordersaga status", "ordersaga status --data-dir /tmp/demo --json"))
+def status(
+    data_dir: DataDir = Path(".data"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the parts as JSON.")] = False,
+) -> None:
+    """Which parts of the stack `ordersaga up` runs answer now; exit 0 when all are up, 1 otherwise."""
+    from ordersaga.status import status_command
+
+    _exit(status_command(data_dir, as_json=as_json, console=Console()))
 
 
 @app.command(epilog=_examples("ordersaga mail", "ordersaga mail --limit 5"))

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Self
 
 from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from services.kit.secrets import SecretGuardedSettings
+from services.kit.settings import DEV_INTERNAL_TOKEN
 from workflows.payloads import SagaPolicy
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(SecretGuardedSettings):
     model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore")
 
     users_url: str = "http://127.0.0.1:8001"
@@ -19,7 +21,7 @@ class WorkerSettings(BaseSettings):
     orders_url: str = "http://127.0.0.1:8004"
     notifications_url: str = "http://127.0.0.1:8005"
     internal_token: str = Field(
-        default="ordersaga-dev-internal-token",
+        default=DEV_INTERNAL_TOKEN,
         validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),
     )
 

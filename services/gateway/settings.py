@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pydantic import AliasChoices, BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.kit.settings import MAX_BODY_BYTES
+from services.kit.secrets import SecretGuardedSettings
+from services.kit.settings import DEV_INTERNAL_TOKEN, MAX_BODY_BYTES
 
 UPSTREAMS: tuple[str, ...] = ("users", "inventory", "payments", "orders", "notifications")
 
@@ -17,9 +18,10 @@ class Upstream(BaseModel):
     url: str
     timeout: float
     retries: int
+    max_connections: int  # its bulkhead: connections (and so requests) in flight to it at once
 
 
-class Settings(BaseSettings):
+class Settings(SecretGuardedSettings):
     model_config = SettingsConfigDict(extra="ignore", env_prefix="GATEWAY_")
 
     service_name: str = "gateway"
@@ -46,8 +48,16 @@ class Settings(BaseSettings):
     notifications_retries: int = 2
     connect_timeout: float = 1.0
     retry_backoff_seconds: float = 0.05
-    # Connections to all upstreams together; idle ones are kept alive and reused (see transport.py).
-    max_connections: int = 200
+    # Bulkheads: each upstream has its own connections, so a slow one cannot take another's. A
+    # request that gets none within `connection_wait_seconds` is answered 503 with Retry-After.
+    users_max_connections: int = 100
+    inventory_max_connections: int = 100
+    payments_max_connections: int = 100
+    orders_max_connections: int = 100
+    notifications_max_connections: int = 100
+    connection_wait_seconds: float = 0.5
+    # The gateway's own calls (JWKS, readiness probes), apart from the proxied ones.
+    max_connections: int = 20
 
     # Rate-limit policies in `limits` notation; several may be joined with ";" (e.g. "10/second;300/minute").
     rate_limit_auth: str = "120/minute"  # register and login, per IP
@@ -76,7 +86,7 @@ class Settings(BaseSettings):
     trusted_proxies: str = ""
 
     internal_token: str = Field(
-        default="ordersaga-dev-internal-token",
+        default=DEV_INTERNAL_TOKEN,
         validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),
         description="Shared credential by which services trust the identity headers the gateway sets.",
     )
@@ -87,6 +97,7 @@ class Settings(BaseSettings):
             url=str(getattr(self, f"{name}_url")).rstrip("/"),
             timeout=float(getattr(self, f"{name}_timeout")),
             retries=int(getattr(self, f"{name}_retries")),
+            max_connections=int(getattr(self, f"{name}_max_connections")),
         )
 
     def upstreams(self) -> dict[str, Upstream]:

@@ -5,16 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.kit.secrets import SecretGuardedSettings
 
 MAX_BODY_BYTES = 1024 * 1024
+# What every process trusts when ORDERSAGA_INTERNAL_TOKEN is unset; production refuses it.
+DEV_INTERNAL_TOKEN = "ordersaga-dev-internal-token"
 
 
 def data_dir_default() -> Path:
     return Path(".data")
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(SecretGuardedSettings):
     """Per-service settings. Subclasses set `env_prefix` (for example `USERS_`) and `service_name`."""
 
     model_config = SettingsConfigDict(extra="ignore", env_prefix="SERVICE_")
@@ -34,7 +38,7 @@ class ServiceSettings(BaseSettings):
         default_factory=data_dir_default, validation_alias=AliasChoices("ORDERSAGA_DATA_DIR", "data_dir")
     )
     internal_token: str = Field(
-        default="ordersaga-dev-internal-token",
+        default=DEV_INTERNAL_TOKEN,
         validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),
         description="Shared credential by which services trust identity headers set by the gateway or saga.",
     )

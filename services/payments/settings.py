@@ -21,5 +21,6 @@ class Settings(ServiceSettings):
     charge_lease_seconds: float = Field(default=30.0, gt=0.0, le=3600.0)
     # How long an authorisation holds the amount: a capture after that is refused (at most a year).
     authorization_validity_seconds: float = Field(default=7 * 24 * 3600.0, gt=0.0, le=366 * 24 * 3600.0)
-    # Key of the HMAC that fingerprints card numbers in the provider's vault.
+    # Key of the HMAC that fingerprints card numbers in the provider's vault; production refuses the
+    # default and anything under 32 characters (services/kit/secrets.py).
     vault_secret: str = Field(default="ordersaga-dev-vault-secret", min_length=16)
