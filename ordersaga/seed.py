@@ -49,6 +49,8 @@ class Credentials:
     admin_password: str
     demo_email: str
     demo_password: str
+    # The payload codec server's bearer token (`ordersaga up` with ORDERSAGA_PAYLOAD_KEYS set).
+    codec_token: str = ""
     generated_now: bool = field(default=False, compare=False)
 
     @classmethod
@@ -70,6 +72,7 @@ class Credentials:
             admin_password=admin_password or stored.get("admin_password") or secrets.token_urlsafe(12),
             demo_email=demo_email,
             demo_password=demo_password or stored.get("demo_password") or secrets.token_urlsafe(12),
+            codec_token=stored.get("codec_token") or secrets.token_urlsafe(32),
         )
         creds.generated_now = not path.exists()
         data_dir.mkdir(parents=True, exist_ok=True)

