@@ -20,7 +20,7 @@ from services.kit.errors import Problem
 from services.kit.models import utcnow
 from services.kit.outbox import add_event
 from services.users.models import EMAIL_CONSTRAINT, PROFILE_FIELDS, USERNAME_CONSTRAINT, User
-from services.users.passwords import Passwords
+from services.users.passwords import HashingOverloaded, Passwords
 from services.users.schemas import ProfileIn, UpdateRequest
 
 SOURCE = "users"
@@ -125,7 +125,11 @@ async def authenticate(session: AsyncSession, passwords: Passwords, login: str, 
     if not await passwords.verify(user.password_hash, password):
         return None
     if passwords.needs_rehash(user.password_hash):
-        await _rehash(session, passwords, user, password)
+        try:
+            await _rehash(session, passwords, user, password)
+        except HashingOverloaded:
+            # The password was right; the upgrade can wait for a calmer login.
+            log.info("password_rehash_deferred", user_id=str(user.id))
     return user
 
 

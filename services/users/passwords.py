@@ -1,21 +1,69 @@
-"""argon2id password hashing, off the event loop: hashing is deliberately slow and CPU-bound."""
+"""argon2id password hashing, off the event loop and bounded: hashing is deliberately slow and CPU-bound.
+
+Every hash and verify runs on a dedicated thread pool behind a semaphore of
+`password_hash_concurrency` slots. A request that cannot get a slot within
+`password_hash_queue_timeout_seconds` is refused with 503 `overloaded` and `Retry-After`, quickly,
+instead of queueing until the gateway's upstream timeout turns it into a 504 and opens the breaker.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from services.users.settings import Settings
+from services.kit.errors import Problem
+from services.users.settings import (
+    ARGON2_MEMORY_COST_KIB,
+    ARGON2_PARALLELISM,
+    ARGON2_TIME_COST,
+    Settings,
+)
 
 PASSWORD_MIN = 10
 PASSWORD_MAX = 128
 
+DEFAULT_QUEUE_TIMEOUT_SECONDS = 2.0
+
+_T = TypeVar("_T")
+
+
+class HashingOverloaded(Problem):
+    """Every hashing slot stayed busy for the whole queue timeout: come back shortly."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            503,
+            "overloaded",
+            "Too many password checks at once; try again shortly.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
 
 class Passwords:
-    def __init__(self, hasher: PasswordHasher | None = None) -> None:
-        self.hasher = hasher or PasswordHasher()
+    def __init__(
+        self,
+        hasher: PasswordHasher | None = None,
+        *,
+        concurrency: int | None = None,
+        queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS,
+    ) -> None:
+        self.hasher = hasher or PasswordHasher(
+            time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_COST_KIB, parallelism=ARGON2_PARALLELISM
+        )
+        self.concurrency = max(1, concurrency or os.cpu_count() or 1)
+        self.queue_timeout = queue_timeout_seconds
+        # Its own pool, so argon2 neither starves nor is starved by other `to_thread` work (the
+        # signing key, SQLite); the semaphore keeps the waiting in the event loop, where it can time out.
+        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="argon2")
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._retry_after = max(1, math.ceil(queue_timeout_seconds))
         self._dummy_hash: str | None = None
 
     @classmethod
@@ -25,14 +73,29 @@ class Passwords:
                 time_cost=settings.argon2_time_cost,
                 memory_cost=settings.argon2_memory_cost_kib,
                 parallelism=settings.argon2_parallelism,
-            )
+            ),
+            concurrency=settings.password_hash_concurrency,
+            queue_timeout_seconds=settings.password_hash_queue_timeout_seconds,
         )
 
+    async def _run(self, work: Callable[..., _T], *args: str) -> _T:
+        try:
+            async with asyncio.timeout(self.queue_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise HashingOverloaded(self._retry_after) from None
+        try:
+            # Once started, a hash is not abandoned: a thread cannot be interrupted, and the slot
+            # must stay taken until the CPU it uses is free again.
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+        finally:
+            self._slots.release()
+
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self.hasher.hash, password)
+        return await self._run(self.hasher.hash, password)
 
     async def verify(self, password_hash: str, password: str) -> bool:
-        return await asyncio.to_thread(self._verify_sync, password_hash, password)
+        return await self._run(self._verify_sync, password_hash, password)
 
     async def warm_up(self) -> None:
         """Prepare the hash that unknown logins are checked against, so the first one is not slower."""

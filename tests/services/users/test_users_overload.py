@@ -1,0 +1,110 @@
+"""Bounded password hashing: past its slots and queue timeout the service sheds load with a fast 503."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+
+import httpx
+import pytest
+
+from services.users.passwords import HashingOverloaded, Passwords
+from services.users.settings import Settings
+from tests.services.users.conftest import (
+    PASSWORD,
+    UsersClientFactory,
+    login,
+    register,
+    stored_users,
+    unique_name,
+)
+
+# One slot, a 0.1 s queue, and a hash slow enough (~0.2 s and more) that it surely holds the slot
+# for longer than the queue timeout.
+ONE_SLOT = {
+    "password_hash_concurrency": 1,
+    "password_hash_queue_timeout_seconds": 0.1,
+    "argon2_time_cost": 3,
+    "argon2_memory_cost_kib": 65536,
+    "argon2_parallelism": 1,
+}
+
+
+async def _timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = await request
+    return response, time.monotonic() - started
+
+
+def _sign_up(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+    name = unique_name()
+    return client.post(
+        "/users", json={"email": f"{name}@example.com", "username": name, "password": PASSWORD}
+    )
+
+
+async def test_sign_ups_past_the_queue_timeout_get_a_fast_503_with_retry_after(
+    users_client: UsersClientFactory,
+) -> None:
+    async with users_client(**ONE_SLOT) as client:
+        answers = await asyncio.gather(*(_timed(_sign_up(client)) for _ in range(4)))
+        statuses = sorted(response.status_code for response, _ in answers)
+        assert statuses[0] == 201, statuses
+        shed = [(response, elapsed) for response, elapsed in answers if response.status_code == 503]
+        assert shed, statuses
+        for response, elapsed in shed:
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == "overloaded"
+            assert int(response.headers["retry-after"]) >= 1
+            # Shed after the queue timeout, not after the hashes queued ahead of it.
+            assert elapsed < 1.0, elapsed
+        assert set(statuses) <= {201, 503}
+
+
+async def test_logins_are_shed_alike_for_known_and_unknown_names_and_the_service_recovers(
+    users_client: UsersClientFactory,
+) -> None:
+    async with users_client(**ONE_SLOT) as client:
+        user = await register(client)
+        names = [user["username"], "nobody_here"] * 3
+        answers = await asyncio.gather(*(login(client, name) for name in names))
+        shed = {name for name, answer in zip(names, answers, strict=True) if answer.status_code == 503}
+        # Both kinds are refused: overload must not tell an attacker which accounts exist.
+        assert shed == {user["username"], "nobody_here"}, [a.status_code for a in answers]
+        # Once the burst is over, the next login is served.
+        assert (await login(client, user["username"])).status_code == 200
+
+
+async def test_a_rehash_that_finds_no_slot_does_not_fail_the_login(
+    users_client: UsersClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with users_client(argon2_time_cost=1) as client:
+        user = await register(client)
+        database_url = client.app.state.db.url  # type: ignore[attr-defined]
+        [old] = await stored_users(client)
+    async with users_client(argon2_time_cost=2, database_url=database_url) as client:
+        passwords: Passwords = client.app.state.passwords  # type: ignore[attr-defined]
+
+        async def no_slot(password: str) -> str:
+            raise HashingOverloaded(1)
+
+        # The password check found a slot; the upgrade that follows it does not.
+        with monkeypatch.context() as patch:
+            patch.setattr(passwords, "hash", no_slot)
+            assert (await login(client, user["username"])).status_code == 200
+        [kept] = await stored_users(client)
+        assert kept.password_hash == old.password_hash
+        # The next calm login does the upgrade.
+        assert (await login(client, user["username"])).status_code == 200
+        [upgraded] = await stored_users(client)
+        assert "t=2" in upgraded.password_hash
+
+
+def test_the_shipped_cost_meets_owasp_and_one_slot_per_core() -> None:
+    settings = Settings()
+    # OWASP Password Storage Cheat Sheet: argon2id with at least 19 MiB, 2 iterations, 1 lane.
+    assert settings.argon2_memory_cost_kib >= 19456
+    assert settings.argon2_time_cost >= 2
+    assert settings.password_hash_concurrency >= 1
+    assert settings.password_hash_queue_timeout_seconds < 5.0  # the gateway's users timeout
