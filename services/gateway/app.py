@@ -28,7 +28,7 @@ from services.gateway.breaker import Breakers
 from services.gateway.openapi import build_openapi
 from services.gateway.proxy import ClientRequest, Proxy, RelayInterrupted
 from services.gateway.ratelimit import RateLimits
-from services.gateway.routes import PREFIX, RouteTable
+from services.gateway.routes import PREFIX, RouteTable, breaker_groups
 from services.gateway.settings import Settings, Upstream
 from services.kit.errors import (
     BodyTooLarge,
@@ -57,7 +57,9 @@ class Gateway:
         self.settings = settings
         self.upstreams: dict[str, Upstream] = settings.upstreams()
         self.routes = RouteTable()
-        self.pool = ServicePool(settings.max_connections)
+        self.pool = ServicePool(
+            settings.max_connections, {name: u.max_connections for name, u in self.upstreams.items()}
+        )
         # The gateway's own calls (JWKS, readiness) go over the proxy's pool, with httpx's API.
         self.client = service_client(httpx.Timeout(5.0, connect=settings.connect_timeout), pool=self.pool)
         self.jwks = JwksCache(
@@ -77,15 +79,17 @@ class Gateway:
             strategy=settings.rate_limit_strategy,
         )
         self.breakers = Breakers(
-            list(self.upstreams),
+            breaker_groups(),
             threshold=settings.breaker_threshold,
             cooldown_seconds=settings.breaker_cooldown_seconds,
         )
         self.proxy = Proxy(
             self.pool,
             self.breakers,
+            self.upstreams.values(),
             backoff_seconds=settings.retry_backoff_seconds,
             connect_timeout=settings.connect_timeout,
+            connection_wait=settings.connection_wait_seconds,
         )
 
     async def aclose(self) -> None:
@@ -253,7 +257,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     @ops.get("/ready", include_in_schema=False)
     async def ready() -> JSONResponse:
         ok, upstreams = await gateway.ready()
-        breakers = {name: await gateway.breakers.state(name) for name in gateway.upstreams}
+        breakers = await gateway.breakers.states()
         body: dict[str, Any] = {"upstreams": upstreams, "breakers": breakers}
         if not ok:
             return problem_response(503, "not_ready", "An upstream is not ready.", **body)

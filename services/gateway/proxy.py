@@ -8,11 +8,19 @@
 - Response bodies are relayed as they arrive; a small one of known size goes out in one piece.
   Request bodies are streamed too, except when the call may be retried (then the body, at most the
   1 MiB the gateway accepts, is kept so that it can be sent again).
-- Retries: only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE), and POST only with an
-  `Idempotency-Key`, which makes a repeat harmless upstream. A connection error and a 502/503/504
-  answer are retried with a short backoff. A timeout is not: the upstream is slow, and a retry
-  would double both the wait and its load; the caller gets 504 within the upstream's timeout.
-- Each attempt runs under the upstream's circuit breaker (see breaker.py).
+- Retries: only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE), and POST only on a route
+  whose service honours `Idempotency-Key` (routes.py; today only `POST /orders`) and only with the
+  header: elsewhere the service would act twice (a second card saved, a second user registered).
+  A connection error and a 502/503/504 answer are retried with a short backoff. A timeout is not:
+  the upstream is slow, and a retry would double both the wait and its load; the caller gets 504
+  within the upstream's timeout.
+- A shed request (503 with `Retry-After`) is relayed as it is, not retried and not counted against
+  the breaker: the service is up, and asked the client to come back later, not the gateway now.
+- Each attempt runs under the circuit breaker of the route's group at its upstream (breaker.py).
+- Bulkheads: each upstream has its own connections (`GATEWAY_<SERVICE>_MAX_CONNECTIONS`) and as
+  many requests in flight. A request that finds them all taken waits at most
+  `connection_wait_seconds`, then gets 503 with `Retry-After`, rather than queueing behind a slow
+  service until its own timeout; requests to the other upstreams are not held up at all.
 """
 
 from __future__ import annotations
@@ -20,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
 from urllib.parse import quote
 
 import aiohttp
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 from yarl import URL
@@ -53,8 +62,14 @@ UPSTREAM_DURATION = Histogram(
 )
 UPSTREAM_ATTEMPT_ERRORS = Counter(
     "gateway_upstream_attempt_errors_total",
-    "Failed attempts per upstream, by kind (timeout, connect, status_5xx, breaker_open).",
+    "Failed attempts per upstream, by kind (timeout, connect, status_5xx, breaker_open, shed, "
+    "no_connection: its bulkhead was full for the whole wait).",
     ["upstream", "kind"],
+)
+UPSTREAM_ACTIVE = Gauge(
+    "gateway_upstream_active_requests",
+    "Requests in flight to each upstream (holding one of its connections), at most its budget.",
+    ["upstream"],
 )
 
 # RFC 9110 7.6.1: connection-specific fields never cross a proxy.
@@ -78,6 +93,7 @@ _RESPONSE_DROP = HOP_BY_HOP | {b"date", b"server", b"x-request-id"}
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 RETRIED_STATUSES = frozenset({502, 503, 504})
+BUSY_RETRY_AFTER_SECONDS = 1
 SMALL_BODY_BYTES = 64 * 1024
 
 
@@ -191,14 +207,60 @@ def _client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read)
 
 
+def is_shed(answer: aiohttp.ClientResponse) -> bool:
+    """The service refused the request on purpose, to protect itself, and said when to come back."""
+    return answer.status == 503 and "Retry-After" in answer.headers
+
+
 class Proxy:
     def __init__(
-        self, pool: ServicePool, breakers: Breakers, *, backoff_seconds: float, connect_timeout: float
+        self,
+        pool: ServicePool,
+        breakers: Breakers,
+        upstreams: Iterable[Upstream],
+        *,
+        backoff_seconds: float,
+        connect_timeout: float,
+        connection_wait: float,
     ) -> None:
         self.pool = pool
         self.breakers = breakers
         self.backoff = backoff_seconds
         self.connect_timeout = connect_timeout
+        self.connection_wait = connection_wait
+        # As many requests in flight as the upstream's connector has connections, so aiohttp never
+        # queues one: the wait is bounded here, where it can be told apart from a slow connect.
+        self.bulkheads: dict[str, asyncio.Semaphore] = {}
+        for upstream in upstreams:
+            self.bulkheads[upstream.name] = asyncio.Semaphore(pool.limit(upstream.name))
+            UPSTREAM_ACTIVE.labels(upstream=upstream.name).set(0)
+
+    @asynccontextmanager
+    async def _slot(self, upstream: Upstream) -> AsyncIterator[None]:
+        """One of the upstream's connections for the request's lifetime, answer relayed included."""
+        slots = self.bulkheads[upstream.name]
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self.connection_wait):
+                    await slots.acquire()
+            except TimeoutError:
+                UPSTREAM_ATTEMPT_ERRORS.labels(upstream=upstream.name, kind="no_connection").inc()
+                log.warning("upstream_busy", upstream=upstream.name, limit=self.pool.limit(upstream.name))
+                raise Problem(
+                    503,
+                    "upstream_busy",
+                    f"The {upstream.name} service is busy; try again later.",
+                    headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+                ) from None
+        else:
+            await slots.acquire()  # free: returns at once
+        active = labelled(UPSTREAM_ACTIVE, upstream.name)
+        active.inc()
+        try:
+            yield
+        finally:
+            active.dec()
+            slots.release()
 
     async def forward(
         self,
@@ -218,14 +280,15 @@ class Proxy:
         started = time.perf_counter()
         status = 500
         try:
-            try:
-                answer = await self._answer(scope, receive, request, route, upstream, params, identity)
-            finally:
-                labelled(UPSTREAM_DURATION, upstream.name, request.method, route.public_path).observe(
-                    time.perf_counter() - started
-                )
-            status = answer.status
-            await self._relay(answer, send, answer_headers)
+            async with self._slot(upstream):
+                try:
+                    answer = await self._answer(scope, receive, request, route, upstream, params, identity)
+                finally:
+                    labelled(UPSTREAM_DURATION, upstream.name, request.method, route.public_path).observe(
+                        time.perf_counter() - started
+                    )
+                status = answer.status
+                await self._relay(answer, send, answer_headers)
         except Problem as problem:
             status = problem.status
             raise
@@ -247,7 +310,9 @@ class Proxy:
             target += "?" + query.decode("latin-1")
         url = URL(target, encoded=True)  # forwarded byte for byte: %2F stays %2F
         method = request.method
-        retriable = method in IDEMPOTENT_METHODS or (method == "POST" and request.idempotency_key is not None)
+        retriable = method in IDEMPOTENT_METHODS or (
+            method == "POST" and route.honours_idempotency_key and request.idempotency_key is not None
+        )
         has_body = method in BODY_METHODS
         headers = [*request.headers, *request.forwarded(scope), *identity]
         if not has_body:
@@ -256,13 +321,13 @@ class Proxy:
             headers = [(name, value) for name, value in headers if name != "content-length"]
         kept_body = await _read_body(receive) if has_body and retriable else None
         timeout = _client_timeout(self.connect_timeout, upstream.timeout)
-        session = self.pool.session()
+        session = self.pool.session(upstream.name)
         attempts = 1 + (upstream.retries if retriable else 0)
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
             streamed = _ClientBody(receive) if has_body and kept_body is None else None
             try:
-                async with self.breakers.guard(upstream.name):
+                async with self.breakers.guard(upstream.name, route.group):
                     try:
                         # The whole wait for the answer's head, not each socket read, is bounded.
                         async with asyncio.timeout(upstream.timeout):
@@ -279,7 +344,7 @@ class Proxy:
                         if streamed is not None and streamed.error is not None:
                             raise streamed.error from None  # the client's fault, not the upstream's
                         raise
-                    if answer.status >= 500:
+                    if answer.status >= 500 and not is_shed(answer):
                         raise UpstreamFailure(answer.status, answer)
             except BreakerOpen as opened:
                 UPSTREAM_ATTEMPT_ERRORS.labels(upstream=upstream.name, kind="breaker_open").inc()
@@ -308,6 +373,8 @@ class Proxy:
                         502, "upstream_unreachable", f"The {upstream.name} service cannot be reached."
                     ) from None
             else:
+                if is_shed(answer):
+                    UPSTREAM_ATTEMPT_ERRORS.labels(upstream=upstream.name, kind="shed").inc()
                 return answer
             await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
         raise AssertionError("unreachable: the last attempt returns or raises")

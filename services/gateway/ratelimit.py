@@ -1,8 +1,20 @@
-"""Rate limiting with `limits`: per client and route class, in memory or shared through Redis.
+"""Rate limiting with `limits`: per client and named policy, in memory or shared through Redis.
 
-The client is the user id when the caller has a valid token, otherwise the peer IP. The answer
-carries the IETF draft headers (`RateLimit-Policy: 120;w=60`, `RateLimit: limit=120, remaining=3,
-reset=37`), and a refusal is 429 with `Retry-After`.
+The client is the user id when the caller has a valid token, otherwise the peer IP. The policies
+are named after their settings (`auth`, `anon`, `user`), and answers carry the fields of the IETF
+draft draft-ietf-httpapi-ratelimit-headers-09 (March 2025; -10 keeps the syntax):
+`RateLimit-Policy: "user";q=1200;w=60` for the caller's policy and `RateLimit: "user";r=1197;t=37`
+for where the caller stands in it (`r` requests remaining, `t` seconds until the window resets).
+A policy of several limits (`10/second;300/minute`) lists each, as `"user-1"`, `"user-2"`; the
+`RateLimit` item is the one closest to refusing. A refusal is 429 with `Retry-After`.
+
+Redis away (configured, but down or unreachable): the gateway does not fail open. Each process
+counts in its own memory instead, with the same policies: a client is held to at most the limit
+per replica rather than not at all. The first failure of an outage is logged as a WARNING
+(`rate_limit_storage_down`) and sets `gateway_rate_limit_storage_available` to 0; while it lasts,
+Redis is tried again at most every `recheck_seconds`, so requests do not each wait on it; when it
+answers again the gateway logs `rate_limit_storage_restored`, goes back to it and sets the gauge 1.
+Counts made in memory during the outage are not carried over.
 
 In memory, the counts live in `SweptMemoryStorage`: limits' own storage, sweeping out expired
 counters at most once a second. Upstream starts a sweep over every client's counter whenever the
@@ -26,8 +38,16 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 from limits.storage import storage_from_string
+from prometheus_client import Gauge
 
 log = structlog.get_logger(__name__)
+
+STORAGE_AVAILABLE = Gauge(
+    "gateway_rate_limit_storage_available",
+    "1 while the rate-limit storage answers; 0 while Redis is away and each process counts in memory.",
+)
+# A Redis that hangs must not hold up every request for long: past this, the hit counts in memory.
+REDIS_SOCKET_TIMEOUT_SECONDS = 0.25
 
 _STRATEGIES: dict[str, type[RateLimiter]] = {
     "fixed-window": FixedWindowRateLimiter,
@@ -37,21 +57,40 @@ _STRATEGIES: dict[str, type[RateLimiter]] = {
 
 
 @dataclass(frozen=True)
+class Quota:
+    """One limit of a policy, as `RateLimit-Policy` names it."""
+
+    name: str
+    item: RateLimitItem
+
+    @property
+    def field(self) -> str:
+        return f'"{self.name}";q={self.item.amount};w={self.item.get_expiry()}'
+
+
+@dataclass(frozen=True)
 class Decision:
     allowed: bool
-    limit: int
+    quota: Quota  # the limit that refused, or the one closest to refusing
+    quotas: tuple[Quota, ...]  # all of the policy's
     remaining: int
     reset_seconds: int
-    window_seconds: int
 
     def headers(self) -> dict[str, str]:
         headers = {
-            "RateLimit-Policy": f"{self.limit};w={self.window_seconds}",
-            "RateLimit": f"limit={self.limit}, remaining={self.remaining}, reset={self.reset_seconds}",
+            "RateLimit-Policy": ", ".join(quota.field for quota in self.quotas),
+            "RateLimit": f'"{self.quota.name}";r={self.remaining};t={self.reset_seconds}',
         }
         if not self.allowed:
             headers["Retry-After"] = str(max(1, self.reset_seconds))
         return headers
+
+
+def quotas(name: str, text: str) -> tuple[Quota, ...]:
+    items = parse_many(text)
+    if len(items) == 1:
+        return (Quota(name, items[0]),)
+    return tuple(Quota(f"{name}-{n}", item) for n, item in enumerate(items, start=1))
 
 
 class SweptMemoryStorage(MemoryStorage):
@@ -90,45 +129,86 @@ class RateLimits:
     """Named policies (`auth`, `anon`, `user`), each one or more `limits` items."""
 
     def __init__(
-        self, policies: dict[str, str], *, redis_url: str = "", strategy: str = "fixed-window"
+        self,
+        policies: dict[str, str],
+        *,
+        redis_url: str = "",
+        strategy: str = "fixed-window",
+        recheck_seconds: float = 5.0,
     ) -> None:
-        self.policies: dict[str, list[RateLimitItem]] = {
-            name: parse_many(text) for name, text in policies.items()
+        self.policies: dict[str, tuple[Quota, ...]] = {
+            name: quotas(name, text) for name, text in policies.items()
         }
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"unknown rate-limit strategy {strategy!r}; one of {sorted(_STRATEGIES)}")
         options: dict[str, float | str | bool] = {}
         if redis_url:
             # redis-py rather than coredis: one Redis client library in the project.
             options["implementation"] = "redispy"
+            options["socket_connect_timeout"] = REDIS_SOCKET_TIMEOUT_SECONDS
+            options["socket_timeout"] = REDIS_SOCKET_TIMEOUT_SECONDS
         storage = storage_from_string(storage_uri(redis_url), **options)
         assert isinstance(storage, Storage)
         self.storage: Storage = storage
-        if strategy not in _STRATEGIES:
-            raise ValueError(f"unknown rate-limit strategy {strategy!r}; one of {sorted(_STRATEGIES)}")
         self.limiter = _STRATEGIES[strategy](storage)
+        # Where hits are counted while Redis is away; None without Redis (memory is the storage).
+        self.fallback: RateLimiter | None = _STRATEGIES[strategy](SweptMemoryStorage()) if redis_url else None
+        self.recheck_seconds = recheck_seconds
+        self.storage_down_since: float | None = None
+        self._next_try = 0.0
+        STORAGE_AVAILABLE.set(1)
 
     async def hit(self, policy: str, client: str) -> Decision | None:
-        """Count one request; None when the storage is down (fail open: Redis must not take us down)."""
-        items = self.policies[policy]
+        """Count one request against the policy's limits; the decision of the tightest."""
+        if self.fallback is None:
+            return await self._hit(self.limiter, policy, client)
+        if self.storage_down_since is not None and time.monotonic() < self._next_try:
+            return await self._hit(self.fallback, policy, client)
         try:
-            tightest: Decision | None = None
-            for item in items:
-                allowed = await self.limiter.hit(item, policy, client)
-                stats = await self.limiter.get_window_stats(item, policy, client)
-                decision = Decision(
-                    allowed=allowed,
-                    limit=item.amount,
-                    remaining=max(0, stats.remaining),
-                    reset_seconds=max(0, math.ceil(stats.reset_time - time.time())),
-                    window_seconds=item.get_expiry(),
-                )
-                if not allowed:
-                    return decision
-                if tightest is None or decision.remaining < tightest.remaining:
-                    tightest = decision
-            return tightest
-        except Exception as exc:  # any storage error: count nothing, let the request through
-            log.warning("rate_limit_storage_error", error=str(exc))
-            return None
+            decision = await self._hit(self.limiter, policy, client)
+        except Exception as exc:  # any storage error: count in memory, never let everyone through
+            self._storage_failed(exc)
+            return await self._hit(self.fallback, policy, client)
+        if self.storage_down_since is not None:
+            log.warning(
+                "rate_limit_storage_restored",
+                down_seconds=round(time.monotonic() - self.storage_down_since, 1),
+            )
+            self.storage_down_since = None
+            STORAGE_AVAILABLE.set(1)
+        return decision
+
+    def _storage_failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self._next_try = now + self.recheck_seconds
+        if self.storage_down_since is None:
+            self.storage_down_since = now
+            STORAGE_AVAILABLE.set(0)
+            log.warning(
+                "rate_limit_storage_down",
+                error=str(exc) or type(exc).__name__,
+                fallback="per-process memory",
+                retry_seconds=self.recheck_seconds,
+            )
+
+    async def _hit(self, limiter: RateLimiter, policy: str, client: str) -> Decision | None:
+        tightest: Decision | None = None
+        policy_quotas = self.policies[policy]
+        for quota in policy_quotas:
+            allowed = await limiter.hit(quota.item, policy, client)
+            stats = await limiter.get_window_stats(quota.item, policy, client)
+            decision = Decision(
+                allowed=allowed,
+                quota=quota,
+                quotas=policy_quotas,
+                remaining=max(0, stats.remaining),
+                reset_seconds=max(0, math.ceil(stats.reset_time - time.time())),
+            )
+            if not allowed:
+                return decision
+            if tightest is None or decision.remaining < tightest.remaining:
+                tightest = decision
+        return tightest
 
     async def check(self) -> bool:
         try:

@@ -3,6 +3,10 @@
 Every path here is the owning service's own path, so the upstream path is the public path without
 the prefix. Saga-only endpoints (reservations, charges, refunds, internal order commands) are absent
 on purpose: the gateway answers 404 for them, whatever the caller's role.
+
+Each route belongs to a group, the unit of its upstream's circuit breaker: routes that fail
+together for one reason share one (the orders service's saga views all ask Temporal, its reads
+ask PostgreSQL), so a failing saga view does not refuse the placing of orders.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ class PublicRoute:
     path: str  # the service's path template, e.g. /orders/{order_id}
     upstream: str
     access: Access
+    group: str  # the circuit breaker's unit within the upstream (see the module's docstring)
     route_class: RouteClass = "default"
+    # The service makes a repeated `Idempotency-Key` harmless, so the gateway may retry a POST.
+    honours_idempotency_key: bool = False
 
     @property
     def public_path(self) -> str:
@@ -34,30 +41,35 @@ class PublicRoute:
 
 
 ROUTES: tuple[PublicRoute, ...] = (
-    PublicRoute("POST", "/users", "users", "anyone", "auth"),
-    PublicRoute("POST", "/auth/token", "users", "anyone", "auth"),
-    PublicRoute("GET", "/users/{user_id}", "users", "user"),
-    PublicRoute("PUT", "/users/{user_id}", "users", "user"),
-    PublicRoute("DELETE", "/users/{user_id}", "users", "user"),
-    PublicRoute("GET", "/products", "inventory", "anyone"),
-    PublicRoute("GET", "/products/{product_id}", "inventory", "anyone"),
-    PublicRoute("POST", "/products", "inventory", "admin"),
-    PublicRoute("PUT", "/products/{product_id}/stock", "inventory", "admin"),
-    PublicRoute("GET", "/products/{product_id}/availability", "inventory", "anyone"),
-    PublicRoute("POST", "/payment-methods", "payments", "user"),
-    PublicRoute("GET", "/users/{user_id}/payment-methods", "payments", "user"),
-    PublicRoute("GET", "/payments/{payment_id}", "payments", "user"),
-    PublicRoute("POST", "/orders", "orders", "user"),
-    PublicRoute("GET", "/orders/{order_id}", "orders", "user"),
-    PublicRoute("GET", "/orders/{order_id}/saga", "orders", "user"),
-    PublicRoute("GET", "/orders/{order_id}/events", "orders", "user"),
-    PublicRoute("POST", "/orders/{order_id}/cancel", "orders", "user"),
-    PublicRoute("POST", "/orders/{order_id}/review", "orders", "admin"),
-    PublicRoute("POST", "/orders/{order_id}/compensations/retry", "orders", "admin"),
-    PublicRoute("PUT", "/orders/{order_id}/status", "orders", "admin"),
-    PublicRoute("GET", "/users/{user_id}/orders", "orders", "user"),
-    PublicRoute("GET", "/users/{user_id}/notifications", "notifications", "user"),
+    PublicRoute("POST", "/users", "users", "anyone", "auth", "auth"),
+    PublicRoute("POST", "/auth/token", "users", "anyone", "auth", "auth"),
+    PublicRoute("GET", "/users/{user_id}", "users", "user", "accounts"),
+    PublicRoute("PUT", "/users/{user_id}", "users", "user", "accounts"),
+    PublicRoute("DELETE", "/users/{user_id}", "users", "user", "accounts"),
+    PublicRoute("GET", "/products", "inventory", "anyone", "reads"),
+    PublicRoute("GET", "/products/{product_id}", "inventory", "anyone", "reads"),
+    PublicRoute("POST", "/products", "inventory", "admin", "writes"),
+    PublicRoute("PUT", "/products/{product_id}/stock", "inventory", "admin", "writes"),
+    PublicRoute("GET", "/products/{product_id}/availability", "inventory", "anyone", "reads"),
+    PublicRoute("POST", "/payment-methods", "payments", "user", "methods"),
+    PublicRoute("GET", "/users/{user_id}/payment-methods", "payments", "user", "methods"),
+    PublicRoute("GET", "/payments/{payment_id}", "payments", "user", "reads"),
+    PublicRoute("POST", "/orders", "orders", "user", "create", honours_idempotency_key=True),
+    PublicRoute("GET", "/orders/{order_id}", "orders", "user", "reads"),
+    PublicRoute("GET", "/orders/{order_id}/saga", "orders", "user", "saga"),
+    PublicRoute("GET", "/orders/{order_id}/events", "orders", "user", "reads"),
+    PublicRoute("POST", "/orders/{order_id}/cancel", "orders", "user", "commands"),
+    PublicRoute("POST", "/orders/{order_id}/review", "orders", "admin", "commands"),
+    PublicRoute("POST", "/orders/{order_id}/compensations/retry", "orders", "admin", "commands"),
+    PublicRoute("PUT", "/orders/{order_id}/status", "orders", "admin", "commands"),
+    PublicRoute("GET", "/users/{user_id}/orders", "orders", "user", "reads"),
+    PublicRoute("GET", "/users/{user_id}/notifications", "notifications", "user", "reads"),
 )
+
+
+def breaker_groups(routes: tuple[PublicRoute, ...] = ROUTES) -> list[tuple[str, str]]:
+    """Every (upstream, group) of the table, once, in table order."""
+    return list(dict.fromkeys((route.upstream, route.group) for route in routes))
 
 
 _PARAMETER = re.compile(r"{(\w+)}")

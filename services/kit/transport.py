@@ -16,7 +16,7 @@ apart from a timeout (it reports both as `ConnectTimeout`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Literal
 
@@ -33,33 +33,45 @@ CHUNK_BYTES = 64 * 1024
 # aiohttp adds these unless told not to; a proxy forwards the client's own, or none.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
+DEFAULT_BUDGET = "default"
+
 FailureKind = Literal["timeout", "connect", "broken"]
 
 
 class ServicePool:
-    """The process's keep-alive connections to our services, traced when tracing is on."""
+    """The process's keep-alive connections to our services, traced when tracing is on.
 
-    def __init__(self, max_connections: int = 200) -> None:
+    One aiohttp session per name, each with its own connector and connection limit: the gateway
+    keeps one per upstream (its bulkhead), so that requests piling up at a slow service wait for
+    that service's connections only. Calls that name no budget share the default one.
+    """
+
+    def __init__(self, max_connections: int = 200, budgets: Mapping[str, int] | None = None) -> None:
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._budgets = dict(budgets or {})
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
 
-    def session(self) -> aiohttp.ClientSession:
+    def limit(self, name: str = DEFAULT_BUDGET) -> int:
+        return self._budgets.get(name, self._max_connections)
+
+    def session(self, name: str = DEFAULT_BUDGET) -> aiohttp.ClientSession:
+        session = self._sessions.get(name)
         # Created on first use, inside the running loop, as aiohttp requires.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=KEEPALIVE_SECONDS)
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=self.limit(name), keepalive_timeout=KEEPALIVE_SECONDS)
             # A gateway must never keep one client's cookies and send them with another's request.
-            self._session = aiohttp.ClientSession(
+            session = self._sessions[name] = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 trace_configs=_trace_configs(),
             )
-        return self._session
+        return session
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
 
 
 def failure_kind(exc: BaseException) -> FailureKind | None:

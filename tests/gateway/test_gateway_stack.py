@@ -222,7 +222,7 @@ async def test_ops_endpoints_and_jwks(gateway: RunningGateway, stack: Stack) -> 
             r'method="GET",route="/api/v1/products",status="200",upstream="inventory"\} \d',
             metrics,
         )
-        assert 'gateway_circuit_breaker_state{upstream="orders"} 0.0' in metrics
+        assert 'gateway_circuit_breaker_state{group="reads",upstream="orders"} 0.0' in metrics
 
 
 async def test_a_dead_upstream_fails_fast_and_recovers(
@@ -242,7 +242,7 @@ async def test_a_dead_upstream_fails_fast_and_recovers(
         assert refused.json()["code"] == "upstream_unavailable"
         assert 1 <= int(refused.headers["retry-after"]) <= 2
         metrics = httpx.get(gateway.url + "/metrics").text
-        assert 'gateway_circuit_breaker_state{upstream="inventory"} 2.0' in metrics
+        assert 'gateway_circuit_breaker_state{group="reads",upstream="inventory"} 2.0' in metrics
         # The other upstreams keep answering.
         assert (await api.get(f"/orders/{uuid.uuid4()}", headers=auth)).status_code == 404
     finally:
@@ -252,4 +252,4 @@ async def test_a_dead_upstream_fails_fast_and_recovers(
         await asyncio.sleep(0.3)
     assert status == 404
     metrics = httpx.get(gateway.url + "/metrics").text
-    assert 'gateway_circuit_breaker_state{upstream="inventory"} 0.0' in metrics
+    assert 'gateway_circuit_breaker_state{group="reads",upstream="inventory"} 0.0' in metrics
