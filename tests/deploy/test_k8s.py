@@ -205,3 +205,91 @@ def test_mesh_is_mtls_and_only_the_worker_reaches_the_saga_endpoints(rendered: l
     assert any(
         server["tls"].get("mode") == "SIMPLE" and server["tls"].get("credentialName") for server in gateway
     )
+
+
+def test_every_deployment_runs_in_production_mode(rendered: list[dict[str, Any]]) -> None:
+    # ORDERSAGA_ENV=production is what makes a process refuse the development secrets.
+    configs = of_kind(rendered, "ConfigMap")
+    for name, deployment in of_kind(rendered, "Deployment").items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            env: dict[str, str] = {}
+            for source in container.get("envFrom", []):
+                env |= configs[source["configMapRef"]["name"]]["data"]
+            env |= {e["name"]: e.get("value", "") for e in container.get("env", [])}
+            assert env.get("ORDERSAGA_ENV") == "production", name
+
+
+def seconds(duration: str) -> float:
+    """An Istio duration ("15s", "500ms", "1m") in seconds."""
+    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if duration.endswith(suffix) and duration[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(duration[: -len(suffix)]) * factor
+    raise ValueError(f"not a duration: {duration!r}")
+
+
+def gateway_upstream_policy(rendered: list[dict[str, Any]]) -> dict[str, float]:
+    """The gateway's upstream timeouts and retries: its settings' defaults, then the ConfigMap's values."""
+    from services.gateway.settings import UPSTREAMS, Settings
+
+    values: dict[str, Any] = {name: field.default for name, field in Settings.model_fields.items()}
+    for key, value in of_kind(rendered, "ConfigMap")["ordersaga-gateway"]["data"].items():
+        field = key.removeprefix("GATEWAY_").lower()
+        if field in values:
+            values[field] = value
+    policy: dict[str, float] = {}
+    for name in UPSTREAMS:
+        timeout, retries = float(values[f"{name}_timeout"]), int(values[f"{name}_retries"])
+        # The slowest answer the gateway can give: its connection failures retried with backoff
+        # (a timeout is never retried), a wait for a free connection, then one attempt timing out.
+        backoff = sum(float(values["retry_backoff_seconds"]) * 2**i for i in range(retries))
+        wait = float(values.get("connection_wait_seconds") or 0.0)
+        policy[name] = timeout + retries * float(values["connect_timeout"]) + backoff + wait
+        policy[f"{name}_timeout"] = timeout
+    return policy
+
+
+SAFE_RETRY_ON = {"connect-failure", "refused-stream", "reset-before-request"}
+
+
+def test_one_retry_layer_the_mesh_retries_only_undelivered_requests(rendered: list[dict[str, Any]]) -> None:
+    policy = gateway_upstream_policy(rendered)
+    max_upstream_timeout = max(policy[f"{name}_timeout"] for name in DATA_SERVICES)
+    slowest_gateway_answer = max(policy[name] for name in DATA_SERVICES)
+    from workers.settings import WorkerSettings
+
+    worker_timeout = WorkerSettings.model_fields["http_timeout_seconds"].default
+    services = of_kind(rendered, "VirtualService")
+    assert {"ordersaga-api", "ordersaga-internal"} <= set(services)
+    for service in services.values():
+        edge = bool(service["spec"].get("gateways"))
+        for route in service["spec"]["http"]:
+            where = f"{service['metadata']['name']}/{route['name']}"
+            total = seconds(route["timeout"])
+            # The gateway answers (504 problem+json) before the mesh gives up on it.
+            assert total > (slowest_gateway_answer if edge else max_upstream_timeout), where
+            retries = route.get("retries", {})
+            if not retries.get("attempts"):
+                continue
+            retry_on = set(retries["retryOn"].split(","))
+            # Never a response: a 5xx is the gateway's answer, already retried where that is safe.
+            assert not any(
+                word in condition for condition in retry_on for word in ("5xx", "503", "gateway-error")
+            ), where
+            assert retry_on <= SAFE_RETRY_ON, where
+            per_try = seconds(retries["perTryTimeout"])
+            assert per_try > max_upstream_timeout, where
+            assert total >= per_try, where
+            if edge:
+                assert per_try > slowest_gateway_answer, where
+            else:
+                assert per_try > worker_timeout, where
+
+
+def test_the_gateway_replicas_are_not_ejected_for_relaying_upstream_errors(
+    rendered: list[dict[str, Any]],
+) -> None:
+    outlier = of_kind(rendered, "DestinationRule")["gateway"]["spec"]["trafficPolicy"]["outlierDetection"]
+    assert outlier["splitExternalLocalOriginErrors"] is True
+    assert outlier["consecutive5xxErrors"] == 0
+    assert outlier["consecutiveGatewayErrors"] == 0
+    assert outlier["consecutiveLocalOriginFailures"] >= 1
