@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from services.registry import SERVICES
 from tests.deploy.support import ROOT, SCHEMAS, interpolate, read_env_file, references, unknown_variables
+from workers.settings import WorkerSettings
 
 COMPOSE_FILE = ROOT / "compose.yaml"
 ORDERSAGA = Path(sys.executable).with_name("ordersaga")
@@ -149,3 +155,34 @@ def test_no_secret_is_written_in_the_file(raw: dict[str, Any]) -> None:
     for key, value in env_example.items():
         if SECRET_NAME.search(key) and value:
             assert value.startswith("change-me"), f".env.example carries a real-looking {key}"
+
+
+def _settings_of(svc: dict[str, Any]) -> Callable[[], BaseSettings]:
+    command = svc["command"]
+    if command[0] == "worker":
+        return WorkerSettings
+    return SERVICES[command[1]].settings
+
+
+def test_every_process_runs_in_production_and_refuses_the_env_example_placeholders(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_running = {name: svc for name, svc in ours(compose).items() if not is_job(svc)}
+    assert {"worker", "gateway", "payments", "users"} <= set(long_running)
+    for name, svc in long_running.items():
+        env = environment(svc)
+        assert env["ORDERSAGA_ENV"] == "production", name
+        # `cp .env.example .env && docker compose up` without editing: each process refuses and says what.
+        for key in list(os.environ):
+            if key.startswith(("ORDERSAGA_", "PAYMENTS_", "USERS_", "GATEWAY_", "WORKER_")):
+                monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        with pytest.raises(ValidationError) as refused:
+            _settings_of(svc)()
+        assert "ORDERSAGA_INTERNAL_TOKEN is still the .env.example placeholder" in str(refused.value), name
+        # With generated values in .env it starts.
+        for key, value in env.items():
+            if SECRET_NAME.search(key) and value.startswith("change-me"):
+                monkeypatch.setenv(key, secrets.token_hex(16))
+        _settings_of(svc)()
