@@ -7,8 +7,9 @@ transaction opens, so no lock is held while argon2 runs.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import update
@@ -22,6 +23,10 @@ from services.kit.outbox import add_event
 from services.users.models import EMAIL_CONSTRAINT, PROFILE_FIELDS, USERNAME_CONSTRAINT, User
 from services.users.passwords import HashingOverloaded, Passwords
 from services.users.schemas import ProfileIn, UpdateRequest
+
+if TYPE_CHECKING:
+    from services.users.revocations import Revocations
+    from services.users.throttle import LoginThrottle
 
 SOURCE = "users"
 
@@ -103,6 +108,16 @@ async def get_active(session: AsyncSession, user_id: uuid.UUID) -> User:
     return user
 
 
+async def token_version(session: AsyncSession, user_id: uuid.UUID) -> tuple[int, bool]:
+    """(token version, active) of any user, deleted ones included; 404 for an unknown id."""
+    async with session.begin():
+        statement = select(col(User.token_version), col(User.deleted_at)).where(col(User.id) == user_id)
+        row = (await session.exec(statement)).first()
+    if row is None:
+        raise user_not_found()
+    return row[0], row[1] is None
+
+
 async def get_any(session: AsyncSession, user_id: uuid.UUID) -> User:
     """Deleted users included: the saga must learn that a user exists but is no longer active."""
     async with session.begin():
@@ -110,6 +125,20 @@ async def get_any(session: AsyncSession, user_id: uuid.UUID) -> User:
     if user is None:
         raise user_not_found()
     return user
+
+
+async def throttle_key(session: AsyncSession, login: str) -> str:
+    """The per-account throttle's key: the user id, so an account's email and username share one
+    budget; an unknown login is throttled just the same (by its digest, kept out of logs and Redis),
+    so a 429 does not tell which logins exist."""
+    login = login.strip().lower()
+    column = User.email if "@" in login else User.username
+    async with session.begin():
+        statement = select(col(User.id)).where(column == login, col(User.deleted_at).is_(None))
+        user_id = (await session.exec(statement)).first()
+    if user_id is not None:
+        return f"user:{user_id}"
+    return "login:" + hashlib.sha256(login.encode()).hexdigest()[:32]
 
 
 async def authenticate(session: AsyncSession, passwords: Passwords, login: str, password: str) -> User | None:
@@ -161,11 +190,51 @@ def _changes(user: User, request: UpdateRequest) -> dict[str, Any]:
     return {name: value for name, value in wanted.items() if getattr(user, name) != value}
 
 
+async def _prove_current_password(
+    passwords: Passwords, user: User, request: UpdateRequest, throttle: LoginThrottle | None
+) -> None:
+    if request.current_password is None:
+        raise Problem(
+            422, "current_password_required", "Changing your password or email needs `current_password`."
+        )
+    key = f"user:{user.id}"
+    if throttle is not None:
+        await throttle.attempt(key)  # a stolen session must not become a password oracle
+    if not await passwords.verify(user.password_hash, request.current_password.get_secret_value()):
+        log.info("current_password_wrong", user_id=str(user.id))
+        raise Problem(403, "current_password_wrong", "The current password is wrong.")
+    if throttle is not None:
+        await throttle.succeeded(key)
+
+
 async def update_user(
-    session: AsyncSession, passwords: Passwords, user_id: uuid.UUID, request: UpdateRequest
+    session: AsyncSession,
+    passwords: Passwords,
+    user_id: uuid.UUID,
+    request: UpdateRequest,
+    *,
+    by_owner: bool = True,
+    throttle: LoginThrottle | None = None,
+    revocations: Revocations | None = None,
 ) -> User:
-    """Apply a partial update if `request.version` is still current; 409 `version_conflict` if not."""
+    """Apply a partial update if `request.version` is still current; 409 `version_conflict` if not.
+
+    The owner changing their password or email must prove the current password (`by_owner`); an
+    admin changing another user need not. A password or role change bumps the token version, which
+    revokes the user's earlier tokens.
+    """
+    # Read and prove outside the transaction: argon2 runs with no lock held. The write below is
+    # conditional on `version`, which every change (a password change included) bumps, so what was
+    # proven is still what is stored when it lands.
+    read = await get_active(session, user_id)
+    if read.version != request.version:
+        raise _version_conflict()
+    if by_owner and (request.password is not None or "email" in _changes(read, request)):
+        await _prove_current_password(passwords, read, request, throttle)
     new_hash = await passwords.hash(request.password.get_secret_value()) if request.password else None
+    revokes = new_hash is not None or (request.role is not None and request.role != read.role)
+    if revokes and revocations is not None:
+        await revocations.before_commit(user_id)
     try:
         async with session.begin():
             user = await _find_active(session, user_id)
@@ -176,9 +245,11 @@ async def update_user(
             changed = _changes(user, request)
             if not changed and new_hash is None:
                 return user
-            values = dict(changed)
+            values: dict[str, Any] = dict(changed)
             if new_hash is not None:
                 values["password_hash"] = new_hash
+            if new_hash is not None or "role" in changed:
+                values["token_version"] = User.token_version + 1
             now = utcnow()
             result = await session.exec(
                 update(User)
@@ -201,7 +272,15 @@ async def update_user(
             await session.refresh(user)
     except IntegrityError as exc:
         raise _conflict(exc) from None
-    log.info("user_updated", user_id=str(user_id), fields=changed_fields, version=user.version)
+    if revokes and revocations is not None:
+        await revocations.after_commit(user_id)
+    log.info(
+        "user_updated",
+        user_id=str(user_id),
+        fields=changed_fields,
+        version=user.version,
+        token_version=user.token_version,
+    )
     return user
 
 
@@ -209,17 +288,29 @@ def _version_conflict() -> Problem:
     return Problem(409, "version_conflict", "The user was changed since that version was read.")
 
 
-async def soft_delete(session: AsyncSession, user_id: uuid.UUID) -> None:
+async def soft_delete(
+    session: AsyncSession, user_id: uuid.UUID, *, revocations: Revocations | None = None
+) -> None:
+    if revocations is not None:
+        await get_active(session, user_id)  # an unknown id is a 404, not a revocation to announce
+        await revocations.before_commit(user_id)
     now = utcnow()
     async with session.begin():
         result = await session.exec(
             update(User)
             .where(col(User.id) == user_id, col(User.deleted_at).is_(None))
-            .values(deleted_at=now, updated_at=now, version=User.version + 1)
+            .values(
+                deleted_at=now,
+                updated_at=now,
+                version=User.version + 1,
+                token_version=User.token_version + 1,
+            )
         )
         if result.rowcount == 0:
             raise user_not_found()
         add_event(
             session, source=SOURCE, type="user.deleted", subject=str(user_id), data={"user_id": str(user_id)}
         )
+    if revocations is not None:
+        await revocations.after_commit(user_id)
     log.info("user_deleted", user_id=str(user_id))

@@ -9,6 +9,7 @@ from services.users.bootstrap import users_lifespan
 from services.users.passwords import Passwords
 from services.users.routes import auth_router, internal_router, users_router
 from services.users.settings import Settings
+from services.users.throttle import LoginThrottle
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -21,4 +22,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hooks=[users_lifespan(settings)],
     )
     app.state.passwords = Passwords.from_settings(settings)
+    app.state.login_throttle = LoginThrottle(settings.login_failure_limit, redis_url=settings.redis_url)
     return app

@@ -17,6 +17,7 @@ from services.kit.errors import Problem
 from services.users.accounts import insert_user, normalise_email
 from services.users.models import User
 from services.users.passwords import PASSWORD_MAX, PASSWORD_MIN, Passwords
+from services.users.revocations import Revocations
 from services.users.settings import Settings
 from services.users.tokens import TokenIssuer, load_or_create_key_file, load_private_key
 
@@ -82,6 +83,12 @@ def users_lifespan(settings: Settings) -> LifespanHook:
         admin_password = settings.admin_password.get_secret_value()
         if admin_password and settings.admin_email:
             await ensure_admin(app.state.db, settings.admin_email, admin_password, passwords=passwords)
-        yield
+        revocations = Revocations(settings.nats_url)
+        await revocations.start()
+        app.state.revocations = revocations
+        try:
+            yield
+        finally:
+            await revocations.aclose()
 
     return lifespan

@@ -40,6 +40,9 @@ class User(SQLModel, table=True):
     bio: str | None = Field(default=None, max_length=BIO_MAX)
     phone: str | None = Field(default=None, max_length=PHONE_MAX)
     version: int = Field(default=1)
+    # Bumped by a password change, a role change and a deletion; tokens carry it as `ver`, and one
+    # whose `ver` is not the current value is refused, so those changes revoke earlier tokens.
+    token_version: int = Field(default=0)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     # Soft delete: the row stays (its email and username stay taken) so the saga can see `active: false`.

@@ -14,14 +14,17 @@ from services.kit.identity import CallerDep, Identity, ServiceDep
 from services.users import accounts
 from services.users.models import EMAIL_MAX
 from services.users.passwords import PASSWORD_MAX, Passwords
+from services.users.revocations import Revocations
 from services.users.schemas import (
     InternalUserOut,
     Jwks,
     RegisterRequest,
     TokenOut,
+    TokenVersionOut,
     UpdateRequest,
     UserOut,
 )
+from services.users.throttle import LoginThrottle
 from services.users.tokens import TokenIssuer
 
 log = structlog.get_logger(__name__)
@@ -37,8 +40,20 @@ def _tokens(request: Request) -> TokenIssuer:
     return tokens
 
 
+def _throttle(request: Request) -> LoginThrottle:
+    throttle: LoginThrottle = request.app.state.login_throttle
+    return throttle
+
+
+def _revocations(request: Request) -> Revocations:
+    revocations: Revocations = request.app.state.revocations
+    return revocations
+
+
 PasswordsDep = Annotated[Passwords, Depends(_passwords)]
+RevocationsDep = Annotated[Revocations, Depends(_revocations)]
 TokensDep = Annotated[TokenIssuer, Depends(_tokens)]
+ThrottleDep = Annotated[LoginThrottle, Depends(_throttle)]
 
 users_router = APIRouter(tags=["users"])
 auth_router = APIRouter(tags=["auth"])
@@ -85,26 +100,44 @@ async def get_user(user_id: uuid.UUID, caller: CallerDep, session: SessionDep) -
     "/users/{user_id}",
     response_model=UserOut,
     summary="Partially update a user, given the version read",
-    responses=problem_responses(400, 401, 403, 404, 409, 413, 422),
+    description=(
+        "Changing your own password or email needs `current_password`. A password or role change "
+        "revokes the user's earlier access tokens."
+    ),
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
 )
 async def update_user(
-    user_id: uuid.UUID, body: UpdateRequest, caller: CallerDep, session: SessionDep, passwords: PasswordsDep
+    user_id: uuid.UUID,
+    body: UpdateRequest,
+    caller: CallerDep,
+    session: SessionDep,
+    passwords: PasswordsDep,
+    throttle: ThrottleDep,
+    revocations: RevocationsDep,
 ) -> UserOut:
     _visible_to(caller, user_id)
     if body.role is not None and not caller.is_privileged:
         raise Problem(403, "forbidden", "Only an admin may change a role.")
-    return UserOut.of(await accounts.update_user(session, passwords, user_id, body))
+    # An admin (or the saga) changing someone else resets their account: there is no password of
+    # theirs to prove. Changing their own account, an admin proves it like anyone.
+    by_owner = caller.user_id == user_id or not caller.is_privileged
+    updated = await accounts.update_user(
+        session, passwords, user_id, body, by_owner=by_owner, throttle=throttle, revocations=revocations
+    )
+    return UserOut.of(updated)
 
 
 @users_router.delete(
     "/users/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete a user (soft delete)",
-    responses=problem_responses(401, 404, 422),
+    summary="Delete a user (soft delete); their access tokens are revoked",
+    responses=problem_responses(401, 404, 422, 503),
 )
-async def delete_user(user_id: uuid.UUID, caller: CallerDep, session: SessionDep) -> Response:
+async def delete_user(
+    user_id: uuid.UUID, caller: CallerDep, session: SessionDep, revocations: RevocationsDep
+) -> Response:
     _visible_to(caller, user_id)
-    await accounts.soft_delete(session, user_id)
+    await accounts.soft_delete(session, user_id, revocations=revocations)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -112,7 +145,8 @@ async def delete_user(user_id: uuid.UUID, caller: CallerDep, session: SessionDep
     "/auth/token",
     response_model=TokenOut,
     summary="Log in with the OAuth2 password form (username = email or username)",
-    responses=problem_responses(401, 413, 422),
+    description="Failed attempts per account are limited: past the limit, 429 with Retry-After.",
+    responses=problem_responses(401, 413, 422, 429),
 )
 async def login(
     username: Annotated[str, Form(min_length=1, max_length=EMAIL_MAX, description="Email or username.")],
@@ -121,8 +155,11 @@ async def login(
     session: SessionDep,
     passwords: PasswordsDep,
     tokens: TokensDep,
+    throttle: ThrottleDep,
     grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
 ) -> TokenOut:
+    account = await accounts.throttle_key(session, username)
+    await throttle.attempt(account)
     user = await accounts.authenticate(session, passwords, username, password)
     if user is None:
         log.info("login_failed")
@@ -132,7 +169,10 @@ async def login(
             "The username or password is wrong.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    issued = tokens.issue(user.id, "admin" if user.role == "admin" else "customer")
+    await throttle.succeeded(account)
+    issued = tokens.issue(
+        user.id, "admin" if user.role == "admin" else "customer", token_version=user.token_version
+    )
     log.info("login_succeeded", user_id=str(user.id))
     # RFC 6749 5.1: token responses must not be cached.
     response.headers["Cache-Control"] = "no-store"
@@ -161,3 +201,17 @@ async def internal_user(user_id: uuid.UUID, _caller: ServiceDep, session: Sessio
         phone=user.phone,
         role=user.role,
     )
+
+
+@internal_router.get(
+    "/users/{user_id}/token-version",
+    response_model=TokenVersionOut,
+    summary="The user's current token version, which the gateway checks tokens' `ver` against",
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def internal_token_version(
+    user_id: uuid.UUID, _caller: ServiceDep, session: SessionDep, response: Response
+) -> TokenVersionOut:
+    version, active = await accounts.token_version(session, user_id)
+    response.headers["Cache-Control"] = "no-store"
+    return TokenVersionOut(user_id=user_id, token_version=version, active=active)

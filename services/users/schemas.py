@@ -52,11 +52,19 @@ class UpdateRequest(BaseModel):
     password: Password | None = None
     role: Role | None = Field(default=None, description="Admins only.")
     profile: ProfileIn | None = None
+    current_password: SecretStr | None = Field(
+        default=None,
+        max_length=PASSWORD_MAX,
+        description=(
+            "Required to change your own password or email (422 `current_password_required`; "
+            "a wrong one is 403 `current_password_wrong`). Not needed by an admin changing another user."
+        ),
+    )
 
     @model_validator(mode="after")
     def _no_null_for_required_fields(self) -> Self:
         # These cannot be cleared; `null` is refused rather than silently read as "unchanged".
-        for name in ("email", "username", "password", "role", "profile"):
+        for name in ("email", "username", "password", "role", "profile", "current_password"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
         return self
@@ -115,6 +123,14 @@ class InternalUserOut(BaseModel):
     username: str
     phone: str | None
     role: Role
+
+
+class TokenVersionOut(BaseModel):
+    """What the gateway checks a token's `ver` claim against."""
+
+    user_id: uuid.UUID
+    token_version: int
+    active: bool
 
 
 class Jwk(BaseModel):

@@ -35,6 +35,14 @@ class Settings(ServiceSettings):
     password_hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     password_hash_queue_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
 
+    # Password attempts per account (logins and the `current_password` of a change), in `limits`
+    # notation over a moving window; a spent budget is 429 for every attempt on that account.
+    login_failure_limit: str = "10/5minutes"
+    # Shared with the gateway's rate limits when set (the counts then hold across replicas).
+    redis_url: str = Field(
+        default="", validation_alias=AliasChoices("REDIS_URL", "USERS_REDIS_URL", "redis_url")
+    )
+
     # Shared with the seed command, hence unprefixed. An empty password means: no bootstrap.
     admin_email: str = Field(
         default="admin@example.com", validation_alias=AliasChoices("ORDERSAGA_ADMIN_EMAIL", "admin_email")

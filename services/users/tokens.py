@@ -3,6 +3,10 @@
 Verification lives here, in one place: the gateway fetches the JWKS from this service and calls
 `verify_token(token, jwks)`, so issuer, audience, algorithm and required claims are checked the same
 way everywhere.
+
+A token carries `ver`, its user's token version when it was issued. The signature cannot say
+whether the user has since changed their password or role or been deleted; the gateway compares
+`ver` with the users service's current value for that (services/gateway/auth.py).
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class Claims:
     role: TokenRole
     issued_at: int
     expires_at: int
+    # None for a token without `ver`: issued before token versions existed, or minted directly with
+    # the signing key (which can put any `ver` in a token anyway).
+    token_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -116,9 +123,16 @@ class TokenIssuer:
         self.ttl_seconds = ttl_seconds
         self.kid = jwk_thumbprint(private_key.public_key())
 
-    def issue(self, user_id: uuid.UUID, role: TokenRole, *, now: int | None = None) -> IssuedToken:
+    def issue(
+        self,
+        user_id: uuid.UUID,
+        role: TokenRole,
+        *,
+        token_version: int | None = None,
+        now: int | None = None,
+    ) -> IssuedToken:
         issued_at = int(time.time()) if now is None else now
-        claims = {
+        claims: dict[str, Any] = {
             "sub": str(user_id),
             "role": role,
             "iss": ISSUER,
@@ -126,6 +140,8 @@ class TokenIssuer:
             "iat": issued_at,
             "exp": issued_at + self.ttl_seconds,
         }
+        if token_version is not None:
+            claims["ver"] = token_version
         token = jwt.encode(claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.kid})
         return IssuedToken(access_token=token, expires_in=self.ttl_seconds)
 
@@ -164,4 +180,14 @@ def verify_token(token: str, jwks: dict[str, Any] | jwt.PyJWKSet, *, leeway_seco
         user_id = uuid.UUID(str(payload["sub"]))
     except ValueError:
         raise InvalidToken("the subject is not a user id") from None
-    return Claims(user_id=user_id, role=role, issued_at=int(payload["iat"]), expires_at=int(payload["exp"]))
+    version = payload.get("ver")
+    # bool is an int to Python, not a version.
+    if version is not None and (type(version) is not int or version < 0):
+        raise InvalidToken("unexpected token version")
+    return Claims(
+        user_id=user_id,
+        role=role,
+        issued_at=int(payload["iat"]),
+        expires_at=int(payload["exp"]),
+        token_version=version,
+    )

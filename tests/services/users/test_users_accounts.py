@@ -152,13 +152,14 @@ async def test_email_and_username_changes_obey_uniqueness(users_client: UsersCli
         alice = await register(client)
         bob = await register(client)
         me = as_customer(alice["id"])
-        email_clash = await _put(client, alice, {"version": 1, "email": bob["email"].upper()}, me)
+        proof = {"current_password": PASSWORD}
+        email_clash = await _put(client, alice, {"version": 1, "email": bob["email"].upper(), **proof}, me)
         assert email_clash.status_code == 409
         assert email_clash.json()["code"] == "email_taken"
         name_clash = await _put(client, alice, {"version": 1, "username": bob["username"]}, me)
         assert name_clash.status_code == 409
         assert name_clash.json()["code"] == "username_taken"
-        moved = await _put(client, alice, {"version": 1, "email": "New.Address@Example.com"}, me)
+        moved = await _put(client, alice, {"version": 1, "email": "New.Address@Example.com", **proof}, me)
         assert moved.status_code == 200
         assert moved.json()["email"] == "new.address@example.com"
         assert moved.json()["version"] == 2
@@ -170,7 +171,8 @@ async def test_password_change(users_client: UsersClientFactory) -> None:
     async with users_client() as client:
         user = await register(client)
         new_password = "a brand new passphrase"
-        response = await _put(client, user, {"version": 1, "password": new_password}, as_customer(user["id"]))
+        body = {"version": 1, "password": new_password, "current_password": PASSWORD}
+        response = await _put(client, user, body, as_customer(user["id"]))
         assert response.status_code == 200
         assert response.json()["version"] == 2
         assert new_password not in response.text
