@@ -51,7 +51,10 @@ _LEVEL_NAMES = {
     "err": "error", "exception": "error", "ftl": "critical", "fatal": "critical", "panic": "critical",
     "dpanic": "critical",
 }  # fmt: skip
-_PLAIN_LEVEL = re.compile(r"\[(TRC|DBG|INF|WRN|ERR|FTL)\]|\blevel=\"?([A-Za-z]+)")
+# NATS: `[pid] 2026/12/02 14:00:47.921402 [INF] message`.
+_NATS_LINE = re.compile(r"^\[\d+\] (\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+) \[([A-Z]{3})\] ?(.*)$")
+# Go's slog text (the Temporal dev server): `time=... level=WARN msg="..." key=value`.
+_LOGFMT_PAIR = re.compile(r'([\w.-]+)=("(?:[^"\\]|\\.)*"|\S*)')
 _LEVEL_STYLES = {
     "debug": "dim",
     "info": "green",
@@ -60,8 +63,10 @@ _LEVEL_STYLES = {
     "critical": "bold white on red",
 }
 _LEVEL_LABELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARN", "error": "ERROR", "critical": "CRIT"}
-# Shown in their own place (or equal to the process name) rather than as key=value.
-_OWN_PLACE = {"event", "msg", "level", "timestamp", "ts", "time", "service", "logger", "exception"}
+# Shown in their own place rather than as key=value (and `service` when it is the process's name).
+_OWN_PLACE = {
+    "event", "msg", "level", "timestamp", "ts", "time", "logger", "exception", "color_message",
+}  # fmt: skip
 NAME_WIDTH = 13
 
 
@@ -86,10 +91,24 @@ class LogLine:
                 fields = json.loads(text)
                 if isinstance(fields, dict):
                     return cls(text, level_name(fields.get("level", "info")), fields)
-        found = _PLAIN_LEVEL.search(text)
+        if nats := _NATS_LINE.match(text):
+            stamp, level, message = nats.groups()
+            fields = {"timestamp": stamp.replace("/", "-"), "level": level_name(level), "event": message}
+            return cls(text, fields["level"], fields)
+        if text.startswith("time=") and " level=" in text:
+            fields = {key: _unquote(value) for key, value in _LOGFMT_PAIR.findall(text)}
+            fields["event"] = fields.pop("msg", "")
+            return cls(text, level_name(fields.get("level", "info")), fields)
         # A line that names no level (a banner, a traceback of a crash) counts as info: it is in the
         # log file, and a child that dies is reported with its last lines.
-        return cls(text, level_name(found.group(1) or found.group(2)) if found else "info")
+        return cls(text, "info")
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        with contextlib.suppress(ValueError):
+            return str(json.loads(value))
+    return value
 
 
 class LogEcho:
@@ -100,6 +119,10 @@ class LogEcho:
         self.log_format = log_format
         self.threshold = LEVELS[level_name(level)]
         self._lock = threading.Lock()
+
+    def quieten(self, level: str) -> None:
+        """Raise the threshold, e.g. while stopping, when children's shutdown warnings are expected."""
+        self.threshold = max(self.threshold, LEVELS[level_name(level)])
 
     def wants(self, line: LogLine) -> bool:
         return LEVELS[line.level] >= self.threshold
@@ -135,7 +158,7 @@ def render(name: str, colour: str, line: LogLine) -> Text:
     event = str(fields.get("event", fields.get("msg", "")))
     out.append(event.replace("\n", " "), style="bold" if line.level != "debug" else "")
     for key, value in fields.items():
-        if key in _OWN_PLACE or (key == "service" and value == name):
+        if key in _OWN_PLACE or (key == "service" and name.startswith(str(value))):
             continue
         out.append(f" {key}=", style="dim")
         out.append(str(value).replace("\n", " "))

@@ -516,6 +516,9 @@ def run_up(settings: UpSettings | None = None, *, console: Console | None = None
             console.print(stack.supervisor.last_lines(child), highlight=False, markup=False)
             return 1
         console.print("[yellow]stopping[/] ...")
+        if stack.supervisor.echo is not None:
+            # Connections refused while the others stop are expected then; errors still show.
+            stack.supervisor.echo.quieten("error")
         return 0
     except StartupError as err:
         console.print(f"[red bold]ordersaga up failed:[/] {err}")

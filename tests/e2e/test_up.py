@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import time
@@ -241,6 +242,66 @@ def metric(base_url: str, name: str, *labels: str) -> float:
     )
 
 
+PROCESSES = (
+    "temporal",
+    "nats",
+    "users",
+    "inventory",
+    "payments",
+    "orders",
+    "notifications",
+    "worker",
+    "gateway",
+)
+SHOWN_LEVELS = {"warning", "error", "critical"}
+
+
+def test_console_keeps_the_welcome_in_view_and_logs_go_to_files(up: UpProcess) -> None:
+    """Off a terminal: the children's warnings as JSON lines; every line of each in logs/<process>.log."""
+    for name in PROCESSES:
+        assert (up.data_dir / "logs" / f"{name}.log").stat().st_size > 0, f"no log file for {name}"
+    worker_log = (up.data_dir / "logs" / "worker.log").read_text()
+    assert any(json.loads(line).get("event") == "worker_started" for line in worker_log.splitlines())
+    console = up.log.read_text()
+    # Info lines stay out of the console by default.
+    assert "worker_started" not in console
+    for line in console.splitlines():
+        if line.startswith("{"):
+            shown = json.loads(line)
+            assert shown["process"] in PROCESSES and shown["level"] in SHOWN_LEVELS, line
+    # The welcome comes once everything is ready, and below it only warnings and errors.
+    ready, welcome = console.index("ready in"), console.index("ordersaga is up")
+    assert ready < welcome
+    assert str(up.data_dir / "logs") in console[welcome:]
+    below = console[console.index("Stop with Ctrl-C") :].splitlines()[1:]
+    assert all(line.startswith("{") for line in below if line.strip()), below
+
+
+def test_status_reports_every_part_up(up: UpProcess) -> None:
+    ordersaga = str(Path(sys.executable).parent / "ordersaga")
+    result = subprocess.run(
+        [ordersaga, "status", "--data-dir", str(up.data_dir), "--json"],
+        env=up.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    parts = {part["name"]: part for part in json.loads(result.stdout)["parts"]}
+    expected = {"ordersaga up", "temporal web UI", *PROCESSES}
+    assert expected <= set(parts), parts
+    assert all(part["up"] for part in parts.values()), parts
+    assert parts["worker"]["detail"].startswith("1 polling")
+    table = subprocess.run(
+        [ordersaga, "status", "--data-dir", str(up.data_dir)],
+        env=up.env | {"COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert table.returncode == 0 and "all up" in table.stdout, table.stdout
+
+
 def test_ctrl_c_stops_everything(up: UpProcess) -> None:
     assert up.children, "up started no child processes"
     assert up.interrupt() == 0
@@ -250,7 +311,9 @@ def test_ctrl_c_stops_everything(up: UpProcess) -> None:
 
 def test_restart_mid_saga_resumes_and_charges_once(tmp_path: Path) -> None:
     # A wide window between charge attempts, to stop the stack while the saga is mid-flight.
-    stack = start_up(tmp_path, {"WORKER_PAYMENT_INITIAL_INTERVAL_SECONDS": "2"})
+    # This stack also shows the console format, with info lines, as a terminal would get it.
+    console = {"ORDERSAGA_LOG_FORMAT": "console", "ORDERSAGA_LOG_LEVEL": "info"}
+    stack = start_up(tmp_path, {"WORKER_PAYMENT_INITIAL_INTERVAL_SECONDS": "2"} | console)
     try:
         creds = stack.credentials()
         token, _ = login(stack.api, creds["demo_email"], creds["demo_password"])
@@ -290,6 +353,14 @@ def test_restart_mid_saga_resumes_and_charges_once(tmp_path: Path) -> None:
             f"{stack.url('payments')}/orders/{order_id}/payments", headers=internal
         ).json()
         assert [p["status"] for p in all_payments["items"]] == ["captured"]
+
+        lines = stack.log.read_text().splitlines()
+        assert any(re.match(r"worker +\| \d\d:\d\d:\d\d INFO +worker_started", line) for line in lines)
+        assert not any('"event":' in line for line in lines), "JSON on a console-format console"
+        # Each run's logs start afresh; the previous run's stay beside them.
+        logs = stack.data_dir / "logs"
+        assert (logs / "worker.log.1").read_text().count("worker_started") == 1
+        assert (logs / "worker.log").read_text().count("worker_started") == 1
     finally:
         if stack.proc is not None and stack.proc.poll() is None:
             stack.interrupt()
