@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -11,7 +12,12 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
 from services.kit.db import Database
-from services.kit.errors import PROBLEM_JSON, install_problem_handlers, problem_response
+from services.kit.errors import (
+    PROBLEM_JSON,
+    RETRY_AFTER_SECONDS,
+    install_problem_handlers,
+    problem_response,
+)
 from services.kit.logging import configure_logging
 from services.kit.metrics import metrics_endpoint
 from services.kit.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -24,6 +30,9 @@ from services.kit.tracing import instrument_app, setup_tracing, shutdown_tracing
 LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 log = structlog.get_logger(__name__)
+
+# Under the gateway's 5 s upstream timeout and its 2 s readiness probe.
+READY_TIMEOUT_SECONDS = 1.5
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "title": "Problem",
@@ -85,10 +94,16 @@ def create_service_app(
     @app.get("/ready", tags=["ops"], summary="Readiness: the database answers")
     async def ready() -> JSONResponse:
         try:
-            await db.ping()
+            # Bounded even for a server that accepts connections and then says nothing.
+            await asyncio.wait_for(db.ping(), READY_TIMEOUT_SECONDS)
         except Exception as exc:  # any driver error means not ready
-            log.warning("not_ready", error=str(exc))
-            return problem_response(503, "not_ready", "The database is not reachable.")
+            log.warning("not_ready", error=f"{type(exc).__name__}: {exc}")
+            return problem_response(
+                503,
+                "not_ready",
+                "The database is not reachable.",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         return JSONResponse({"status": "ready", "service": service})
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)

@@ -7,24 +7,62 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 
+class DatabaseTimeouts(BaseSettings):
+    """How long a request may wait on a PostgreSQL that is down or stuck (`ORDERSAGA_DB_*`).
+
+    Each is under the gateway's 5 s upstream timeout, so a caller gets this service's 503 with
+    Retry-After rather than the gateway's 504 while the database is away.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ORDERSAGA_DB_", extra="ignore")
+
+    # The worst case is a server that froze with our connections open: the checkout ping waits out
+    # the statement bound, then the driver's graceful close of that connection takes its fixed 2 s
+    # (SQLAlchemy's asyncpg adapter). 2.25 + 2 s: the 503 still comes before the gateway's 5 s.
+    # Opening a connection (TCP and the startup handshake): a stopped server refuses at once.
+    connect_timeout_seconds: float = Field(default=1.0, gt=0)
+    # Waiting for a pooled connection when all are busy (SQLAlchemy's default is 30 s).
+    pool_timeout_seconds: float = Field(default=1.0, gt=0)
+    # One statement: the server cancels it (statement_timeout), and the client gives up a moment
+    # later on its own, for a server that no longer answers at all. Every query of these services
+    # is a point read or a short page: taking seconds means the database is in trouble.
+    statement_timeout_seconds: float = Field(default=2.0, gt=0)
+
+
 class Database:
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, timeouts: DatabaseTimeouts | None = None) -> None:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.timeouts = timeouts or DatabaseTimeouts()
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # An embedded file has no connection to lose: a missing file or a failing disk errors at
+            # once (503). This is only how long a writer queues for SQLite's single write lock.
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            statement = self.timeouts.statement_timeout_seconds
+            kwargs.update(
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                pool_timeout=self.timeouts.pool_timeout_seconds,
+                connect_args={
+                    "timeout": self.timeouts.connect_timeout_seconds,
+                    "command_timeout": statement + 0.25,
+                    "server_settings": {"statement_timeout": str(int(statement * 1000))},
+                },
+            )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+import sqlite3
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -112,6 +118,83 @@ def internal_error() -> Problem:
     return Problem(500, "internal_error", "An unexpected error occurred.")
 
 
+# What a caller is told to wait before retrying a 503: about the time a restarted database or saga
+# engine takes to answer again, and well inside any client's patience.
+RETRY_AFTER_SECONDS = 2
+
+# sqlite3.OperationalError messages that mean the file or the disk is away, not that the SQL is wrong.
+# "database is locked" is a lock wait that ran out (busy timeout): transient too, worth a retry.
+_SQLITE_UNAVAILABLE = ("unable to open database", "disk i/o error", "database is locked", "disk is full")
+_CONNECTION_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+}
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what caused it: SQLAlchemy wraps the driver's error, which wraps asyncpg's."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        # SQLAlchemy keeps the driver's exception in `orig`, not always as the cause.
+        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        current = orig if isinstance(orig, BaseException) else current.__cause__ or current.__context__
+
+
+def _is_connection_level(exc: BaseException) -> bool:
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free within pool_timeout
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        message = str(exc).lower()
+        return any(part in message for part in _SQLITE_UNAVAILABLE)
+    if isinstance(
+        exc,
+        asyncpg.PostgresConnectionError  # class 08: the connection failed or was lost
+        | asyncpg.CannotConnectNowError  # 57P03: starting up or shutting down
+        | asyncpg.AdminShutdownError  # 57P01: the server is stopping
+        | asyncpg.CrashShutdownError  # 57P02
+        | asyncpg.QueryCanceledError  # 57014: statement_timeout
+        | asyncpg.TooManyConnectionsError,  # 53300
+    ):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "connection" in str(exc).lower() and "closed" in str(exc).lower()
+    # TimeoutError (a connect or command timeout) and refused or reset connections are OSErrors.
+    if isinstance(exc, TimeoutError | ConnectionError | socket.gaierror):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _CONNECTION_ERRNOS
+
+
+def unavailable_dependency(exc: BaseException) -> bool:
+    """True when `exc` says a dependency (the database) is unreachable or timed out, so a retry later
+    may succeed; False for everything that is our own bug or the request's fault (an IntegrityError,
+    a ProgrammingError), however it is wrapped."""
+    for link in _chain(exc):
+        if isinstance(link, sa_exc.IntegrityError | sa_exc.ProgrammingError | sqlite3.IntegrityError):
+            return False
+        if isinstance(link, asyncpg.IntegrityConstraintViolationError | asyncpg.SyntaxOrAccessError):
+            return False
+        if _is_connection_level(link):
+            return True
+    return False
+
+
+def dependency_unavailable(
+    detail: str = "A service this request needs is not reachable right now.",
+) -> Problem:
+    """503 with Retry-After: nothing was done, and the same request later is expected to work."""
+    return Problem(503, "dependency_unavailable", detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def _safe_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     # pydantic puts the offending input in each error; it may be a password or a card number.
     return [
@@ -156,8 +239,22 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
         return problem_answer(too_large(exc), request.url.path)
 
+    # Registered for the exception types a down database raises (rather than only in the catch-all
+    # below) so that they are answered inside the middleware stack like any other problem.
+    async def _driver_error(request: Request, exc: Exception) -> JSONResponse:
+        if unavailable_dependency(exc):
+            log.warning("dependency_unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+            return problem_answer(dependency_unavailable(), request.url.path)
+        log.exception("unhandled_error", path=request.url.path)
+        return problem_answer(internal_error(), request.url.path)
+
+    for kind in (sa_exc.SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        app.add_exception_handler(kind, _driver_error)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if unavailable_dependency(exc):  # wrapped in something else, e.g. an ExceptionGroup's cause
+            return await _driver_error(request, exc)
         log.exception("unhandled_error", path=request.url.path)
         return problem_answer(internal_error(), request.url.path)
 

@@ -27,5 +27,12 @@ def create_app(settings: Settings | None = None, saga: SagaPort | None = None) -
         routers=[routes.router, routes.internal_router, saga_routes.router],
         hooks=[saga_sweeper] if temporal else [],
     )
-    app.state.saga = saga or (TemporalSaga() if temporal else NoSaga())
+    app.state.saga = saga or (
+        TemporalSaga(
+            rpc_timeout=settings.temporal_rpc_timeout_seconds,
+            update_timeout=settings.temporal_update_timeout_seconds,
+        )
+        if temporal
+        else NoSaga()
+    )
     return app

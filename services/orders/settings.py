@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import ServiceSettings
@@ -23,3 +24,9 @@ class Settings(ServiceSettings):
     # an order must be before the sweeper (rather than the accepting request) starts it.
     saga_sweep_interval_seconds: float = 5.0
     saga_start_grace_seconds: float = 5.0
+    # Every call to Temporal gives up after this long (start, query, connect), so that a Temporal
+    # that is down or frozen costs a request at most this, under the gateway's 5 s upstream timeout:
+    # POST /orders still answers 202 (the sweeper starts the saga later), a saga read answers 503.
+    temporal_rpc_timeout_seconds: float = Field(default=2.0, gt=0)
+    # An update (cancel, review, retry) also waits for the worker to run the workflow's handler.
+    temporal_update_timeout_seconds: float = Field(default=4.0, gt=0)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import structlog
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
@@ -20,7 +21,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from services.kit.errors import Problem
+from services.kit.errors import RETRY_AFTER_SECONDS, Problem
 from services.kit.identity import Identity
 from services.kit.temporal import TemporalSettings, connect
 from services.kit.tracing import current_trace_id
@@ -43,21 +44,46 @@ CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 log = structlog.get_logger(__name__)
 
 
-class TemporalSaga:
-    """Connects lazily, so the service accepts orders while Temporal is down (the sweeper catches up)."""
+def saga_unavailable(detail: str = "The saga engine did not answer.") -> Problem:
+    return Problem(503, "saga_unavailable", detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
-    def __init__(self, settings: TemporalSettings | None = None, *, task_queue: str = TASK_QUEUE) -> None:
+
+class TemporalSaga:
+    """Connects lazily, so the service boots and accepts orders while Temporal is down (the sweeper
+    starts their sagas once it is back); every call is bounded by `rpc_timeout` seconds, updates by
+    `update_timeout`, so Temporal being away costs a request that long at most."""
+
+    def __init__(
+        self,
+        settings: TemporalSettings | None = None,
+        *,
+        task_queue: str = TASK_QUEUE,
+        rpc_timeout: float = 2.0,
+        update_timeout: float = 4.0,
+    ) -> None:
         self._settings = settings or TemporalSettings()
         self._task_queue = task_queue
+        self._rpc_timeout = timedelta(seconds=rpc_timeout)
+        self._update_timeout = timedelta(seconds=update_timeout)
         self._client: Client | None = None
         self._lock = asyncio.Lock()
 
     async def client(self) -> Client:
-        if self._client is None:
-            async with self._lock:
-                if self._client is None:
-                    self._client = await connect(self._settings)
-        return self._client
+        """The connected client; a failed connect is retried by the next call (503 for this one)."""
+        if self._client is not None:
+            return self._client
+        try:
+            # The bound covers the wait for another request's connect attempt too.
+            return await asyncio.wait_for(self._connect(), self._rpc_timeout.total_seconds())
+        except Exception as err:  # TimeoutError, or the SDK's RuntimeError "Failed client connect"
+            log.warning("temporal_connect_failed", error=f"{type(err).__name__}: {err}")
+            raise saga_unavailable("The saga engine is not reachable.") from err
+
+    async def _connect(self) -> Client:
+        async with self._lock:
+            if self._client is None:
+                self._client = await connect(self._settings)
+            return self._client
 
     async def start(self, order: OrderStart) -> None:
         client = await self.client()
@@ -86,6 +112,7 @@ class TemporalSaga:
                 static_summary=f"Order {order_id}: {_lines(len(order.items))}",
                 # The saga view shows it; a sweeper's restart has no request trace and sets none.
                 memo={"trace_id": trace_id} if (trace_id := current_trace_id()) else None,
+                rpc_timeout=self._rpc_timeout,
             )
         except WorkflowAlreadyStartedError:
             log.info("saga_already_started", order_id=order_id)
@@ -107,25 +134,31 @@ class TemporalSaga:
         client = await self.client()
         handle = client.get_workflow_handle(workflow_id_for(str(order_id)))
         try:
-            view = await handle.query("status", result_type=SagaView)
+            view = await handle.query("status", result_type=SagaView, rpc_timeout=self._rpc_timeout)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return not_started_view(order_id)
-            raise Problem(503, "saga_unavailable", "The saga engine did not answer.") from err
+            raise saga_unavailable() from err
         return dataclasses.asdict(view)
 
     async def _update(self, order_id: uuid.UUID, name: str, argument: Any) -> None:
         client = await self.client()
         handle = client.get_workflow_handle(workflow_id_for(str(order_id)))
         try:
-            await handle.execute_update(name, argument)
+            await handle.execute_update(name, argument, rpc_timeout=self._update_timeout)
+        except WorkflowUpdateRPCTimeoutOrCancelledError as err:
+            # Whether the workflow took the update is unknown; repeating it is safe (the validator
+            # refuses a second cancel or review with 409).
+            raise saga_unavailable(
+                "The saga engine did not answer in time; the request may still take effect."
+            ) from err
         except WorkflowUpdateFailedError as err:
             detail = str(err.cause.message if hasattr(err.cause, "message") else err.cause)
             raise Problem(409, "illegal_transition", detail) from err
         except RPCError as err:
             if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
                 raise Problem(409, "illegal_transition", "The order's saga has already ended.") from err
-            raise Problem(503, "saga_unavailable", "The saga engine did not answer.") from err
+            raise saga_unavailable() from err
 
 
 def _lines(count: int) -> str:

@@ -116,7 +116,7 @@ class _Handle:
     def __init__(self, client: _Client, workflow_id: str) -> None:
         self.client, self.workflow_id = client, workflow_id
 
-    async def execute_update(self, name: str, argument: Any) -> None:
+    async def execute_update(self, name: str, argument: Any, **_options: Any) -> None:
         self.client.updates.append((self.workflow_id, name, argument))
         if self.client.error is not None:
             raise self.client.error
