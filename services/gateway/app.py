@@ -23,7 +23,13 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from services.gateway.auth import JwksCache, JwksUnavailable, bearer_token
+from services.gateway.auth import (
+    JwksCache,
+    JwksUnavailable,
+    TokenVersions,
+    TokenVersionUnavailable,
+    bearer_token,
+)
 from services.gateway.breaker import Breakers
 from services.gateway.openapi import build_openapi
 from services.gateway.proxy import ClientRequest, Proxy, RelayInterrupted
@@ -69,6 +75,14 @@ class Gateway:
             min_refresh=settings.jwks_min_refresh_seconds,
             verified_tokens=settings.verified_token_cache_size,
         )
+        self.token_versions = TokenVersions(
+            self.client,
+            self.upstreams["users"].url,
+            settings.internal_token,
+            nats_url=settings.nats_url,
+            cache_size=settings.token_version_cache_size,
+            max_age=settings.token_version_max_age_seconds,
+        )
         self.limits = RateLimits(
             {
                 "auth": settings.rate_limit_auth,
@@ -93,6 +107,7 @@ class Gateway:
         )
 
     async def aclose(self) -> None:
+        await self.token_versions.aclose()
         await self.client.aclose()  # and with it the pool
 
     async def authenticate(self, authorization: str | None) -> Claims | None:
@@ -103,13 +118,15 @@ class Gateway:
             detail = "Use `Authorization: Bearer <token>`."
             raise Problem(401, "invalid_token", detail, headers=_UNAUTHENTICATED)
         try:
-            return await self.jwks.verify(token)
+            claims = await self.jwks.verify(token)
+            await self.token_versions.check(claims)  # a revoked token has a valid signature too
+            return claims
         except InvalidToken as exc:
             log.info("token_refused", reason=str(exc))
             raise Problem(
                 401, "invalid_token", "The access token is invalid or expired.", headers=_UNAUTHENTICATED
             ) from None
-        except JwksUnavailable:
+        except (JwksUnavailable, TokenVersionUnavailable):
             raise Problem(503, "auth_unavailable", "Tokens cannot be checked right now.") from None
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -234,6 +251,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, service=settings.service_name)
         log.info("gateway_started", upstreams={n: u.url for n, u in gateway.upstreams.items()})
+        await gateway.token_versions.start()
         yield
         await gateway.aclose()
         if tracing:

@@ -79,6 +79,13 @@ class Settings(SecretGuardedSettings):
     jwks_min_refresh_seconds: float = 5.0
     # Verified tokens remembered until they expire (0: check every signature).
     verified_token_cache_size: int = 10_000
+    # Users' current token versions (which revoke tokens), remembered only while subscribed to the
+    # users service's revocation announcements on NATS; without NATS, asked for on every request.
+    nats_url: str = Field(
+        default="", validation_alias=AliasChoices("NATS_URL", "GATEWAY_NATS_URL", "nats_url")
+    )
+    token_version_cache_size: int = 10_000  # 0: ask on every request even when subscribed
+    token_version_max_age_seconds: float = 60.0
 
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or CIDRs, comma-separated;
     # "*" for any). Empty: the gateway is the edge, the TCP peer is the client, and a client's own
