@@ -142,7 +142,7 @@ def main() -> int:
     (asked_p50, asked_mean), (kept_p50, kept_mean) = asyncio.run(measure_revocation_check(args.lookups))
     print(
         f"token version asked of the users service: p50 {asked_p50:.0f} us, mean {asked_mean:.0f} us "
-        f"per request; remembered while subscribed: p50 {kept_p50:.1f} us, mean {kept_mean:.1f} us per request"
+        f"per request; remembered while subscribed: p50 {kept_p50:.1f} us, mean {kept_mean:.1f} us"
     )
     return 0
 
