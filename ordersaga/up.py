@@ -385,6 +385,9 @@ class Stack:
     def stop(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / STATE_FILE).unlink()
+        if self.supervisor.echo is not None:
+            # While the others stop, their refused connections are expected: only errors still show.
+            self.supervisor.echo.quieten("error")
         self.supervisor.stop_all()
         if self.smtp is not None:
             self.smtp.stop()
@@ -419,7 +422,8 @@ class Stack:
         if self.codec:
             table.add_row(
                 "payload codec",
-                f"{self.codec_url}; bearer token: codec_token in {self.data_dir / 'credentials.json'}"
+                f"{self.codec_url}; bearer token: codec_token in {self.data_dir / 'credentials.json'} "
+                "(the Web UI cannot send it: ORDERSAGA_CODEC_AUTH=false lets it decode)"
                 if self.settings.codec_auth
                 else f"{self.codec_url} (no token: the Web UI decodes through it)",
             )
@@ -427,8 +431,7 @@ class Stack:
         table.add_row("data", str(self.data_dir))
         table.add_row(
             "logs",
-            f"{self.logs}/<process>.log (JSON lines, all levels); the console shows "
-            f"{self.settings.log_level} and above (--log-level info for more)",
+            f"{self.logs}/<process>.log, every line; here: {self.settings.log_level} and above (-v: info)",
         )
         table.add_row("status", "`ordersaga status` (same --data-dir and settings)")
         shown = self.creds.generated_now
@@ -516,9 +519,6 @@ def run_up(settings: UpSettings | None = None, *, console: Console | None = None
             console.print(stack.supervisor.last_lines(child), highlight=False, markup=False)
             return 1
         console.print("[yellow]stopping[/] ...")
-        if stack.supervisor.echo is not None:
-            # Connections refused while the others stop are expected then; errors still show.
-            stack.supervisor.echo.quieten("error")
         return 0
     except StartupError as err:
         console.print(f"[red bold]ordersaga up failed:[/] {err}")

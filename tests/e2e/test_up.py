@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from ordersaga.smtp_sink import read_mailbox
 from tests.e2e.conftest import ARTIFACTS, UpProcess, start_up
 from tests.support.prerequisites import chromium_path
+from tests.support.processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.temporal]
 
@@ -311,10 +313,17 @@ def test_ctrl_c_stops_everything(up: UpProcess) -> None:
 
 def test_restart_mid_saga_resumes_and_charges_once(tmp_path: Path) -> None:
     # A wide window between charge attempts, to stop the stack while the saga is mid-flight.
-    # This stack also shows the console format, with info lines, as a terminal would get it.
+    # This stack also shows the console format, with info lines, as a terminal would get it, and
+    # runs with encrypted payloads, so that `up` starts the codec server for the Web UI.
     console = {"ORDERSAGA_LOG_FORMAT": "console", "ORDERSAGA_LOG_LEVEL": "info"}
-    stack = start_up(tmp_path, {"WORKER_PAYMENT_INITIAL_INTERVAL_SECONDS": "2"} | console)
+    codec_port = free_port()
+    codec = {
+        "ORDERSAGA_PAYLOAD_KEYS": "t1:" + base64.b64encode(os.urandom(32)).decode(),
+        "ORDERSAGA_CODEC_PORT": str(codec_port),
+    }
+    stack = start_up(tmp_path, {"WORKER_PAYMENT_INITIAL_INTERVAL_SECONDS": "2"} | console | codec)
     try:
+        assert_codec_server_wired(stack, f"http://127.0.0.1:{codec_port}")
         creds = stack.credentials()
         token, _ = login(stack.api, creds["demo_email"], creds["demo_password"])
         auth = {"Authorization": f"Bearer {token}"}
@@ -364,3 +373,19 @@ def test_restart_mid_saga_resumes_and_charges_once(tmp_path: Path) -> None:
     finally:
         if stack.proc is not None and stack.proc.poll() is None:
             stack.interrupt()
+
+
+def assert_codec_server_wired(stack: UpProcess, codec_url: str) -> None:
+    """The Web UI is pointed at the codec server, which answers only with the generated token."""
+    assert httpx.get(f"{stack.web_ui}/api/v1/settings").json()["Codec"]["Endpoint"] == codec_url
+    bearer = {"Authorization": f"Bearer {stack.credentials()['codec_token']}"}
+    plain = {
+        "metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
+        "data": base64.b64encode(b'"demo@example.com"').decode(),
+    }
+    encoded = httpx.post(f"{codec_url}/encode", json={"payloads": [plain]}, headers=bearer)
+    assert encoded.status_code == 200, encoded.text
+    assert b"demo@example.com" not in base64.b64decode(encoded.json()["payloads"][0]["data"])
+    assert httpx.post(f"{codec_url}/decode", json=encoded.json()).status_code == 401
+    decoded = httpx.post(f"{codec_url}/decode", json=encoded.json(), headers=bearer)
+    assert decoded.json()["payloads"][0]["data"] == plain["data"]
