@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from services.kit.app import create_service_app
 from services.users.bootstrap import users_lifespan
-from services.users.passwords import Passwords
+from services.users.passwords import Passwords, RequestClock
 from services.users.routes import auth_router, internal_router, users_router
 from services.users.settings import Settings
 from services.users.throttle import LoginThrottle
@@ -22,5 +22,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hooks=[users_lifespan(settings)],
     )
     app.state.passwords = Passwords.from_settings(settings)
+    app.add_middleware(RequestClock)
     app.state.login_throttle = LoginThrottle(settings.login_failure_limit, redis_url=settings.redis_url)
     return app
