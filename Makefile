@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install dev test test-fast lint format lock serve clean python
+.PHONY: install dev test test-fast lint format lock check-floors serve clean python
 
 python:
 	@test -n "$(PYTHON)" || { echo "make: no Python >= 3.11 found (tried python3.13, python3.12, python3.11, python3); install one or pass PYTHON=/path/to/python3" >&2; exit 1; }
@@ -35,8 +35,16 @@ install: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/ordersaga up
 
+# Two workers (pytest-xdist): in-process service tests spread over both cores while each real-process
+# stack keeps to one worker (tests/conftest.py groups them). Capacity tests (`serial`) run alone after.
+# `make test TEST_WORKERS=0` runs everything in one process; exit status 5 (nothing selected) is fine.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	@parallel=0; serial=0; \
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadgroup -m "not serial" $(PYTEST_ARGS) || parallel=$$?; \
+	$(PYTEST) -m serial $(PYTEST_ARGS) || serial=$$?; \
+	for status in $$parallel $$serial; do [ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status; done
 
 test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -x -m "not slow" $(PYTEST_ARGS)
@@ -67,8 +75,22 @@ lock: python
 	grep -vxFf requirements.lock $(LOCK_VENV)/all.txt > requirements-test.lock
 	rm -rf $(LOCK_VENV)
 
+# Every run-time dependency at its pyproject.toml floor (pip resolves the indirect ones), then the
+# suites that exercise them: the floors are versions the code has run on, not guesses.
+FLOOR_VENV := $(VENV)-floors
+FLOOR_TESTS ?= tests/replay tests/services tests/gateway/test_rate_limits.py tests/saga/test_saga_paths.py
+check-floors: python
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(PYTHON) tools/direct_floors.py > $(FLOOR_VENV)/floors.txt
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -r $(FLOOR_VENV)/floors.txt
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-test.lock
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider -p no:schemathesis $(FLOOR_TESTS)
+
 serve: $(STAMP)
 	$(BIN)/ordersaga serve $(SERVICE)
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-floors $(VENV)-lock .data .pytest_cache .mypy_cache .ruff_cache

@@ -115,6 +115,33 @@ async def driver(stack: Stack) -> AsyncIterator[Driver]:
         yield client
 
 
+# ---- how `make test` spreads the suite over two pytest-xdist workers (`--dist loadgroup`)
+
+TESTS = Path(__file__).parent
+# Tests that measure what the machine can take (a crowd of logins, the chaos run's throughput) run
+# alone after the parallel part, so a neighbour's load does not decide their result.
+SERIAL_DIRECTORIES = frozenset({"load", "chaos"})
+
+
+def _xdist_group(item: pytest.Item) -> str | None:
+    """Tests that share an expensive fixture stay on one worker, so it starts once per run."""
+    if "stack" in getattr(item, "fixturenames", ()):
+        return "stack"
+    parts = item.path.relative_to(TESTS).parts
+    if len(parts) == 1 or parts[0] == "services":
+        return None  # each test builds its own in-process app: any worker will do
+    return parts[0]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(TESTS).parts[0] in SERIAL_DIRECTORIES:
+            item.add_marker(pytest.mark.serial)
+        group = _xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config.stash[_EXIT_STATUS] = int(exitstatus)
