@@ -139,6 +139,7 @@ class LogEcho:
                     soft_wrap=True,
                     highlight=False,
                     markup=False,
+                    emoji=False,
                 )
             else:
                 # One line each, cut to the terminal's width: a wrapped traceback would push the

@@ -300,7 +300,8 @@ class Stack:
             for child in data_children:
                 self.supervisor.wait_ready(child, 120)
         count = self.settings.workers
-        with self.step(f"starting {count} worker{'s' if count > 1 else ''}", "worker ready"):
+        plural = "s" if count > 1 else ""
+        with self.step(f"starting {count} worker{plural}", f"worker{plural} ready"):
             self.start_workers(count, env)
         if "gateway" in self.services:
             self._run("gateway", [entry, "serve", "gateway"], env, _http(self.url("gateway") + "/ready"))
@@ -516,7 +517,7 @@ def run_up(settings: UpSettings | None = None, *, console: Console | None = None
         if died:
             child = next(c for c in stack.supervisor.children if c.name == died)
             console.print(f"[red]{died} exited unexpectedly[/]; stopping everything", highlight=False)
-            console.print(stack.supervisor.last_lines(child), highlight=False, markup=False)
+            console.print(stack.supervisor.last_lines(child), highlight=False, markup=False, emoji=False)
             return 1
         console.print("[yellow]stopping[/] ...")
         return 0

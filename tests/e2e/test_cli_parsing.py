@@ -34,6 +34,7 @@ def test_help_shows_env_vars_and_examples() -> None:
     result = runner.invoke(app, ["up", "--help"], terminal_width=160)
     assert result.exit_code == 0
     assert "ORDERSAGA_DATA_DIR" in result.output and "ORDERSAGA_WORKERS" in result.output
+    assert "ORDERSAGA_LOG_FORMAT" in result.output and "ORDERSAGA_LOG_LEVEL" in result.output
     assert "Examples:" in result.output
 
 
@@ -43,3 +44,9 @@ def test_chaos_takes_typed_options_with_help() -> None:
     assert "--quiesce-timeout" in result.output and "Examples:" in result.output
     refused = runner.invoke(app, ["chaos", "--data-dir", "/tmp/x", "--orders", "many"])
     assert refused.exit_code == 2
+
+
+def test_an_unknown_log_format_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["up", "--log-format", "yaml"])
+    assert result.exit_code == 2
+    assert "'yaml' is not one of" in result.output
