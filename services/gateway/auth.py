@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import jwt
 import nats
+import nats.errors
 import structlog
 from cachetools import TLRUCache, TTLCache
 from nats.aio.client import Client as NatsClient
@@ -230,6 +231,10 @@ class TokenVersions:
             self._forget_all("nats closed")
 
         async def error(exc: Exception) -> None:
+            if isinstance(exc, nats.errors.SlowConsumerError):
+                # The client dropped announcements it could not keep up with: any entry may be stale.
+                self._forget_all("announcements dropped")
+                return
             log.debug("token_revocations_nats_error", error=f"{type(exc).__name__}: {exc}")
 
         self._nc = await nats.connect(
