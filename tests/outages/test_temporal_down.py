@@ -1,0 +1,85 @@
+"""Temporal frozen (SIGSTOP on the dev server of this module's own stack), then thawed.
+
+While it is away an order is still accepted at once (202: the order and its outbox event are
+committed; the orders service's sweeper starts the saga later), the saga view is a bounded 503
+with Retry-After, and an orders service (re)started meanwhile boots and accepts orders too. Once
+Temporal answers again every accepted order's saga runs to CONFIRMED, with one payment each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.outages.conftest import GATEWAY_TIMEOUT_SECONDS, Timed, assert_unavailable, timed
+from tests.support.driver import Customer, Driver
+from tests.support.identity import as_admin
+from tests.support.stack import Stack, driving, running_stack
+
+# The sweeper takes an unstarted order once it is this old (the production default is 5 s).
+OUTAGE_ENV = {"ORDERS_SAGA_START_GRACE_SECONDS": "1"}
+
+
+@pytest.fixture(scope="module")
+def temporal_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("temporal-outage"), OUTAGE_ENV) as stack:
+        yield stack
+
+
+async def _place(driver: Driver, customer: Customer, product: str, key: str) -> tuple[str, float]:
+    started = time.monotonic()
+    response = await driver.place_order(customer, [(product, 1)], key=key)
+    seconds = time.monotonic() - started
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["workflow_id"] == f"order-{body['id']}"
+    return str(body["id"]), seconds
+
+
+def _saga_view(stack: Stack, order_id: str) -> Timed:
+    return timed("GET", f"{stack.url('orders')}/orders/{order_id}/saga", headers=as_admin())
+
+
+async def test_orders_are_accepted_while_temporal_is_frozen_and_their_sagas_run_once_it_is_back(
+    temporal_stack: Stack,
+) -> None:
+    stack = temporal_stack
+    assert stack.temporal is not None
+    async with driving(stack) as driver:
+        customer = await driver.customer()
+        products = [await driver.product(stock=5) for _ in range(3)]
+        warm, _ = await _place(driver, customer, products[0], "warm")
+        order, _ = await driver.wait_final(warm)
+        assert order["status"] == "CONFIRMED"  # the orders service holds a live Temporal client now
+        stock_before = {p: (await driver.availability(p))["on_hand"] for p in products[1:]}
+
+        stack.temporal.pause()
+        try:
+            during, seconds = await _place(driver, customer, products[1], "during")
+            assert seconds < GATEWAY_TIMEOUT_SECONDS, f"POST /orders took {seconds:.2f}s"
+            assert (await driver.order(during))["status"] == "PENDING"
+            answer = _saga_view(stack, during)
+            assert_unavailable(answer, "saga_unavailable", GATEWAY_TIMEOUT_SECONDS)
+            print(
+                f"temporal frozen: POST /orders 202 in {seconds:.2f}s, saga view 503 in {answer.seconds:.2f}s"
+            )
+
+            # A service that starts while Temporal is away boots, and accepts orders as well.
+            stack.restart("orders")
+            after_boot, seconds = await _place(driver, customer, products[2], "after-boot")
+            assert seconds < GATEWAY_TIMEOUT_SECONDS, f"POST /orders after a boot took {seconds:.2f}s"
+            answer = _saga_view(stack, after_boot)
+            assert_unavailable(answer, "saga_unavailable", GATEWAY_TIMEOUT_SECONDS)
+            print(f"after a boot: POST /orders 202 in {seconds:.2f}s, saga view 503 in {answer.seconds:.2f}s")
+        finally:
+            stack.temporal.resume()
+
+        # Nothing lost: each accepted order gets its saga from the sweeper, and exactly one payment.
+        for order_id, product in ((during, products[1]), (after_boot, products[2])):
+            order, view = await driver.wait_final(order_id, timeout=90)
+            assert (order["status"], view["status"]) == ("CONFIRMED", "completed"), (order, view)
+            await driver.assert_invariants(order, {product: stock_before[product]})
+        # The same keys again are the same orders, not new ones.
+        assert (await _place(driver, customer, products[1], "during"))[0] == during
