@@ -86,6 +86,7 @@ async def _temporal(address: str, namespace: str, worker_pids: list[int]) -> lis
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
     from temporalio.client import Client
 
+    from services.kit.temporal import TemporalSettings, connect_config
     from workflows.payloads import TASK_QUEUE
 
     host, _, port = address.rpartition(":")
@@ -93,7 +94,9 @@ async def _temporal(address: str, namespace: str, worker_pids: list[int]) -> lis
     if not reachable.up:
         return [reachable, Part("worker", False, f"task queue {TASK_QUEUE}", "Temporal is down")]
     try:
-        client = await asyncio.wait_for(Client.connect(address, namespace=namespace), TIMEOUT * 2)
+        # The same connection options as the stack's (TLS, API key from the SDK's env config).
+        config = connect_config(TemporalSettings(address=address, namespace=namespace))
+        client = await asyncio.wait_for(Client.connect(**config), TIMEOUT * 2)
         healthy = await asyncio.wait_for(client.service_client.check_health(), TIMEOUT)
         pollers: list[PollerInfo] = []
         for kind in (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY):
