@@ -71,7 +71,7 @@ def _visible_to(caller: Identity, user_id: uuid.UUID) -> None:
     status_code=status.HTTP_201_CREATED,
     response_model=UserOut,
     summary="Register a customer",
-    responses=problem_responses(400, 409, 413, 422),
+    responses=problem_responses(400, 409, 413, 422, 503),
 )
 async def register(body: RegisterRequest, session: SessionDep, passwords: PasswordsDep) -> UserOut:
     user = await accounts.register(
@@ -146,7 +146,7 @@ async def delete_user(
     response_model=TokenOut,
     summary="Log in with the OAuth2 password form (username = email or username)",
     description="Failed attempts per account are limited: past the limit, 429 with Retry-After.",
-    responses=problem_responses(401, 413, 422, 429),
+    responses=problem_responses(401, 413, 422, 429, 503),
 )
 async def login(
     username: Annotated[str, Form(min_length=1, max_length=EMAIL_MAX, description="Email or username.")],

@@ -108,3 +108,27 @@ def test_the_shipped_cost_meets_owasp_and_one_slot_per_core() -> None:
     assert settings.argon2_time_cost >= 2
     assert settings.password_hash_concurrency >= 1
     assert settings.password_hash_queue_timeout_seconds < 5.0  # the gateway's users timeout
+
+
+async def test_hashes_made_with_the_previous_defaults_are_redone_with_the_shipped_ones_on_login(
+    users_client: UsersClientFactory,
+) -> None:
+    # Until this release the service hashed with argon2-cffi's defaults (RFC 9106's second option).
+    previous = {"argon2_time_cost": 3, "argon2_memory_cost_kib": 65536, "argon2_parallelism": 4}
+    async with users_client(**previous) as client:
+        user = await register(client)
+        database_url = client.app.state.db.url  # type: ignore[attr-defined]
+    shipped = Settings()
+    cost = {
+        "argon2_time_cost": shipped.argon2_time_cost,
+        "argon2_memory_cost_kib": shipped.argon2_memory_cost_kib,
+        "argon2_parallelism": shipped.argon2_parallelism,
+    }
+    async with users_client(**cost, database_url=database_url) as client:
+        assert (await login(client, user["username"])).status_code == 200
+        [stored] = await stored_users(client)
+        expected = (
+            f"m={shipped.argon2_memory_cost_kib},t={shipped.argon2_time_cost},p={shipped.argon2_parallelism}"
+        )
+        assert f"$argon2id$v=19${expected}$" in stored.password_hash
+        assert (await login(client, user["username"])).status_code == 200
