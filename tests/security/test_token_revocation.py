@@ -1,5 +1,6 @@
 """A password change, a role change and a deletion refuse the user's earlier tokens at once, through
-the gateway, including a token the gateway has already verified and remembered.
+the gateway, including a token the gateway has already verified and remembered; and failed logins
+on one account from many addresses meet the users service's per-account limit.
 
 Real processes: nats-server, the users service and three gateways in front of it: one subscribed to
 the revocation announcements (it remembers users' token versions), one without NATS and one whose
@@ -100,6 +101,21 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             )
             started.append(process.start(timeout=60))
             gateways[name] = url + "/api/v1"
+        # Behind a trusted proxy, so each test "client" picks its address with X-Forwarded-For.
+        port = free_port()
+        env = _env(
+            directory,
+            GATEWAY_USERS_URL=users_url,
+            GATEWAY_TRUSTED_PROXIES="127.0.0.1",
+            GATEWAY_RATE_LIMIT_AUTH="4/minute",
+        )
+        argv = [str(VENV_BIN / "ordersaga"), "serve", "gateway", "--port", str(port)]
+        url = f"http://127.0.0.1:{port}"
+        process = ManagedProcess(
+            "gateway-proxied", argv, directory / "gateway-proxied.log", env, ready=http_ok(url + "/health")
+        )
+        started.append(process.start(timeout=60))
+        gateways["proxied"] = url + "/api/v1"
         yield Setup(nats, users, users_url, gateways)
     finally:
         for process in reversed(started):
@@ -248,3 +264,29 @@ async def test_while_nats_is_away_nothing_is_remembered_and_revocation_still_hol
         await asyncio.sleep(0.2)
     assert changed.status_code == 200, changed.text
     _refused(await http.get(f"{api}/users/{user['id']}", headers=auth))
+
+
+async def test_failed_logins_from_many_addresses_meet_the_per_account_limit(
+    http: httpx.AsyncClient, setup: Setup
+) -> None:
+    api = setup.gateways["proxied"]  # 4 logins a minute per address; the account allows 10 failures
+    victim, _ = await _customer(http, setup.gateways["without-nats"])
+    bystander, _ = await _customer(http, setup.gateways["without-nats"])
+    answers = []
+    for n in range(12):
+        address = f"198.51.100.{n // 3 + 1}"  # four addresses, three each: under their own limit
+        form = {"username": str(victim["username"]), "password": f"guess {n}"}
+        answers.append(await http.post(api + "/auth/token", data=form, headers={"X-Forwarded-For": address}))
+    assert [a.status_code for a in answers] == [401] * 10 + [429] * 2
+    refused = answers[-1]
+    assert refused.json()["code"] == "too_many_attempts"  # the account's limit, not the address's
+    assert int(refused.headers["Retry-After"]) >= 1
+    # The right password from a fresh address is refused too, until the window moves on ...
+    fresh = {"X-Forwarded-For": "198.51.100.99"}
+    form = {"username": str(victim["username"]), "password": PASSWORD}
+    assert (await http.post(api + "/auth/token", data=form, headers=fresh)).status_code == 429
+    # ... while another account logs in from one of the guessing addresses.
+    form = {"username": str(bystander["username"]), "password": PASSWORD}
+    assert (
+        await http.post(api + "/auth/token", data=form, headers={"X-Forwarded-For": "198.51.100.4"})
+    ).status_code == 200
