@@ -5,6 +5,7 @@ shared through a real Redis and held per process while Redis is away."""
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,9 +13,11 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from services.users.tokens import InvalidToken, TokenIssuer, verify_token
 from tests.services.users.conftest import PASSWORD, UsersClientFactory, login, register
 from tests.support.identity import as_admin, as_customer, as_service
 from tests.support.processes import ManagedProcess, free_port, tcp_open
@@ -251,3 +254,30 @@ async def test_with_redis_away_logins_stay_throttled_per_process_and_the_outage_
     assert len(down) == 1 and down[0]["log_level"] == "warning"
     assert "users_login_throttle_storage_available 0.0" in metrics
     assert _sample("users_login_throttle_fallbacks_total") - fallbacks == 5
+
+
+# ---- the `ver` claim, without any app
+
+
+@pytest.fixture(scope="module")
+def issuer() -> TokenIssuer:
+    return TokenIssuer(rsa.generate_private_key(public_exponent=65537, key_size=2048), ttl_seconds=900)
+
+
+def test_the_token_version_travels_in_the_ver_claim(issuer: TokenIssuer) -> None:
+    claims = verify_token(issuer.issue(uuid.uuid4(), "customer", token_version=7).access_token, issuer.jwks())
+    assert claims.token_version == 7
+    # Without one (a token from before versions, or minted with the key): None, which the gateway lets by.
+    assert (
+        verify_token(issuer.issue(uuid.uuid4(), "customer").access_token, issuer.jwks()).token_version is None
+    )
+
+
+@pytest.mark.parametrize("version", [-1, "3", True, 1.5, [1]])
+def test_a_malformed_ver_claim_is_refused(issuer: TokenIssuer, version: object) -> None:
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": str(uuid.uuid4()), "role": "customer", "iss": "ordersaga"}
+    claims |= {"aud": "ordersaga-api", "iat": now, "exp": now + 900, "ver": version}
+    token = jwt.encode(claims, issuer._private_key, algorithm="RS256", headers={"kid": issuer.kid})
+    with pytest.raises(InvalidToken):
+        verify_token(token, issuer.jwks())
