@@ -53,6 +53,17 @@ class Revocations:
             self._task = asyncio.create_task(self._connect(), name="token-revocations-connect")
 
     async def _connect(self) -> None:
+        async def error(exc: Exception) -> None:
+            # Every failed (re)connect attempt lands here; the outage itself is logged once below.
+            log.debug("token_revocations_nats_error", error=f"{type(exc).__name__}: {exc}")
+
+        async def disconnected() -> None:
+            log.warning("token_revocations_nats_disconnected")
+
+        async def reconnected() -> None:
+            log.info("token_revocations_nats_reconnected")
+
+        # The first connect keeps trying too, until a server answers (the task is cancellable).
         self._nc = await nats.connect(
             servers=[u.strip() for u in self._url.split(",") if u.strip()],
             name="users-token-revocations",
@@ -60,6 +71,9 @@ class Revocations:
             reconnect_time_wait=0.5,
             max_reconnect_attempts=-1,
             allow_reconnect=True,
+            error_cb=error,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
         )
 
     async def aclose(self) -> None:

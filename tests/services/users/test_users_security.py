@@ -4,10 +4,12 @@ shared through a real Redis and held per process while Redis is away."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +22,7 @@ from structlog.testing import capture_logs
 from services.users.tokens import InvalidToken, TokenIssuer, verify_token
 from tests.services.users.conftest import PASSWORD, UsersClientFactory, login, register
 from tests.support.identity import as_admin, as_customer, as_service
+from tests.support.nats import NatsServer
 from tests.support.processes import ManagedProcess, free_port, tcp_open
 
 NEW_PASSWORD = "an entirely new passphrase"
@@ -143,6 +146,27 @@ async def test_with_nats_configured_and_away_a_revoking_change_is_refused_and_no
         assert (
             await _put(client, user["id"], {"version": 1, "profile": {"bio": "b"}}, me)
         ).status_code == 200
+
+
+async def test_nats_coming_up_after_the_service_lets_revoking_changes_through(
+    users_client: UsersClientFactory, tmp_path: Path
+) -> None:
+    nats = NatsServer(tmp_path / "nats")  # not started yet
+    async with users_client(nats_url=nats.url) as client:
+        user = await register(client)
+        me = as_customer(user["id"])
+        body = {"version": 1, "password": NEW_PASSWORD, "current_password": PASSWORD}
+        assert (await _put(client, user["id"], body, me)).status_code == 503
+        nats.start()
+        try:
+            deadline = time.monotonic() + 20
+            while (changed := await _put(client, user["id"], body, me)).status_code == 503:
+                assert time.monotonic() < deadline, "the users service never connected to NATS"
+                await asyncio.sleep(0.2)
+            assert changed.status_code == 200, changed.text
+            assert (await _token_version(client, user["id"]))["token_version"] == 1
+        finally:
+            nats.stop()
 
 
 # ---- per-account login throttling
