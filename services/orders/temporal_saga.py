@@ -89,33 +89,36 @@ class TemporalSaga:
         client = await self.client()
         order_id = str(order.order_id)
         try:
-            await client.start_workflow(
-                "OrderWorkflow",
-                OrderInput(
-                    order_id=order_id,
-                    user_id=str(order.user_id),
-                    payment_method_id=str(order.payment_method_id),
-                    lines=[OrderLine(str(line.product_id), line.quantity) for line in order.items],
-                ),
-                id=workflow_id_for(order_id),
-                task_queue=self._task_queue,
-                # A repeated start (retry, sweeper) attaches to the running saga or is refused once it
-                # has ended; it never starts a second saga for the same order.
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(CUSTOMER_ID, str(order.user_id)),
-                        SearchAttributePair(ORDER_STATUS, "PENDING"),
-                    ]
-                ),
-                static_summary=f"Order {order_id}: {_lines(len(order.items))}",
-                # The saga view shows it; a sweeper's restart has no request trace and sets none.
-                memo={"trace_id": trace_id} if (trace_id := current_trace_id()) else None,
-                rpc_timeout=self._rpc_timeout,
-            )
+            async with _within(self._rpc_timeout):
+                await client.start_workflow(
+                    "OrderWorkflow",
+                    OrderInput(
+                        order_id=order_id,
+                        user_id=str(order.user_id),
+                        payment_method_id=str(order.payment_method_id),
+                        lines=[OrderLine(str(line.product_id), line.quantity) for line in order.items],
+                    ),
+                    id=workflow_id_for(order_id),
+                    task_queue=self._task_queue,
+                    # A repeated start (retry, sweeper) attaches to the running saga or is refused once it
+                    # has ended; it never starts a second saga for the same order.
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    search_attributes=TypedSearchAttributes(
+                        [
+                            SearchAttributePair(CUSTOMER_ID, str(order.user_id)),
+                            SearchAttributePair(ORDER_STATUS, "PENDING"),
+                        ]
+                    ),
+                    static_summary=f"Order {order_id}: {_lines(len(order.items))}",
+                    # The saga view shows it; a sweeper's restart has no request trace and sets none.
+                    memo={"trace_id": trace_id} if (trace_id := current_trace_id()) else None,
+                    rpc_timeout=self._rpc_timeout,
+                )
         except WorkflowAlreadyStartedError:
             log.info("saga_already_started", order_id=order_id)
+        except TimeoutError as err:
+            raise saga_unavailable() from err
 
     async def cancel(self, order_id: uuid.UUID, by: Identity) -> None:
         await self._update(order_id, "cancel", CancelRequest(requested_by=str(by.user_id or by.role)))
@@ -134,7 +137,10 @@ class TemporalSaga:
         client = await self.client()
         handle = client.get_workflow_handle(workflow_id_for(str(order_id)))
         try:
-            view = await handle.query("status", result_type=SagaView, rpc_timeout=self._rpc_timeout)
+            async with _within(self._rpc_timeout):
+                view = await handle.query("status", result_type=SagaView, rpc_timeout=self._rpc_timeout)
+        except TimeoutError as err:
+            raise saga_unavailable() from err
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return not_started_view(order_id)
@@ -145,8 +151,9 @@ class TemporalSaga:
         client = await self.client()
         handle = client.get_workflow_handle(workflow_id_for(str(order_id)))
         try:
-            await handle.execute_update(name, argument, rpc_timeout=self._update_timeout)
-        except WorkflowUpdateRPCTimeoutOrCancelledError as err:
+            async with _within(self._update_timeout):
+                await handle.execute_update(name, argument, rpc_timeout=self._update_timeout)
+        except (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError) as err:
             # Whether the workflow took the update is unknown; repeating it is safe (the validator
             # refuses a second cancel or review with 409).
             raise saga_unavailable(
@@ -159,6 +166,12 @@ class TemporalSaga:
             if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
                 raise Problem(409, "illegal_transition", "The order's saga has already ended.") from err
             raise saga_unavailable() from err
+
+
+def _within(timeout: timedelta) -> asyncio.Timeout:
+    """The whole call's deadline. `rpc_timeout` bounds each attempt only: the SDK retries an
+    unreachable server (connection refused) for several seconds more."""
+    return asyncio.timeout(timeout.total_seconds())
 
 
 def _lines(count: int) -> str:

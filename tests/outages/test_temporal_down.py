@@ -83,3 +83,35 @@ async def test_orders_are_accepted_while_temporal_is_frozen_and_their_sagas_run_
             await driver.assert_invariants(order, {product: stock_before[product]})
         # The same keys again are the same orders, not new ones.
         assert (await _place(driver, customer, products[1], "during"))[0] == during
+
+
+async def test_orders_are_accepted_while_temporal_is_killed_and_their_sagas_run_once_it_restarts(
+    temporal_stack: Stack,
+) -> None:
+    """A stopped server refuses connections, and the SDK retries those for seconds past its
+    per-attempt `rpc_timeout`: only the orders service's own deadline keeps the answers bounded."""
+    stack = temporal_stack
+    temporal = stack.temporal
+    assert temporal is not None
+    async with driving(stack) as driver:
+        customer = await driver.customer()
+        product = await driver.product(stock=5)
+        warm, _ = await _place(driver, customer, product, "warm-before-kill")
+        await driver.wait_final(warm)  # the orders service holds a connected client when it dies
+        on_hand = (await driver.availability(product))["on_hand"]
+
+        temporal.kill()
+        try:
+            order_id, seconds = await _place(driver, customer, product, "while-killed")
+            assert seconds < GATEWAY_TIMEOUT_SECONDS, f"POST /orders took {seconds:.2f}s"
+            answer = _saga_view(stack, order_id)
+            assert_unavailable(answer, "saga_unavailable", GATEWAY_TIMEOUT_SECONDS)
+            print(
+                f"temporal killed: POST /orders 202 in {seconds:.2f}s, saga view 503 in {answer.seconds:.2f}s"
+            )
+        finally:
+            temporal.start(timeout=60)  # the same port and database file: the same server, restarted
+
+        order, view = await driver.wait_final(order_id, timeout=90)
+        assert (order["status"], view["status"]) == ("CONFIRMED", "completed"), (order, view)
+        await driver.assert_invariants(order, {product: on_hand})
