@@ -134,6 +134,9 @@ async def start_saga(session: AsyncSession, saga: SagaPort, order: OrderStart) -
     """Start the saga now; on failure leave it to the sweeper (the order is already safely recorded)."""
     try:
         await saga.start(order)
+    except Problem as problem:  # the saga engine is away: expected during an outage, no traceback
+        log.warning("saga_start_deferred", order_id=str(order.order_id), reason=problem.detail)
+        return False
     except Exception:
         log.exception("saga_start_failed", order_id=str(order.order_id))
         return False
