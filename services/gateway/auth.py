@@ -29,7 +29,7 @@ import jwt
 import nats
 import nats.errors
 import structlog
-from cachetools import TLRUCache, TTLCache
+from cachetools import LRUCache, TLRUCache, TTLCache
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -160,8 +160,10 @@ class TokenVersions:
     asked for on every request (the first announcement comes before the change is committed, so a
     version fetched meanwhile may be the old one). Disconnected, or without `NATS_URL`, nothing is
     remembered, announcements may have been missed, and every request asks the users service:
-    revocation is immediate either way, NATS only makes it cheap. An entry is also forgotten after
-    `max_age` seconds, so a connection that is dead but not yet noticed misleads only that long.
+    revocation is immediate either way, NATS only makes it cheap. An entry is asked for again after
+    `max_age` seconds, so a connection that is dead but not yet noticed misleads only that long;
+    if the users service cannot answer then, the entry is still used while subscribed (no change
+    can have been committed unannounced), so a users outage does not stop its users' calls.
     """
 
     QUIET_SECONDS = 5.0
@@ -180,8 +182,10 @@ class TokenVersions:
         self._url = users_url.rstrip("/") + _VERSION_PATH
         self._headers = identity_headers(internal_token, "service")
         self._nats_url = nats_url
-        self._cache: TTLCache[uuid.UUID, tuple[int, bool]] | None = (
-            TTLCache(cache_size, ttl=max_age, timer=time.monotonic) if cache_size > 0 and nats_url else None
+        self._max_age = max_age
+        # user → (version, active, fetched at): the least recently used dropped first.
+        self._cache: LRUCache[uuid.UUID, tuple[int, bool, float]] | None = (
+            LRUCache(cache_size) if cache_size > 0 and nats_url else None
         )
         self._quiet: TTLCache[uuid.UUID, bool] = TTLCache(
             100_000, ttl=self.QUIET_SECONDS, timer=time.monotonic
@@ -272,11 +276,29 @@ class TokenVersions:
 
     async def current(self, user_id: uuid.UUID) -> tuple[int, bool] | None:
         """(version, active) of the user, None for an unknown one."""
-        if self.trusted and self._cache is not None:
-            remembered = self._cache.get(user_id)
-            if remembered is not None:
-                return remembered
+        remembered = self._cache.get(user_id) if self.trusted and self._cache is not None else None
+        if remembered is not None and time.monotonic() - remembered[2] < self._max_age:
+            return remembered[0], remembered[1]
         epoch = self._epoch
+        try:
+            found = await self._fetch(user_id)
+        except TokenVersionUnavailable:
+            # Still subscribed and not dropped by an announcement since: still the current version.
+            if remembered is not None and self.trusted and self._cache is not None and user_id in self._cache:
+                log.warning("token_version_stale_used", user_id=str(user_id))
+                return remembered[0], remembered[1]
+            raise
+        if (
+            found is not None
+            and self.trusted
+            and self._cache is not None
+            and epoch == self._epoch
+            and user_id not in self._quiet
+        ):
+            self._cache[user_id] = (*found, time.monotonic())
+        return found
+
+    async def _fetch(self, user_id: uuid.UUID) -> tuple[int, bool] | None:
         self.fetches += 1
         try:
             answer = await self._client.get(
@@ -292,12 +314,9 @@ class TokenVersions:
             raise TokenVersionUnavailable(f"users service answered {answer.status_code}")
         try:
             body = answer.json()
-            found = (int(body["token_version"]), bool(body["active"]))
+            return int(body["token_version"]), bool(body["active"])
         except (ValueError, KeyError, TypeError) as exc:
             raise TokenVersionUnavailable("unreadable token version") from exc
-        if self.trusted and self._cache is not None and epoch == self._epoch and user_id not in self._quiet:
-            self._cache[user_id] = found
-        return found
 
     async def check(self, claims: Claims) -> None:
         """InvalidToken if the token's version is no longer its user's (revoked), or the user is gone.

@@ -34,6 +34,7 @@ ADMIN_EMAIL = "root@example.com"
 ADMIN_PASSWORD = "admin password for the revocation tests"
 VERSION_ROUTE = "/internal/users/{user_id}/token-version"
 GATEWAYS = ("subscribed", "without-nats", "nats-away")
+MAX_AGE_SECONDS = 5
 
 
 @dataclass
@@ -81,12 +82,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "without-nats": "",
             "nats-away": f"nats://127.0.0.1:{free_port()}",
         }
+        nowhere = f"http://127.0.0.1:{free_port()}"  # an inventory that is not there
         for name in GATEWAYS:
             port = free_port()
             env = _env(
                 directory,
                 NATS_URL=nats_urls[name],
                 GATEWAY_USERS_URL=users_url,
+                GATEWAY_INVENTORY_URL=nowhere,
+                GATEWAY_TOKEN_VERSION_MAX_AGE_SECONDS=str(MAX_AGE_SECONDS),
                 GATEWAY_RATE_LIMIT_AUTH="100000/minute",
                 GATEWAY_RATE_LIMIT_USER="100000/minute",
             )
@@ -290,3 +294,36 @@ async def test_failed_logins_from_many_addresses_meet_the_per_account_limit(
     assert (
         await http.post(api + "/auth/token", data=form, headers={"X-Forwarded-For": "198.51.100.4"})
     ).status_code == 200
+
+
+async def test_while_the_users_service_is_away_only_remembered_versions_let_calls_through(
+    http: httpx.AsyncClient, setup: Setup
+) -> None:
+    subscribed, plain = setup.gateways["subscribed"], setup.gateways["without-nats"]
+    user, remembered = await _customer(http, subscribed)
+    # After the NATS restart above, the gateway remembers again once it has resubscribed.
+    deadline = time.monotonic() + 20
+    while True:
+        await _remembered(http, subscribed, user["id"], remembered)
+        before = await _version_fetches(http, setup)
+        await _remembered(http, subscribed, user["id"], remembered)
+        if await _version_fetches(http, setup) == before:
+            break
+        assert time.monotonic() < deadline, "the gateway never resubscribed"
+        await asyncio.sleep(0.2)
+    _, not_asked_yet = await _customer(http, subscribed)  # logged in, never called with
+    other, plain_auth = await _customer(http, plain)
+    await _remembered(http, plain, other["id"], plain_auth)
+    await asyncio.sleep(MAX_AGE_SECONDS + 0.5)  # past its age: the subscribed gateway asks again
+    setup.users.stop()
+    try:
+        # GET /products is open to anyone, but a token sent along is checked all the same; past the
+        # check it meets the inventory that is not there.
+        passed = await http.get(subscribed + "/products", headers=remembered)
+        assert passed.json()["code"] in ("upstream_unreachable", "upstream_unavailable"), passed.text
+        for api, auth in ((subscribed, not_asked_yet), (plain, plain_auth)):
+            refused = await http.get(api + "/products", headers=auth)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "auth_unavailable"
+    finally:
+        setup.users.start(timeout=60)
