@@ -29,4 +29,4 @@ class Settings(ServiceSettings):
     # POST /orders still answers 202 (the sweeper starts the saga later), a saga read answers 503.
     temporal_rpc_timeout_seconds: float = Field(default=2.0, gt=0)
     # An update (cancel, review, retry) also waits for the worker to run the workflow's handler.
-    temporal_update_timeout_seconds: float = Field(default=4.0, gt=0)
+    temporal_update_timeout_seconds: float = Field(default=3.0, gt=0)

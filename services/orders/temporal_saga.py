@@ -59,7 +59,7 @@ class TemporalSaga:
         *,
         task_queue: str = TASK_QUEUE,
         rpc_timeout: float = 2.0,
-        update_timeout: float = 4.0,
+        update_timeout: float = 3.0,
     ) -> None:
         self._settings = settings or TemporalSettings()
         self._task_queue = task_queue

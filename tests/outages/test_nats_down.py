@@ -24,6 +24,7 @@ from services.kit.events import CloudEvent
 from tests.outages.conftest import service_process, timed, wait_until
 from tests.support.identity import as_customer
 from tests.support.nats import NatsServer
+from tests.support.processes import ManagedProcess
 
 CONSUMER = "outage-test"
 # How long the events may take to arrive once NATS is back: reconnect (0.5 s) plus relay backoff (≤ 1 s).
@@ -38,7 +39,9 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 @pytest.fixture(scope="module")
-def orders(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def orders_process(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, ManagedProcess]]:
     env = {
         "NATS_URL": nats_server.url,
         "ORDERS_OUTBOX_POLL_INTERVAL_SECONDS": "0.1",
@@ -46,7 +49,7 @@ def orders(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) ->
     }
     process, url = service_process("orders", tmp_path_factory.mktemp("orders-nats-outage"), env)
     process.start(timeout=90)
-    yield url
+    yield url, process
     process.stop()
 
 
@@ -103,8 +106,9 @@ async def _created_events(url: str, want: set[str], timeout: float) -> Counter[s
 
 
 async def test_orders_are_accepted_while_nats_is_down_and_their_events_arrive_once_it_is_back(
-    nats_server: NatsServer, orders: str
+    nats_server: NatsServer, orders_process: tuple[str, ManagedProcess]
 ) -> None:
+    orders, process = orders_process
     user = str(uuid.uuid4())
     first, _ = _place(orders, user)
     assert await _created_events(nats_server.url, {first}, 30) == Counter({first: 1})
@@ -122,6 +126,7 @@ async def test_orders_are_accepted_while_nats_is_down_and_their_events_arrive_on
     )
     # Long enough for the relay to fail and back off a few times, not just once.
     await asyncio.sleep(2)
+    assert "outbox_relay_backoff" in process.log_path.read_text(), "the relay's retries are not logged"
 
     nats_server.start()
     started = time.monotonic()

@@ -15,7 +15,7 @@ import pytest
 
 from tests.outages.conftest import GATEWAY_TIMEOUT_SECONDS, Timed, assert_unavailable, timed
 from tests.support.driver import Customer, Driver
-from tests.support.identity import as_admin
+from tests.support.identity import as_admin, as_customer
 from tests.support.stack import Stack, driving, running_stack
 
 # The sweeper takes an unstarted order once it is this old (the production default is 5 s).
@@ -65,6 +65,12 @@ async def test_orders_are_accepted_while_temporal_is_frozen_and_their_sagas_run_
             print(
                 f"temporal frozen: POST /orders 202 in {seconds:.2f}s, saga view 503 in {answer.seconds:.2f}s"
             )
+            # An update (here a cancel) waits for the workflow's handler: bounded by its own deadline.
+            cancel = timed(
+                "POST", f"{stack.url('orders')}/orders/{during}/cancel", headers=as_customer(customer.user_id)
+            )
+            assert_unavailable(cancel, "saga_unavailable", GATEWAY_TIMEOUT_SECONDS)
+            print(f"temporal frozen: cancel 503 in {cancel.seconds:.2f}s")
 
             # A service that starts while Temporal is away boots, and accepts orders as well.
             stack.restart("orders")
