@@ -201,6 +201,9 @@ class Stack:
 
     def common_env(self) -> dict[str, str]:
         env = {
+            # up is the development topology: a shell that exports ORDERSAGA_ENV=production for
+            # other work must not make these children refuse the development vault secret.
+            "ORDERSAGA_ENV": "development",
             "ORDERSAGA_DATA_DIR": str(self.data_dir),
             "ORDERSAGA_INTERNAL_TOKEN": self.creds.internal_token,
             "ORDERSAGA_ADMIN_EMAIL": self.creds.admin_email,
