@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from services.users.passwords import HashingOverloaded, Passwords
+from services.users.passwords import HashingOverloaded, Passwords, RequestClock
 from services.users.settings import Settings
 from tests.services.users.conftest import (
     PASSWORD,
@@ -20,12 +24,12 @@ from tests.services.users.conftest import (
     unique_name,
 )
 
-# One slot, a 0.1 s queue, and a hash slow enough (~0.2 s and more) that it surely holds the slot
-# for longer than the queue timeout.
+# One slot, a 0.1 s queue, and a hash slow enough (~0.3 s on the 2-core VM) that it surely holds
+# the slot for longer than the queue timeout.
 ONE_SLOT = {
     "password_hash_concurrency": 1,
     "password_hash_queue_timeout_seconds": 0.1,
-    "argon2_time_cost": 3,
+    "argon2_time_cost": 4,
     "argon2_memory_cost_kib": 65536,
     "argon2_parallelism": 1,
 }
@@ -132,3 +136,48 @@ async def test_hashes_made_with_the_previous_defaults_are_redone_with_the_shippe
         )
         assert f"$argon2id$v=19${expected}$" in stored.password_hash
         assert (await login(client, user["username"])).status_code == 200
+
+
+class HeldHasher(PasswordHasher):
+    """argon2id, except that hashing HOLD blocks until released: a slot kept busy on cue."""
+
+    HOLD = "hold the only slot"
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=64, parallelism=1)
+        self.release = threading.Event()
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        if password == self.HOLD:
+            self.release.wait(timeout=10)
+        return super().hash(password, salt=salt)
+
+
+async def test_the_wait_for_a_slot_counts_from_the_requests_arrival() -> None:
+    hasher = HeldHasher()
+    passwords = Passwords(hasher, concurrency=1, queue_timeout_seconds=1.0)
+    outcome: dict[str, object] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(0.8)  # most of the budget goes before the hash (say, a slow lookup)
+        started = time.monotonic()
+        try:
+            await passwords.hash(PASSWORD)
+            outcome["result"] = "hashed"
+        except HashingOverloaded:
+            outcome["result"] = "shed"
+        outcome["waited"] = time.monotonic() - started
+        await Response(status_code=204)(scope, receive, send)
+
+    holder = asyncio.create_task(passwords.hash(HeldHasher.HOLD))
+    try:
+        transport = httpx.ASGITransport(app=RequestClock(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://users") as client:
+            await client.get("/")
+    finally:
+        hasher.release.set()
+        await holder
+    # Refused once the 1 s since its arrival is up (0.2 s of waiting), not after another full second.
+    assert outcome["result"] == "shed", outcome
+    assert isinstance(outcome["waited"], float)
+    assert outcome["waited"] < 0.6, outcome
