@@ -5,7 +5,10 @@ hit of the account's budget (`USERS_LOGIN_FAILURE_LIMIT`, e.g. 10 in any 5 minut
 password is checked, so parallel guesses cannot overshoot it; a right password gives the budget
 back. Once it is spent, every attempt on that account is 429 with Retry-After until the oldest
 failure leaves the window, whichever IP it comes from and whether or not the password is right:
-letting a right password through would tell the guesser it was right.
+letting a right password through would tell the guesser it was right. An attempt that gets no
+verdict (shed with 503 while hashing is overloaded) keeps its hit: an overload must not become a
+way to try more passwords. So do right ones still in flight, which only a client logging in to
+one account many times at once would notice.
 
 That is the trade-off: anyone can lock an account out of logging in for one window by failing on
 purpose (its existing tokens keep working). The window is short so the lock-out is short, and the
