@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.kit.errors import Problem
@@ -36,6 +37,11 @@ PASSWORD_MAX = 128
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 2.0
 
 _T = TypeVar("_T")
+
+SHED = Counter(
+    "users_password_hashes_shed_total",
+    "Requests answered 503 overloaded: no password-hashing slot within the queue timeout.",
+)
 
 _request_arrived: ContextVar[float | None] = ContextVar("password_request_arrived", default=None)
 
@@ -111,6 +117,7 @@ class Passwords:
             async with asyncio.timeout(max(0.0, self.queue_timeout - waited)):
                 await self._slots.acquire()
         except TimeoutError:
+            SHED.inc()
             raise HashingOverloaded(self._retry_after) from None
         try:
             # Once started, a hash is not abandoned: a thread cannot be interrupted, and the slot

@@ -9,7 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import ServiceSettings
 
-# 19 MiB, 2 passes, 1 lane: about 40 ms a hash on one core of the 2-core development VM.
+# 19 MiB, 2 passes, 1 lane: 20 to 30 ms a hash on one core of the 2-core development VM.
 ARGON2_TIME_COST = 2
 ARGON2_MEMORY_COST_KIB = 19456
 ARGON2_PARALLELISM = 1

@@ -10,6 +10,7 @@ from collections.abc import Awaitable
 import httpx
 import pytest
 from argon2 import PasswordHasher
+from prometheus_client import REGISTRY
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -41,6 +42,10 @@ async def _timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response, fl
     return response, time.monotonic() - started
 
 
+def _shed_total() -> float:
+    return REGISTRY.get_sample_value("users_password_hashes_shed_total") or 0.0
+
+
 def _sign_up(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
     name = unique_name()
     return client.post(
@@ -52,6 +57,7 @@ async def test_sign_ups_past_the_queue_timeout_get_a_fast_503_with_retry_after(
     users_client: UsersClientFactory,
 ) -> None:
     async with users_client(**ONE_SLOT) as client:
+        shed_before = _shed_total()
         answers = await asyncio.gather(*(_timed(_sign_up(client)) for _ in range(4)))
         statuses = sorted(response.status_code for response, _ in answers)
         assert statuses[0] == 201, statuses
@@ -64,6 +70,7 @@ async def test_sign_ups_past_the_queue_timeout_get_a_fast_503_with_retry_after(
             # Shed after the queue timeout, not after the hashes queued ahead of it.
             assert elapsed < 1.0, elapsed
         assert set(statuses) <= {201, 503}
+        assert _shed_total() - shed_before == len(shed)
 
 
 async def test_logins_are_shed_alike_for_known_and_unknown_names_and_the_service_recovers(
