@@ -57,7 +57,16 @@ class OutboxRelay:
 
     async def _jetstream(self) -> JetStreamContext:
         if self._nc is None or self._nc.is_closed:
-            self._nc = await connect(self.settings.nats_url, name=f"{self.settings.service_name}-relay")
+            # The first connect retries until a server answers; unbounded, a relay started while
+            # NATS is away would never come round again, and its outbox gauges would freeze at
+            # what they said at boot while new rows pile up.
+            try:
+                self._nc = await asyncio.wait_for(
+                    connect(self.settings.nats_url, name=f"{self.settings.service_name}-relay"),
+                    self.settings.outbox_publish_timeout_seconds,
+                )
+            except TimeoutError as err:
+                raise NatsUnavailable("no NATS server answered") from err
             self._js = None
         if not self._nc.is_connected:
             raise NatsUnavailable("not connected to NATS")

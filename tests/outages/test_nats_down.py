@@ -1,8 +1,8 @@
 """NATS killed (SIGKILL, this module's own server), then started again on the same port and store.
 
-While it is away the orders service keeps accepting orders (their events wait in its outbox, and
-its metrics say how many); once it is back the relay publishes them, and a durable consumer that
-read the events before the outage receives every one of the rest exactly once.
+While it is away the orders service keeps accepting orders, even after a restart: their events
+wait in its outbox, and its metrics say how many. Once it is back the relay publishes them, and a
+durable consumer that read the events before the outage receives every one of the rest exactly once.
 """
 
 from __future__ import annotations
@@ -127,6 +127,13 @@ async def test_orders_are_accepted_while_nats_is_down_and_their_events_arrive_on
     # Long enough for the relay to fail and back off a few times, not just once.
     await asyncio.sleep(2)
     assert "outbox_relay_backoff" in process.log_path.read_text(), "the relay's retries are not logged"
+    # A service (re)started while NATS is away boots and takes orders as well.
+    process.stop()
+    process.start(timeout=60)
+    order_id, seconds = _place(orders, user)
+    assert seconds < 1.0, f"POST /orders after a boot took {seconds:.2f}s with NATS down"
+    during.append(order_id)
+    wait_until(lambda: _unpublished(orders) >= len(during), 10, "the restarted service counting its outbox")
 
     nats_server.start()
     started = time.monotonic()
