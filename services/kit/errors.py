@@ -174,18 +174,28 @@ def _is_connection_level(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _CONNECTION_ERRNOS
 
 
-def unavailable_dependency(exc: BaseException) -> bool:
-    """True when `exc` says a dependency (the database) is unreachable or timed out, so a retry later
-    may succeed; False for everything that is our own bug or the request's fault (an IntegrityError,
-    a ProgrammingError), however it is wrapped."""
+def outage_cause(exc: BaseException) -> BaseException | None:
+    """The link of `exc`'s chain that says a dependency (the database) is unreachable or timed out,
+    so that a retry later may succeed; None for everything that is our own bug or the request's
+    fault (an IntegrityError, a ProgrammingError), however it is wrapped."""
     for link in _chain(exc):
         if isinstance(link, sa_exc.IntegrityError | sa_exc.ProgrammingError | sqlite3.IntegrityError):
-            return False
+            return None
         if isinstance(link, asyncpg.IntegrityConstraintViolationError | asyncpg.SyntaxOrAccessError):
-            return False
+            return None
         if _is_connection_level(link):
-            return True
-    return False
+            return link
+    return None
+
+
+def unavailable_dependency(exc: BaseException) -> bool:
+    return outage_cause(exc) is not None
+
+
+def _cause_text(cause: BaseException) -> str:
+    # Only the driver's own message: SQLAlchemy's text carries the statement and its parameters.
+    inner = cause.orig if isinstance(cause, sa_exc.DBAPIError) and cause.orig is not None else cause
+    return f"{type(inner).__name__}: {inner}"[:300]
 
 
 def dependency_unavailable(
@@ -242,8 +252,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     # Registered for the exception types a down database raises (rather than only in the catch-all
     # below) so that they are answered inside the middleware stack like any other problem.
     async def _driver_error(request: Request, exc: Exception) -> JSONResponse:
-        if unavailable_dependency(exc):
-            log.warning("dependency_unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+        if (cause := outage_cause(exc)) is not None:
+            log.warning("dependency_unavailable", path=request.url.path, error=_cause_text(cause))
             return problem_answer(dependency_unavailable(), request.url.path)
         log.exception("unhandled_error", path=request.url.path)
         return problem_answer(internal_error(), request.url.path)
