@@ -35,6 +35,9 @@ class DatabaseTimeouts(BaseSettings):
     # later on its own, for a server that no longer answers at all. Every query of these services
     # is a point read or a short page: taking seconds means the database is in trouble.
     statement_timeout_seconds: float = Field(default=2.0, gt=0)
+    # SQLite only: how long a writer queues for the single write lock before "database is locked"
+    # (then a 503). Not an outage but ordinary contention, so it keeps its long default.
+    sqlite_busy_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
 class Database:
@@ -49,7 +52,7 @@ class Database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             # An embedded file has no connection to lose: a missing file or a failing disk errors at
             # once (503). This is only how long a writer queues for SQLite's single write lock.
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": self.timeouts.sqlite_busy_timeout_seconds}
         else:
             statement = self.timeouts.statement_timeout_seconds
             kwargs.update(
@@ -65,7 +68,9 @@ class Database:
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            _configure_sqlite(
+                self.engine, busy_timeout_ms=int(self.timeouts.sqlite_busy_timeout_seconds * 1000)
+            )
         self.sessionmaker = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
 
     def session(self) -> AsyncSession:
@@ -79,7 +84,7 @@ class Database:
         await self.engine.dispose()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
     """SQLite needs BEGIN IMMEDIATE so that concurrent writers queue on the lock instead of failing.
 
     A deferred transaction that reads and then writes cannot wait for the write lock (SQLITE_BUSY at
@@ -95,7 +100,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")
