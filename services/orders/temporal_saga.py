@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -67,6 +68,8 @@ class TemporalSaga:
         self._update_timeout = timedelta(seconds=update_timeout)
         self._client: Client | None = None
         self._lock = asyncio.Lock()
+        # Until then a start does not wait for Temporal again (monotonic seconds): see `start`.
+        self._away_until = 0.0
 
     async def client(self) -> Client:
         """The connected client; a failed connect is retried by the next call (503 for this one)."""
@@ -86,6 +89,22 @@ class TemporalSaga:
             return self._client
 
     async def start(self, order: OrderStart) -> None:
+        """Start the saga, or raise a 503 Problem when Temporal is away (the sweeper starts it later).
+
+        After a start found Temporal away, the next ones for as long as an attempt takes give up at
+        once instead of waiting out the timeout again: each accepted order would otherwise hold
+        its request that long, and the service's capacity with it. The next start after that tries.
+        """
+        if time.monotonic() < self._away_until:
+            raise saga_unavailable("The saga engine did not answer just now.")
+        try:
+            await self._start(order)
+        except Problem:
+            self._away_until = time.monotonic() + self._rpc_timeout.total_seconds()
+            raise
+        self._away_until = 0.0
+
+    async def _start(self, order: OrderStart) -> None:
         client = await self.client()
         order_id = str(order.order_id)
         try:
@@ -119,6 +138,10 @@ class TemporalSaga:
             log.info("saga_already_started", order_id=order_id)
         except TimeoutError as err:
             raise saga_unavailable() from err
+        except RPCError as err:
+            if err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+                raise saga_unavailable() from err
+            raise
 
     async def cancel(self, order_id: uuid.UUID, by: Identity) -> None:
         await self._update(order_id, "cancel", CancelRequest(requested_by=str(by.user_id or by.role)))

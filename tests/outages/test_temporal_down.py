@@ -49,7 +49,7 @@ async def test_orders_are_accepted_while_temporal_is_frozen_and_their_sagas_run_
     assert stack.temporal is not None
     async with driving(stack) as driver:
         customer = await driver.customer()
-        products = [await driver.product(stock=5) for _ in range(3)]
+        products = [await driver.product(stock=5) for _ in range(4)]
         warm, _ = await _place(driver, customer, products[0], "warm")
         order, _ = await driver.wait_final(warm)
         assert order["status"] == "CONFIRMED"  # the orders service holds a live Temporal client now
@@ -59,11 +59,15 @@ async def test_orders_are_accepted_while_temporal_is_frozen_and_their_sagas_run_
         try:
             during, seconds = await _place(driver, customer, products[1], "during")
             assert seconds < GATEWAY_TIMEOUT_SECONDS, f"POST /orders took {seconds:.2f}s"
+            # The next order does not wait for Temporal again: the first found it away just now.
+            next_one, next_seconds = await _place(driver, customer, products[3], "next")
+            assert next_seconds < 1.0, f"the next POST /orders took {next_seconds:.2f}s"
             assert (await driver.order(during))["status"] == "PENDING"
             answer = _saga_view(stack, during)
             assert_unavailable(answer, "saga_unavailable", GATEWAY_TIMEOUT_SECONDS)
             print(
-                f"temporal frozen: POST /orders 202 in {seconds:.2f}s, saga view 503 in {answer.seconds:.2f}s"
+                f"temporal frozen: POST /orders 202 in {seconds:.2f}s, the next in {next_seconds:.2f}s, "
+                f"saga view 503 in {answer.seconds:.2f}s"
             )
             # An update (here a cancel) waits for the workflow's handler: bounded by its own deadline.
             cancel = timed(
@@ -83,7 +87,7 @@ async def test_orders_are_accepted_while_temporal_is_frozen_and_their_sagas_run_
             stack.temporal.resume()
 
         # Nothing lost: each accepted order gets its saga from the sweeper, and exactly one payment.
-        for order_id, product in ((during, products[1]), (after_boot, products[2])):
+        for order_id, product in ((during, products[1]), (after_boot, products[2]), (next_one, products[3])):
             order, view = await driver.wait_final(order_id, timeout=90)
             assert (order["status"], view["status"]) == ("CONFIRMED", "completed"), (order, view)
             await driver.assert_invariants(order, {product: stock_before[product]})
