@@ -120,11 +120,14 @@ class Passwords:
             SHED.inc()
             raise HashingOverloaded(self._retry_after) from None
         try:
-            # Once started, a hash is not abandoned: a thread cannot be interrupted, and the slot
-            # must stay taken until the CPU it uses is free again.
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
-        finally:
+            running = asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+        except BaseException:
             self._slots.release()
+            raise
+        # The slot is freed when the thread is, not when the caller stops waiting: a hash cannot be
+        # interrupted, and a caller that gives up must not let another hash start on a busy CPU.
+        running.add_done_callback(lambda _: self._slots.release())
+        return await asyncio.shield(running)
 
     async def hash(self, password: str) -> str:
         return await self._run(self.hasher.hash, password)

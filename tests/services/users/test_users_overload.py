@@ -188,3 +188,21 @@ async def test_the_wait_for_a_slot_counts_from_the_requests_arrival() -> None:
     assert outcome["result"] == "shed", outcome
     assert isinstance(outcome["waited"], float)
     assert outcome["waited"] < 0.6, outcome
+
+
+async def test_a_caller_that_gives_up_keeps_its_slot_until_its_hash_is_done() -> None:
+    hasher = HeldHasher()
+    passwords = Passwords(hasher, concurrency=1, queue_timeout_seconds=0.1)
+    holder = asyncio.create_task(passwords.hash(HeldHasher.HOLD))
+    await asyncio.sleep(0.05)  # its hash is running
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+    try:
+        # The thread still hashes: the slot is not free for another hash yet.
+        with pytest.raises(HashingOverloaded):
+            await passwords.hash(PASSWORD)
+    finally:
+        hasher.release.set()
+    await asyncio.sleep(0.05)
+    assert await passwords.verify(await passwords.hash(PASSWORD), PASSWORD)
