@@ -82,6 +82,7 @@ async def test_25_sign_ups_then_25_logins_at_once_all_succeed_and_others_still_g
         assert other_seconds < USERS_TIMEOUT, other_seconds
         slowest = max(seconds for _, seconds in [*signed_up, *logged_in])
         assert slowest < USERS_TIMEOUT, slowest
+        assert set(await users_breaker_states(shipped.gateway_url)) == {0.0}
 
 
 async def test_past_capacity_logins_are_shed_fast_with_retry_after_and_the_breaker_stays_closed(
