@@ -13,8 +13,9 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import TypeVar
 
@@ -44,6 +45,16 @@ SHED = Counter(
 )
 
 _request_arrived: ContextVar[float | None] = ContextVar("password_request_arrived", default=None)
+
+
+class _Reservation:
+    """A slot taken ahead of the hash that will use it (`Passwords.reserved`)."""
+
+    def __init__(self) -> None:
+        self.handed_over = False
+
+
+_reservation: ContextVar[_Reservation | None] = ContextVar("password_slot_reservation", default=None)
 
 
 class RequestClock:
@@ -109,7 +120,24 @@ class Passwords:
             queue_timeout_seconds=settings.password_hash_queue_timeout_seconds,
         )
 
-    async def _run(self, work: Callable[..., _T], *args: str) -> _T:
+    @asynccontextmanager
+    async def reserved(self) -> AsyncIterator[None]:
+        """Take a slot now, for the next hash or verify inside the block.
+
+        Login takes its slot before it spends one of the account's attempts: a login shed with 503
+        under a crowd must not count against the customer, who was told to come back.
+        """
+        await self._acquire()
+        reservation = _Reservation()
+        token = _reservation.set(reservation)
+        try:
+            yield
+        finally:
+            _reservation.reset(token)
+            if not reservation.handed_over:
+                self._slots.release()
+
+    async def _acquire(self) -> None:
         arrived = _request_arrived.get()
         waited = time.monotonic() - arrived if arrived is not None else 0.0
         try:
@@ -119,6 +147,13 @@ class Passwords:
         except TimeoutError:
             SHED.inc()
             raise HashingOverloaded(self._retry_after) from None
+
+    async def _run(self, work: Callable[..., _T], *args: str) -> _T:
+        reservation = _reservation.get()
+        if reservation is not None and not reservation.handed_over:
+            reservation.handed_over = True  # this hash runs on the slot reserved for it
+        else:
+            await self._acquire()
         try:
             running = asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
         except BaseException:

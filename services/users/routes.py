@@ -159,8 +159,9 @@ async def login(
     grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
 ) -> TokenOut:
     account = await accounts.throttle_key(session, username)
-    await throttle.attempt(account)
-    user = await accounts.authenticate(session, passwords, username, password)
+    async with passwords.reserved():  # shed (503) before the account's budget is touched
+        await throttle.attempt(account)
+        user = await accounts.authenticate(session, passwords, username, password)
     if user is None:
         log.info("login_failed")
         raise Problem(

@@ -206,3 +206,19 @@ async def test_a_caller_that_gives_up_keeps_its_slot_until_its_hash_is_done() ->
         hasher.release.set()
     await asyncio.sleep(0.05)
     assert await passwords.verify(await passwords.hash(PASSWORD), PASSWORD)
+
+
+async def test_logins_shed_under_a_crowd_do_not_spend_the_accounts_attempts(
+    users_client: UsersClientFactory,
+) -> None:
+    async with users_client(**ONE_SLOT, login_failure_limit="3/5minutes") as client:
+        user = await register(client)
+        passwords: Passwords = client.app.state.passwords  # type: ignore[attr-defined]
+        # Someone else's sign-up holds the only slot while the customer keeps retrying.
+        crowd = asyncio.create_task(passwords.hash("someone-elses-password"))
+        await asyncio.sleep(0.01)
+        answers = await asyncio.gather(*(login(client, user["username"]) for _ in range(6)))
+        await crowd
+        assert [answer.status_code for answer in answers] == [503] * 6
+        # Six sheds, a budget of three: none of them was an attempt, so the next login is served.
+        assert (await login(client, user["username"])).status_code == 200
