@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.kit.cpus import available_cpus
 from services.kit.errors import Problem
 from services.users.settings import (
     ARGON2_MEMORY_COST_KIB,
@@ -99,7 +99,7 @@ class Passwords:
         self.hasher = hasher or PasswordHasher(
             time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_COST_KIB, parallelism=ARGON2_PARALLELISM
         )
-        self.concurrency = max(1, concurrency or os.cpu_count() or 1)
+        self.concurrency = max(1, concurrency or available_cpus())
         self.queue_timeout = queue_timeout_seconds
         # Its own pool, so argon2 neither starves nor is starved by other `to_thread` work (the
         # signing key, SQLite); the semaphore keeps the waiting in the event loop, where it can time out.

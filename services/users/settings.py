@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.kit.cpus import available_cpus
 from services.kit.settings import ServiceSettings
 
 # 19 MiB, 2 passes, 1 lane: 20 to 30 ms a hash on one core of the 2-core development VM.
@@ -30,9 +29,10 @@ class Settings(ServiceSettings):
     argon2_time_cost: int = Field(default=ARGON2_TIME_COST, ge=1, le=20)
     argon2_memory_cost_kib: int = Field(default=ARGON2_MEMORY_COST_KIB, ge=8, le=1024 * 1024)
     argon2_parallelism: int = Field(default=ARGON2_PARALLELISM, ge=1, le=64)
-    # Hashes running at once (each holds a core), and how long a request waits for one before it is
-    # answered 503 `overloaded` with Retry-After; well under the gateway's 5 s users timeout.
-    password_hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    # Hashes running at once (each holds a core: by default the CPUs the process may use, a pod's CPU
+    # limit included), and how long a request waits for one before it is answered 503 `overloaded`
+    # with Retry-After; well under the gateway's 5 s users timeout.
+    password_hash_concurrency: int = Field(default_factory=available_cpus, ge=1, le=256)
     password_hash_queue_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
 
     # Password attempts per account (logins and the `current_password` of a change), in `limits`
