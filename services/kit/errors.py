@@ -151,6 +151,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def _is_connection_level(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free within pool_timeout
         return True
+    if isinstance(exc, sa_exc.DisconnectionError):  # a pooled connection failed its checkout ping
+        return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, sqlite3.OperationalError):
