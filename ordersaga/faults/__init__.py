@@ -1,0 +1,1 @@
+"""Network faults of our own making, for `ordersaga chaos`: a TCP proxy whose links misbehave on demand."""
