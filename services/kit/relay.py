@@ -3,7 +3,11 @@
 A row is marked published only after JetStream acknowledged it. If the relay dies in between, the
 row is published again on restart, with the same `Nats-Msg-Id`, and the stream drops the copy
 (duplicate window). While NATS is away the relay backs off and the rows simply wait in the table.
-Two relay replicas may publish the same row; deduplication makes that harmless too.
+
+Replicas on one PostgreSQL database share the work: each selects its batch `FOR UPDATE SKIP LOCKED`
+and holds those row locks while it publishes and marks the batch, so another replica takes the next
+rows instead of publishing the same ones again. On SQLite (one process, a single writer) no lock is
+held across the publishes, which would block the service's own writes.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from datetime import UTC, datetime
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 from sqlalchemy import func, update
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.business import OUTBOX_LAG, OUTBOX_UNPUBLISHED
 from services.kit.db import Database
@@ -31,6 +37,19 @@ log = structlog.get_logger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 _INITIAL_BACKOFF = 0.2
+
+OUTBOX_PUBLISHED = Counter(
+    "ordersaga_outbox_published_total",
+    "Outbox rows this process published and JetStream acknowledged as new.",
+    ["service"],
+)
+# A copy JetStream dropped by its message id: a relay died between ack and mark, or two relays
+# published one row. With row locks on PostgreSQL only the first should happen.
+OUTBOX_DUPLICATES = Counter(
+    "ordersaga_outbox_duplicates_total",
+    "Outbox rows this process published that JetStream had already (dropped by Nats-Msg-Id).",
+    ["service"],
+)
 
 
 class NatsUnavailable(Exception):
@@ -84,32 +103,50 @@ class OutboxRelay:
             .order_by(col(OutboxEvent.created_at), col(OutboxEvent.id))
             .limit(self.settings.outbox_batch_size)
         )
+        if not self.db.is_sqlite:
+            # Rows another replica holds are skipped, not waited for: it is publishing them.
+            query = query.with_for_update(skip_locked=True)
         waiting = select(func.count(), func.min(OutboxEvent.created_at)).where(
             col(OutboxEvent.published_at).is_(None)
         )
         async with self.db.session() as session:
             count, oldest = (await session.exec(waiting)).one()
-            rows = list((await session.exec(query)).all())
             await session.commit()
-        self._observe_lag(int(count or 0), oldest)
-        if not rows:
-            return 0
-        js = await self._jetstream()
-        for row in rows:
+            self._observe_lag(int(count or 0), oldest)
+            rows = list((await session.exec(query)).all())
+            if self.db.is_sqlite:
+                await session.commit()  # no write lock across the publishes
+            if not rows:
+                await session.commit()
+                return 0
+            js = await self._jetstream()  # NATS away: the rows just wait (closing the session unlocks)
+            published: list[OutboxEvent] = []
             try:
-                ack = await js.publish(
-                    subject_for(row.type),
-                    to_cloudevent(row).to_json(),
-                    timeout=self.settings.outbox_publish_timeout_seconds,
-                    headers={MSG_ID_HEADER: str(row.id)},
-                )
+                await self._publish(js, rows, published)
             except Exception as exc:
-                await self._record_failure(row, exc)
+                failed = rows[len(published)]
+                await self._finish(session, published, failed, exc)
                 raise
+            await self._finish(session, published, None, None)
+        return len(rows)
+
+    async def _publish(
+        self, js: JetStreamContext, rows: list[OutboxEvent], published: list[OutboxEvent]
+    ) -> None:
+        """Publish `rows` in order, appending each acknowledged one to `published`."""
+        service = self.settings.service_name
+        for row in rows:
+            ack = await js.publish(
+                subject_for(row.type),
+                to_cloudevent(row).to_json(),
+                timeout=self.settings.outbox_publish_timeout_seconds,
+                headers={MSG_ID_HEADER: str(row.id)},
+            )
             if self.settings.outbox_crash_after_publish:
                 log.warning("outbox_fault_exit_after_publish", event_id=str(row.id))
                 os._exit(70)  # the fault hook: die exactly between the ack and the mark
-            await self._mark_published(row)
+            published.append(row)
+            (OUTBOX_DUPLICATES if ack.duplicate else OUTBOX_PUBLISHED).labels(service).inc()
             log.info(
                 "outbox_published",
                 event_id=str(row.id),
@@ -117,7 +154,46 @@ class OutboxRelay:
                 seq=ack.seq,
                 duplicate=bool(ack.duplicate),
             )
-        return len(rows)
+
+    async def _finish(
+        self,
+        session: AsyncSession,
+        published: list[OutboxEvent],
+        failed: OutboxEvent | None,
+        exc: Exception | None,
+    ) -> None:
+        """Mark the acknowledged rows in one statement, record the failure, and end the transaction.
+
+        On PostgreSQL this commits the transaction holding the batch's row locks. If the database
+        fails here, the rows stay pending and are published again under the same message ids.
+        """
+        try:
+            if published:
+                await session.exec(
+                    update(OutboxEvent)
+                    .where(
+                        col(OutboxEvent.id).in_([row.id for row in published]),
+                        col(OutboxEvent.published_at).is_(None),
+                    )
+                    .values(published_at=utcnow(), attempts=OutboxEvent.attempts + 1, last_error=None)
+                    .execution_options(synchronize_session=False)
+                )
+            if failed is not None and exc is not None:
+                error = f"{type(exc).__name__}: {exc}"[:MAX_LAST_ERROR]
+                await session.exec(
+                    update(OutboxEvent)
+                    .where(col(OutboxEvent.id) == failed.id)
+                    .values(attempts=OutboxEvent.attempts + 1, last_error=error)
+                    .execution_options(synchronize_session=False)
+                )
+            await session.commit()
+        except Exception:
+            if exc is None:
+                raise
+            # The database may be the thing that is down; the rows wait anyway, and the publish
+            # failure is the one to report.
+            with suppress(Exception):
+                await session.rollback()
 
     def _observe_lag(self, count: int, oldest: datetime | None) -> None:
         service = self.settings.service_name
@@ -126,24 +202,6 @@ class OutboxRelay:
             oldest = oldest.replace(tzinfo=UTC)  # SQLite hands naive UTC back
         lag = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
         OUTBOX_LAG.labels(service).set(max(lag, 0.0))
-
-    async def _mark_published(self, row: OutboxEvent) -> None:
-        async with self.db.session() as session, session.begin():
-            await session.exec(
-                update(OutboxEvent)
-                .where(col(OutboxEvent.id) == row.id, col(OutboxEvent.published_at).is_(None))
-                .values(published_at=utcnow(), attempts=OutboxEvent.attempts + 1, last_error=None)
-            )
-
-    async def _record_failure(self, row: OutboxEvent, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}"[:MAX_LAST_ERROR]
-        with suppress(Exception):  # the database may be the thing that is down; the row waits anyway
-            async with self.db.session() as session, session.begin():
-                await session.exec(
-                    update(OutboxEvent)
-                    .where(col(OutboxEvent.id) == row.id)
-                    .values(attempts=OutboxEvent.attempts + 1, last_error=error)
-                )
 
     async def run(self) -> None:
         """Relay until cancelled; any failure (NATS or database away) backs off exponentially."""

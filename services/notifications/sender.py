@@ -1,8 +1,9 @@
 """The background sender: claims due notifications with a lease, delivers them, and retries with backoff.
 
 Delivery is at most once, even across crashes:
-- A notification is claimed by a conditional UPDATE that only one sender can win, and it is finished
-  only by the holder of that claim (its `claim_token`).
+- A notification is claimed by a conditional UPDATE that only one sender can win (on PostgreSQL, by
+  locking the next due row `FOR UPDATE SKIP LOCKED` and leasing it in that transaction, so replicas
+  take different rows), and it is finished only by the holder of that claim (its `claim_token`).
 - Just before handing the message to the channel, the holder records `send_started_at` under the
   same claim (if its claim is gone, it does not send). The outcome update clears it.
 - A row found with `send_started_at` set and its lease expired had a send whose result was never
@@ -95,6 +96,19 @@ class Sender:
         """Deliver what is due (at `now`, default the clock); returns how many notifications were claimed."""
         now = now or utcnow()
         claimed = 0
+        if not self.db.is_sqlite:
+            # Replicas on one PostgreSQL database: each claim skips the rows another sender is
+            # claiming, so they share the due notices instead of all racing for the same ones.
+            # Like the SQLite pass over one snapshot, each notice is tried at most once per call.
+            tried: list[uuid.UUID] = []
+            while claimed < self.settings.batch_size and not self._stopping:
+                claim = await self._claim_next(now, exclude=tried)
+                if claim is None:
+                    break
+                claimed += 1
+                tried.append(claim[0])
+                await self._deliver(*claim)
+            return claimed
         for notification_id in await self._due_ids(now):
             if self._stopping:
                 break
@@ -129,6 +143,33 @@ class Sender:
         )
         async with self.db.session() as session, session.begin():
             return list((await session.exec(query)).all())
+
+    async def _claim_next(
+        self, now: datetime, *, exclude: list[uuid.UUID]
+    ) -> tuple[uuid.UUID, uuid.UUID] | None:
+        """PostgreSQL: claim the next due notification no other sender holds; (id, token) or None."""
+        query = (
+            select(Notification.id)
+            .where(col(Notification.id).not_in(exclude))
+            .where(Notification.status == STATUS_QUEUED, col(Notification.next_attempt_at) <= now)
+            .where(or_(col(Notification.claimed_until).is_(None), col(Notification.claimed_until) <= now))
+            .order_by(col(Notification.next_attempt_at))
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        token = uuid.uuid4()
+        lease = now + timedelta(seconds=self.settings.claim_lease_seconds)
+        async with self.db.session() as session, session.begin():
+            notification_id = (await session.exec(query)).first()
+            if notification_id is None:
+                return None
+            # The row lock is held until this commits, and by then the lease makes it not due.
+            await session.exec(
+                update(Notification)
+                .where(col(Notification.id) == notification_id)
+                .values(claimed_until=lease, claim_token=token)
+            )
+        return notification_id, token
 
     async def _claim(self, notification_id: uuid.UUID, now: datetime) -> uuid.UUID | None:
         token = uuid.uuid4()

@@ -98,10 +98,14 @@ def _transaction(session: AsyncSession) -> AbstractAsyncContextManager[Any]:
     return nullcontext() if session.in_transaction() else session.begin()
 
 
-async def pending_saga_starts(session: AsyncSession, older_than: timedelta, limit: int) -> list[OrderStart]:
+async def pending_saga_starts(
+    session: AsyncSession, older_than: timedelta, limit: int, *, claim: bool = False
+) -> list[OrderStart]:
     """Orders accepted at least `older_than` ago whose saga start was never confirmed, oldest first.
 
-    Commits (ends) its own transaction unless the caller already holds one.
+    Commits (ends) its own transaction unless the caller already holds one. With `claim` (PostgreSQL,
+    inside the caller's transaction) the rows are locked `FOR UPDATE SKIP LOCKED`: another sweeper
+    replica skips them until that transaction ends, and by then their start is recorded.
     """
     cutoff = utcnow() - older_than
     statement = (
@@ -110,6 +114,8 @@ async def pending_saga_starts(session: AsyncSession, older_than: timedelta, limi
         .order_by(col(Order.created_at), col(Order.id))
         .limit(limit)
     )
+    if claim:
+        statement = statement.with_for_update(skip_locked=True)
     async with _transaction(session):
         orders = (await session.exec(statement)).all()
         return [OrderStart.of(order) for order in orders]

@@ -24,6 +24,8 @@ class Settings(ServiceSettings):
     # an order must be before the sweeper (rather than the accepting request) starts it.
     saga_sweep_interval_seconds: float = 5.0
     saga_start_grace_seconds: float = 5.0
+    # Lost starts one sweep claims at most; replicas on one database each claim their own batch.
+    saga_sweep_batch_size: int = Field(default=100, ge=1, le=1000)
     # Every call to Temporal gives up after this long (start, query, connect), so that a Temporal
     # that is down or frozen costs a request at most this, under the gateway's 5 s upstream timeout:
     # POST /orders still answers 202 (the sweeper starts the saga later), a saga read answers 503.
