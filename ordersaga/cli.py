@@ -424,10 +424,17 @@ def replay(
     query: Annotated[
         str | None, typer.Option("--query", "-q", help="Visibility query, e.g. OrderStatus='CANCELLED'.")
     ] = None,
+    against_running: Annotated[
+        bool,
+        typer.Option(help="Deploy gate: replay every running saga's history on this code."),
+    ] = False,
 ) -> None:
     """Replay histories against the current workflow code; exit 1 on any nondeterminism."""
-    from ordersaga.replay import fetch_histories, load_history_file, replay_histories
+    from ordersaga.replay import RUNNING_SAGAS_QUERY, fetch_histories, load_history_file, replay_histories
     from services.kit.temporal import connect
+
+    if against_running:
+        query = f"({query}) AND {RUNNING_SAGAS_QUERY}" if query else RUNNING_SAGAS_QUERY
 
     async def run() -> int:
         sources = []
@@ -450,6 +457,9 @@ def replay(
                 print(f"error  {err.message or err}")
                 return 2
         if not sources:
+            if against_running and not files and not workflow_id:
+                print("no running saga to replay: 0 replayed ok, 0 failed")
+                return 0
             print("nothing to replay: give files, --workflow-id or --query")
             return 2
         outcomes = await replay_histories(sources)
@@ -479,6 +489,11 @@ def _exit(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+from ordersaga.deploy import app as deploy_app  # noqa: E402  (kept apart from the commands above)
+
+app.add_typer(deploy_app, name="deploy")
 
 
 def main() -> None:

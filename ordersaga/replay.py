@@ -15,6 +15,10 @@ from services.kit.codec import data_converter
 from workflows.order import OrderWorkflow
 from workflows.repair import ReconcileWorkflow, RepairWorkflow
 
+# The deploy gate (`ordersaga replay --against-running`): every saga still running must replay on the
+# code about to be deployed, the sagas that an AUTO_UPGRADE or unversioned rollout would move onto it.
+RUNNING_SAGAS_QUERY = "WorkflowType='OrderWorkflow' AND ExecutionStatus='Running'"
+
 # Every workflow the worker runs: a history of any of them replays.
 WORKFLOWS: list[type] = [OrderWorkflow, RepairWorkflow, ReconcileWorkflow]
 

@@ -12,6 +12,10 @@ from typing import Any
 import httpx
 import structlog
 from temporalio import activity, workflow
+from temporalio.api.workflowservice.v1 import (
+    DescribeWorkerDeploymentRequest,
+    SetWorkerDeploymentCurrentVersionRequest,
+)
 from temporalio.client import (
     Client,
     Schedule,
@@ -23,8 +27,10 @@ from temporalio.client import (
     ScheduleSpec,
     ScheduleUpdate,
 )
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.http import ServiceCaller
 from activities.inventory import InventoryActivities
@@ -82,9 +88,73 @@ def build_activities(client: Client, http: httpx.AsyncClient, settings: WorkerSe
     ]
 
 
+def deployment_config(settings: WorkerSettings) -> WorkerDeploymentConfig | None:
+    """This worker's version in its Worker Deployment, or None to poll unversioned.
+
+    OrderWorkflow declares itself PINNED. The repair and reconcile workflows take the worker default,
+    AUTO_UPGRADE: they last seconds and are started by the reconciler (or its schedule), so they
+    should always run the current code, and a retired version must not strand one of them; a change
+    to them is guarded with `workflow.patched`, which the replay corpus checks.
+    """
+    if settings.versioning == "off":
+        return None
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(settings.deployment_name, settings.worker_build_id()),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.AUTO_UPGRADE,
+    )
+
+
+async def promote_if_wanted(client: Client, settings: WorkerSettings, *, attempts: int = 40) -> None:
+    """Make this worker's version current when `WORKER_PROMOTE` says so (a fresh deployment by default).
+
+    The server knows a version only once its first poll arrived, so the call is retried briefly.
+    """
+    if settings.versioning == "off" or settings.promote == "never":
+        return
+    name, build_id = settings.deployment_name, settings.worker_build_id()
+    service = client.workflow_service
+    for _ in range(attempts):
+        try:
+            if settings.promote == "first":
+                described = await service.describe_worker_deployment(
+                    DescribeWorkerDeploymentRequest(namespace=client.namespace, deployment_name=name)
+                )
+                current = described.worker_deployment_info.routing_config.current_deployment_version
+                if current.build_id:
+                    if current.build_id != build_id:
+                        log.warning(
+                            "worker_version_not_current",
+                            build_id=build_id,
+                            current_build_id=current.build_id,
+                            hint=f"ordersaga deploy promote {build_id}",
+                        )
+                    return
+            await service.set_worker_deployment_current_version(
+                SetWorkerDeploymentCurrentVersionRequest(
+                    namespace=client.namespace,
+                    deployment_name=name,
+                    build_id=build_id,
+                    identity=client.identity,
+                )
+            )
+            log.info("worker_version_promoted", deployment=name, build_id=build_id)
+            return
+        except RPCError as err:
+            # NOT_FOUND / FAILED_PRECONDITION until the server has seen this version poll.
+            if err.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+                raise
+            await asyncio.sleep(0.25)
+    log.warning("worker_version_not_promoted", deployment=name, build_id=build_id)
+
+
 @asynccontextmanager
 async def running_worker(
-    client: Client, settings: WorkerSettings, *, task_queue: str = TASK_QUEUE
+    client: Client,
+    settings: WorkerSettings,
+    *,
+    task_queue: str = TASK_QUEUE,
+    deployment: WorkerDeploymentConfig | None = None,
 ) -> AsyncIterator[Worker]:
     timeout = httpx.Timeout(settings.http_timeout_seconds, connect=3.0)
     async with service_client(timeout) as http:
@@ -96,6 +166,7 @@ async def running_worker(
             max_concurrent_activities=settings.max_concurrent_activities,
             max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
             graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
+            deployment_config=deployment,
         )
         async with worker:
             yield worker
@@ -158,13 +229,21 @@ async def serve(settings: WorkerSettings | None = None, temporal: TemporalSettin
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     state = WorkerState()
+    deployment = deployment_config(settings)
     async with (
         serving_health(state, settings.metrics_host, settings.metrics_port),
-        running_worker(client, settings),
+        running_worker(client, settings, deployment=deployment),
     ):
+        await promote_if_wanted(client, settings)
         await ensure_reconciler_schedule(client, settings)
         state.polling = True
-        log.info("worker_started", task_queue=TASK_QUEUE, namespace=client.namespace)
+        log.info(
+            "worker_started",
+            task_queue=TASK_QUEUE,
+            namespace=client.namespace,
+            deployment=deployment.version.deployment_name if deployment else None,
+            build_id=deployment.version.build_id if deployment else None,
+        )
         await stop.wait()
         state.polling = False
         log.info("worker_stopping", graceful_seconds=settings.graceful_shutdown_seconds)

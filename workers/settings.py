@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Self
+import hashlib
+from pathlib import Path
+from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+import workflows
 from services.kit.secrets import SecretGuardedSettings
 from services.kit.settings import DEV_INTERNAL_TOKEN
 from workflows.payloads import SagaPolicy
+
+# The package as imported, so a worker run from another copy of the code hashes that copy.
+WORKFLOWS_PACKAGE = Path(workflows.__file__).resolve().parent
+
+
+def workflow_code_build_id(package: Path = WORKFLOWS_PACKAGE) -> str:
+    """A short hash of the workflow package's sources: changed workflow code is a new worker version."""
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(source.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
 
 
 class WorkerSettings(SecretGuardedSettings):
@@ -52,6 +69,18 @@ class WorkerSettings(SecretGuardedSettings):
     # CPU per order, measured in benchmarks/README.md. False gives every call its own activity task.
     local_activities: bool = True
 
+    # Worker Deployment Versioning: a saga runs to its end on the build it started on (PINNED), so a
+    # new workflow version needs no `workflow.patched` unless running sagas must pick it up.
+    # "off" polls unversioned, for a Temporal without the feature (or the time-skipping test server).
+    versioning: Literal["on", "off"] = "on"
+    deployment_name: str = "ordersaga-worker"
+    # Empty: derived from the workflows/ sources (workflow_code_build_id). Images set it to their tag.
+    build_id: str = ""
+    # "first": a worker whose deployment has no current version yet makes its own version current (a
+    # fresh install needs no operator step); later versions wait for `ordersaga deploy promote`.
+    # "always" suits a single-developer loop; "never" leaves every promotion to the operator.
+    promote: Literal["first", "always", "never"] = "first"
+
     http_timeout_seconds: float = 10.0
     max_concurrent_activities: int = 200
     max_concurrent_workflow_tasks: int = 100
@@ -73,6 +102,9 @@ class WorkerSettings(SecretGuardedSettings):
                 "approved after its hold expired could not be captured"
             )
         return self
+
+    def worker_build_id(self) -> str:
+        return self.build_id or workflow_code_build_id()
 
     def saga_policy(self) -> SagaPolicy:
         return SagaPolicy(

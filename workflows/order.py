@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, VersioningBehavior
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -60,7 +60,9 @@ AUTHORIZE_BEFORE_REVIEW = "authorize-before-review"
 T = TypeVar("T")
 
 
-@workflow.defn(name="OrderWorkflow")
+# PINNED: a saga ends on the worker version it started on, however long its review waits, so a new
+# version may change the saga's commands freely; `workflow.patched` stays for fixes running sagas need.
+@workflow.defn(name="OrderWorkflow", versioning_behavior=VersioningBehavior.PINNED)
 class OrderWorkflow:
     def __init__(self) -> None:
         self._order_id = ""
