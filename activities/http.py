@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from services.kit.identity import identity_headers
+from services.kit.transport import Addresses, first_reachable
 from workflows.payloads import workflow_id_for
 
 # Conflicts that go away on their own: a concurrent writer, a charge still in flight.
@@ -41,7 +42,8 @@ def saga_key(order_id: str, step: str) -> str:
 class ServiceCaller:
     def __init__(self, client: httpx.AsyncClient, base_url: str, internal_token: str) -> None:
         self._client = client
-        self._base_url = base_url.rstrip("/")
+        # One address, or several comma-separated (replicas): spread, and a refused one skipped.
+        self._addresses = Addresses.parse(base_url)
         self._headers = identity_headers(internal_token, "service")
 
     async def call(
@@ -59,7 +61,11 @@ class ServiceCaller:
             headers["Idempotency-Key"] = idempotency_key
         attempt = current_attempt()
         try:
-            response = await self._client.request(method, self._base_url + path, json=json, headers=headers)
+
+            async def send(base_url: str) -> httpx.Response:
+                return await self._client.request(method, base_url + path, json=json, headers=headers)
+
+            response = await first_reachable(self._addresses, send)
         except httpx.HTTPError as err:
             _log("service_call_failed", method, path, error=type(err).__name__)
             raise ApplicationError(

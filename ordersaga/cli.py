@@ -140,7 +140,13 @@ def worker() -> None:
     _exit(0)
 
 
-@app.command(epilog=_examples("ordersaga up", "ordersaga up --data-dir /tmp/demo --workers 2"))
+@app.command(
+    epilog=_examples(
+        "ordersaga up",
+        "ordersaga up --data-dir /tmp/demo --workers 2",
+        "ordersaga up --postgres postgresql://postgres@127.0.0.1:5432/postgres --replicas 2 --gateways 2",
+    )
+)
 def up(
     data_dir: Annotated[
         Path | None,
@@ -158,6 +164,35 @@ def up(
         int | None,
         typer.Option(
             min=1, envvar="ORDERSAGA_WORKERS", show_envvar=True, help="Worker processes (default 1)."
+        ),
+    ] = None,
+    postgres: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ORDERSAGA_POSTGRES_URL",
+            show_envvar=True,
+            help="A PostgreSQL server: each service gets its own database there "
+            "(ORDERSAGA_DATABASE_PREFIX<service>, default ordersaga_<service>), created and migrated. "
+            "Default: SQLite files in the data dir.",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="ORDERSAGA_REPLICAS",
+            show_envvar=True,
+            help="Processes of each service (default 1; more needs --postgres). The first listens on "
+            "the service's port, the others on free ports; the gateways and workers spread over them.",
+        ),
+    ] = None,
+    gateways: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="ORDERSAGA_GATEWAYS",
+            show_envvar=True,
+            help="Gateway processes (default 1): the first on GATEWAY_PORT, the others on free ports.",
         ),
     ] = None,
     log_format: Annotated[
@@ -197,7 +232,12 @@ def up(
         overrides["workers"] = workers
     if otel is not None:
         overrides["otel_endpoint"] = otel if "://" in otel else f"http://{otel}"
+    for key, value in (("postgres_url", postgres), ("replicas", replicas), ("gateways", gateways)):
+        if value is not None:
+            overrides[key] = value
     settings = UpSettings(**overrides)
+    if problem := settings.problem():
+        raise typer.BadParameter(problem, param_hint="--replicas" if "--replicas" in problem else None)
     _exit(run_up(settings))
 
 
@@ -231,7 +271,9 @@ def seed(
     )
 )
 def load(
-    api: Annotated[str, typer.Option(help="The gateway's public API.")] = "http://127.0.0.1:8000/api/v1",
+    api: Annotated[
+        str, typer.Option(help="The gateway's public API; several comma-separated are spread over.")
+    ] = "http://127.0.0.1:8000/api/v1",
     orders: Annotated[int | None, typer.Option(help="How many orders (omit with --duration).")] = 100,
     duration: Annotated[float | None, typer.Option(help="Seconds to keep sending.")] = None,
     rate: Annotated[float | None, typer.Option(help="Open loop: orders per second.")] = None,
@@ -334,6 +376,7 @@ def load(
     epilog=_examples(
         "ordersaga chaos --data-dir /tmp/chaos --free-ports",
         "ordersaga chaos --data-dir /tmp/chaos --orders 400 --faults 20 --seed 7 --json chaos.json",
+        "ordersaga chaos --data-dir /tmp/chaos --free-ports --kinds latency,partition,cut --faults 6",
     )
 )
 def chaos(
@@ -347,7 +390,18 @@ def chaos(
     rate: Annotated[
         float, typer.Option(min=0.1, help="Orders per second (the faults spread over orders/rate s).")
     ] = 4.0,
-    faults: Annotated[int, typer.Option(min=0, help="Process kills and Temporal pauses to inject.")] = 9,
+    faults: Annotated[
+        int, typer.Option(min=0, help="Faults to inject (each kind of --kinds once before any repeats).")
+    ] = 9,
+    kinds: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated fault kinds (default: all this run can inject): a service, gateway, "
+            "worker, nats (SIGKILL + restart), temporal-pause, temporal-kill, latency, partition, cut "
+            "(a link through the fault proxy), cancel, terminate (operator actions on a running saga), "
+            "postgres-kill-connections, postgres-restart (on PostgreSQL only)."
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of the fault schedule and the load: the same seed replays a run.")
     ] = 1,
@@ -362,7 +416,7 @@ def chaos(
     ] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON.")] = None,
 ) -> None:
-    """Load plus random process kills and pauses, then an audit of every invariant (exit 1 on a violation)."""
+    """Load plus seeded faults (kills, network, operator actions), then an audit (exit 1 on a violation)."""
     from ordersaga.chaos import run_chaos
 
     _exit(
@@ -376,6 +430,7 @@ def chaos(
             quiesce_timeout=quiesce_timeout,
             free_ports=free_ports,
             json_path=json_path,
+            kinds=[k.strip() for k in kinds.split(",") if k.strip()] if kinds else None,
         )
     )
 

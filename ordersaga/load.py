@@ -35,6 +35,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from ordersaga.report import measures_table
 from services.kit.identity import identity_headers
 from services.kit.temporal import TemporalSettings, connect
+from services.kit.transport import Addresses, SpreadTransport
 from workflows.payloads import OrderResult, workflow_id_for
 
 CARDS = {
@@ -123,11 +124,11 @@ class LoadRun:
         self.random = random.Random(plan.seed)
         self.records: list[OrderRecord] = []
         self.errors: Counter[str] = Counter()
-        self.http = httpx.AsyncClient(
-            base_url=plan.api,
-            timeout=30,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-        )
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+        # Several gateways (comma-separated, same path): requests spread over them.
+        apis = Addresses.parse(plan.api)
+        spread = SpreadTransport(apis, httpx.AsyncHTTPTransport(limits=limits)) if len(apis) > 1 else None
+        self.http = httpx.AsyncClient(base_url=apis.first, timeout=30, limits=limits, transport=spread)
         # Direct orders get their own pool, so the two paths never share a connection.
         self.orders_http = (
             httpx.AsyncClient(

@@ -122,6 +122,18 @@ async def _temporal(address: str, namespace: str, worker_pids: list[int]) -> lis
     ]
 
 
+def service_processes(services: dict[str, Any]) -> dict[str, str]:
+    """Each process's address by its name: a service is one address, or several by process name
+    (`up --replicas N`: `{"orders-1": url, "orders-2": url}`)."""
+    processes: dict[str, str] = {}
+    for name, where in services.items():
+        if isinstance(where, dict):
+            processes.update({str(process): str(url) for process, url in where.items()})
+        else:
+            processes[name] = str(where)
+    return processes
+
+
 async def check(data_dir: Path) -> list[Part]:
     state, recorded = expected_state(data_dir)
     pid = state.get("pid")
@@ -143,7 +155,7 @@ async def check(data_dir: Path) -> list[Part]:
             url = state["nats_url"]
             host, _, port = url.split("://", 1)[-1].rpartition(":")
             checks.append(_tcp("nats", url, host, int(port)))
-        for name, url in state["services"].items():
+        for name, url in service_processes(state["services"]).items():
             checks.append(_http(client, name, url + "/ready"))
         if state.get("codec"):
             url = state["codec"]
@@ -153,7 +165,8 @@ async def check(data_dir: Path) -> list[Part]:
     parts = [supervisor]
     for result in results:
         parts.extend(result if isinstance(result, list) else [result])
-    order = ["ordersaga up", "temporal", "temporal web UI", "nats", *state["services"], "worker", "codec"]
+    order = ["ordersaga up", "temporal", "temporal web UI", "nats", *service_processes(state["services"])]
+    order += ["worker", "codec"]
     return sorted(parts, key=lambda p: order.index(p.name) if p.name in order else len(order))
 
 

@@ -285,6 +285,17 @@ class Supervisor:
         self._terminate(child)
         self.children.remove(child)
 
+    def restart(self, child: Child, timeout: float = 120) -> None:
+        """Start a child that exited again, with the same argv, env and health check."""
+        if child.proc is not None and child.proc.poll() is None:
+            self._terminate(child)
+        # The old process's lines must not count as the new one's readiness (a worker's log event).
+        child.recent.clear()
+        if child in self.children:
+            self.children.remove(child)
+        self.start(child)
+        self.wait_ready(child, timeout)
+
     def _terminate(self, child: Child) -> None:
         proc = child.proc
         if proc is None or proc.poll() is not None:

@@ -5,6 +5,14 @@ gateway. Each is waited for until healthy. `TEMPORAL_ADDRESS`, `NATS_URL` and `<
 switch to external servers, and the bundled ones are then not started. With `ORDERSAGA_PAYLOAD_KEYS`
 set, the payload codec server is started too and the Web UI is pointed at it.
 
+The production topology on one machine: `--postgres URL` gives each data service its own database on
+that server (`<prefix><service>`, created if missing and migrated before the service starts), and
+`--replicas N`, `--workers N`, `--gateways N` run N processes of each. The first process of a part
+listens on its configured port (`<SERVICE>_PORT`), the others on free ports picked at start. With
+N > 1 the processes are named `<part>-1` .. `<part>-N`, with one just `<part>` (as always). The
+gateways and the workers get every replica's address (`GATEWAY_<SERVICE>_URL`, comma-separated) and
+spread their calls over them as a Kubernetes Service would (services/kit/transport.py `Addresses`).
+
 The console shows up's own progress (a live status in a terminal), the children's warnings and errors,
 and the welcome table once everything is ready; every child's full log is in `<data dir>/logs/`.
 `<data dir>/up.json` tells `ordersaga status` what this run started and where.
@@ -12,13 +20,15 @@ and the welcome table once everything is ready; every child's full log is in `<d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +53,7 @@ from ordersaga.supervisor import (
     rotate_logs,
 )
 from services.kit.codec import CodecSettings
+from services.kit.settings import normalise_database_url
 from services.kit.temporal import DEV_SERVER_DYNAMIC_CONFIG, TemporalSettings
 from services.registry import DATA_SERVICES, SERVICES
 
@@ -76,6 +87,15 @@ class UpSettings(BaseSettings):
     # Worker processes polling the same task queue; the first serves metrics on the two ports above,
     # each further one on free ports picked at its start (`ordersaga up --workers N`).
     workers: int = Field(default=1, ge=1)
+    # Processes of each data service and of the gateway (`--replicas N`, `--gateways N`): the first on
+    # the service's port, the others on free ports. Replicas need PostgreSQL: SQLite files are not
+    # safely shared by several processes.
+    replicas: int = Field(default=1, ge=1)
+    gateways: int = Field(default=1, ge=1)
+    # A PostgreSQL server (`--postgres`, e.g. postgresql://postgres@127.0.0.1:5432/postgres): every data
+    # service gets its own database there, `<database_prefix><service>`; unset, SQLite in the data dir.
+    postgres_url: str | None = None
+    database_prefix: str = "ordersaga_"
     # An OTLP/HTTP collector (e.g. http://127.0.0.1:4318): turns tracing on in every child (`up --otel`).
     otel_endpoint: str | None = None
     # Where that collector's traces can be looked at (e.g. Jaeger's UI), printed in the welcome table.
@@ -89,6 +109,17 @@ class UpSettings(BaseSettings):
     # below `log_level` they are only in <data dir>/logs/.
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    def problem(self) -> str | None:
+        """Why `up` refuses these settings, if it does."""
+        if self.replicas > 1 and not self.postgres_url:
+            return (
+                f"--replicas {self.replicas} needs --postgres URL: the services' SQLite files are not "
+                "safely shared by several processes"
+            )
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.database_prefix):
+            return f"database prefix {self.database_prefix!r}: lower-case letters, digits and _ only"
+        return None
 
     def credentials(self, data_dir: Path) -> Credentials:
         """The data dir's development credentials; settings given explicitly take precedence."""
@@ -111,6 +142,46 @@ class Port:
 
 def service_port(name: str) -> int:
     return int(SERVICES[name].settings().port)
+
+
+def process_names(part: str, count: int) -> list[str]:
+    """`orders` alone, or `orders-1` .. `orders-N`: what the supervisor, logs and chaos call them."""
+    return [part] if count == 1 else [f"{part}-{index}" for index in range(1, count + 1)]
+
+
+def database_url(server_url: str, database: str | None, driver: str = "postgresql+asyncpg") -> str:
+    """The URL of `database` (None: the URL's own) on the server of `server_url`, its credentials
+    and options kept."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(normalise_database_url(server_url)).set(drivername=driver)
+    if database is not None:
+        url = url.set(database=database)
+    return url.render_as_string(hide_password=False)
+
+
+async def prepare_databases(server_url: str, prefix: str, services: list[str]) -> dict[str, str]:
+    """Create each service's database on the server if missing and migrate it to head, as
+    `ordersaga migrate` does; returns the services' database URLs."""
+    import asyncpg
+
+    from services.kit.migrations import upgrade
+
+    urls: dict[str, str] = {}
+    admin = await asyncpg.connect(database_url(server_url, None, "postgresql"), timeout=10)
+    try:
+        for service in services:
+            name = prefix + service
+            exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if not exists:
+                # The name is checked by UpSettings.problem (identifier characters only).
+                await admin.execute(f'CREATE DATABASE "{name}"')
+            urls[service] = database_url(server_url, name)
+    finally:
+        await admin.close()
+    for service, url in urls.items():
+        await upgrade(service, url)
+    return urls
 
 
 def gateway_available() -> bool:
@@ -137,8 +208,18 @@ def addresses(settings: UpSettings) -> dict[str, Any]:
 
 
 class Stack:
-    def __init__(self, settings: UpSettings, console: Console, *, echo_logs: bool = True) -> None:
+    def __init__(
+        self,
+        settings: UpSettings,
+        console: Console,
+        *,
+        echo_logs: bool = True,
+        child_env: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.settings = settings
+        # Extra environment of some children, by process name (`orders-2`) or part (`orders`: each
+        # of its processes); the process name wins.
+        self.child_env = {name: dict(env) for name, env in (child_env or {}).items()}
         self.console = console
         self.data_dir = settings.data_dir.resolve()
         self.logs = self.data_dir / "logs"
@@ -153,17 +234,44 @@ class Stack:
         self.services = [*DATA_SERVICES, *(["gateway"] if gateway_available() else [])]
         self.smtp: SmtpSink | None = None
         self.ports = {name: service_port(name) for name in self.services}
+        # Every process of each part, by process name: its port (the first's is `self.ports`).
+        self.replica_ports: dict[str, dict[str, int]] = {}
+        for name in self.services:
+            count = settings.gateways if name == "gateway" else settings.replicas
+            names = process_names(name, count)
+            self.replica_ports[name] = {
+                process: self.ports[name] if index == 0 else free_port()
+                for index, process in enumerate(names)
+            }
+        self.database_urls: dict[str, str] = {}
         # Metrics and SDK metrics ports of the workers after the first, by child name.
         self.extra_worker_ports: dict[str, tuple[int, int]] = {}
         self.codec = bool(CodecSettings().keys())
 
     def url(self, service: str) -> str:
+        """The first process's address (a process name, `orders-2`, gives that one's)."""
+        for processes in self.replica_ports.values():
+            if service in processes:
+                return f"http://127.0.0.1:{processes[service]}"
         return f"http://127.0.0.1:{self.ports[service]}"
+
+    def urls(self, service: str) -> list[str]:
+        """The addresses of every process of a service, by process name."""
+        return [f"http://127.0.0.1:{port}" for port in self.replica_ports[service].values()]
+
+    def processes(self, part: str) -> list[Child]:
+        """The running children of a part (`orders`, `gateway`, `worker`), in start order."""
+        return [c for c in self.supervisor.children if c.name == part or c.name.startswith(part + "-")]
 
     # ---- checks --------------------------------------------------------------------------
 
     def planned_ports(self) -> list[Port]:
         ports = [Port(self.ports[n], n, f"{n.upper()}_PORT") for n in self.services]
+        ports += [
+            Port(port, process, "(a free port: try again)")
+            for name in self.services
+            for process, port in list(self.replica_ports[name].items())[1:]
+        ]
         if not self.settings.temporal_address:
             ports += [
                 Port(
@@ -222,7 +330,7 @@ class Stack:
             # The standard variables the OpenTelemetry SDK reads (services/kit/tracing.py).
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.settings.otel_endpoint
             env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
-        urls = {name: self.url(name) for name in DATA_SERVICES}
+        urls = {name: ",".join(self.urls(name)) for name in DATA_SERVICES}
         return (
             env
             | {f"WORKER_{name.upper()}_URL": url for name, url in urls.items()}
@@ -258,6 +366,8 @@ class Stack:
         return bin_dir
 
     def start(self) -> None:
+        if problem := self.settings.problem():
+            raise StartupError(problem)
         self.check_ports()
         with self.step("locating the Temporal and NATS binaries", "binaries found"):
             bin_dir = self.binaries()
@@ -293,13 +403,13 @@ class Stack:
                 "-m", str(self.settings.nats_monitor_port),
             ]  # fmt: skip
             self._run("nats", argv, env, _http(f"http://127.0.0.1:{self.settings.nats_monitor_port}/healthz"))
-        entry = python_entry()
+        if self.settings.postgres_url:
+            self.prepare_postgres(self.settings.postgres_url)
         data_children = []
-        with self.step(f"starting the services ({', '.join(DATA_SERVICES)})", "services ready"):
+        replicas = f" x{self.settings.replicas}" if self.settings.replicas > 1 else ""
+        with self.step(f"starting the services ({', '.join(DATA_SERVICES)}){replicas}", "services ready"):
             for name in DATA_SERVICES:
-                child = self._child(name, [entry, "serve", name], env, _http(self.url(name) + "/ready"))
-                self.supervisor.start(child)
-                data_children.append(child)
+                data_children += self.start_service(name, env)
             for child in data_children:
                 self.supervisor.wait_ready(child, 120)
         count = self.settings.workers
@@ -307,19 +417,47 @@ class Stack:
         with self.step(f"starting {count} worker{plural}", f"worker{plural} ready"):
             self.start_workers(count, env)
         if "gateway" in self.services:
-            self._run("gateway", [entry, "serve", "gateway"], env, _http(self.url("gateway") + "/ready"))
+            count = self.settings.gateways
+            with self.step(f"starting {count} gateway{'s' if count > 1 else ''}", "gateway ready"):
+                for child in self.start_service("gateway", env):
+                    self.supervisor.wait_ready(child, 60)
+
+    def prepare_postgres(self, server_url: str) -> None:
+        prefix = self.settings.database_prefix
+        with self.step(f"preparing the databases {prefix}<service>", "databases migrated"):
+            try:
+                urls = asyncio.run(prepare_databases(server_url, prefix, list(DATA_SERVICES)))
+            except Exception as err:  # unreachable server, refused login, a failed migration
+                raise StartupError(f"PostgreSQL at --postgres: {type(err).__name__}: {err}") from err
+        # An explicit `<SERVICE>_DATABASE_URL` still wins, as without --postgres.
+        self.database_urls = {
+            name: url for name, url in urls.items() if not os.environ.get(f"{name.upper()}_DATABASE_URL")
+        }
+
+    def start_service(self, name: str, env: dict[str, str]) -> list[Child]:
+        """Start every process of a service (not waiting for them): `ordersaga serve <name> --port`."""
+        own_env = dict(env)
+        if url := self.database_urls.get(name):
+            # Migrated above, once: replicas must not race each other's migrations on start.
+            own_env |= {f"{name.upper()}_DATABASE_URL": url, f"{name.upper()}_AUTO_MIGRATE": "false"}
+        children = []
+        for process, port in self.replica_ports[name].items():
+            argv = [python_entry(), "serve", name, "--port", str(port)]
+            child = self._child(process, argv, own_env, _http(f"http://127.0.0.1:{port}/ready"))
+            self.supervisor.start(child)
+            children.append(child)
+        return children
 
     # ---- workers -------------------------------------------------------------------------
 
     def workers(self) -> list[Child]:
-        return [c for c in self.supervisor.children if c.name == "worker" or c.name.startswith("worker-")]
+        return self.processes("worker")
 
     def start_workers(self, count: int, env: dict[str, str] | None = None) -> None:
-        """Start `count` worker processes: `worker` (as with one), then `worker-2`, `worker-3`, ..."""
+        """Start `count` worker processes: `worker` alone, or `worker-1` .. `worker-N`."""
         env = env or self.common_env()
         children = []
-        for index in range(1, count + 1):
-            name = "worker" if index == 1 else f"worker-{index}"
+        for index, name in enumerate(process_names("worker", count), start=1):
             own_env = env
             if index > 1:  # the configured metrics ports belong to the first worker
                 self.extra_worker_ports[name] = (free_port(), free_port())
@@ -360,6 +498,7 @@ class Stack:
         self._run("codec", argv, codec_env, _tcp(self.settings.codec_port), timeout=60)
 
     def _child(self, name: str, argv: list[str], env: dict[str, str], ready: object) -> Child:
+        env = env | self.child_env.get(_part(name), {}) | self.child_env.get(name, {})
         return Child(name=name, argv=argv, env=env, ready=ready, log_file=self.logs / f"{name}.log")  # type: ignore[arg-type]
 
     def _run(
@@ -375,13 +514,44 @@ class Stack:
             return Seeder({n: self.url(n) for n in DATA_SERVICES}, self.creds, client).run()
 
     def state(self) -> dict[str, Any]:
-        """What `ordersaga status` checks: the addresses this run uses, and who runs where."""
+        """What `ordersaga status` checks: the addresses this run uses, and who runs where.
+
+        `services` maps a service to its address, or with several processes to theirs by process
+        name (`{"orders-1": url, "orders-2": url}`)."""
+        services: dict[str, str | dict[str, str]] = {}
+        for name in self.services:
+            processes = {process: self.url(process) for process in self.replica_ports[name]}
+            services[name] = processes[name] if len(processes) == 1 else processes
         return {
             "pid": os.getpid(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **addresses(self.settings),
+            "services": services,
+            "databases": {name: _without_password(url) for name, url in self.database_urls.items()},
             "children": {c.name: c.proc.pid for c in self.supervisor.children if c.proc is not None},
         }
+
+    def replaceable(self, child: Child) -> bool:
+        """Restart a dead process that has siblings, as a Deployment would: they serve meanwhile.
+
+        A part's only process dying still stops the whole run, as it always did: nothing would
+        serve in its place, and its last lines on the console say why it died."""
+        part = _part(child.name)
+        if len(self.processes(part)) < 2:
+            return False
+        code = child.proc.returncode if child.proc is not None else None
+        self.console.print(
+            f"[yellow]{child.name} exited (code {code})[/]; restarting it, the other {part} processes serve",
+            highlight=False,
+        )
+        try:
+            self.supervisor.restart(child)
+        except StartupError as err:
+            self.console.print(f"[red]{child.name} did not come back:[/] {err}", highlight=False)
+            return False
+        self.write_state()  # its new pid
+        self.console.print(f"[green]✓[/] {child.name} is back", highlight=False)
+        return True
 
     def write_state(self) -> None:
         (self.data_dir / STATE_FILE).write_text(json.dumps(self.state(), indent=2) + "\n")
@@ -404,11 +574,18 @@ class Stack:
         table.add_column("what")
         table.add_column("where")
         public = self.url("gateway") + "/api/v1" if "gateway" in self.services else self.url("orders")
-        table.add_row("public API", public)
+        if "gateway" in self.services and self.settings.gateways > 1:
+            gateways = ", ".join(url + "/api/v1" for url in self.urls("gateway"))
+            table.add_row("public API", f"{gateways} (`ordersaga load --api` takes them comma-separated)")
+        else:
+            table.add_row("public API", public)
         if "gateway" in self.services:
             table.add_row("API docs", self.url("gateway") + "/docs")
         for name in DATA_SERVICES:
-            table.add_row(f"{name} service", self.url(name) + "/docs")
+            table.add_row(f"{name} service", ", ".join(url + "/docs" for url in self.urls(name)))
+        if self.database_urls:
+            databases = ", ".join(sorted({make_url_database(url) for url in self.database_urls.values()}))
+            table.add_row("PostgreSQL", f"{_without_password(self.settings.postgres_url or '')}: {databases}")
         if not self.settings.temporal_address:
             table.add_row("Temporal Web UI", f"http://127.0.0.1:{self.settings.temporal_ui_port}")
         table.add_row("Temporal", self.temporal_address)
@@ -446,6 +623,24 @@ class Stack:
         product = next((p for p in seeded.products if p["sku"] == "MUG-001"), seeded.products[0])
         curl = first_order_curl(public, self.creds, product["id"], seeded.demo_payment_method_id)
         self.console.print(curl, soft_wrap=True, highlight=False)
+
+
+def _part(process: str) -> str:
+    """`orders-2` → `orders`; `orders` → `orders`."""
+    part, _, index = process.rpartition("-")
+    return part if part and index.isdigit() else process
+
+
+def make_url_database(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).database or ""
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def first_order_curl(public: str, creds: Credentials, product_id: str, payment_method_id: str) -> str:
@@ -516,9 +711,10 @@ def run_up(settings: UpSettings | None = None, *, console: Console | None = None
         # warnings and errors appear, one line each.
         console.print(f"[green]ready in {time.monotonic() - started:.1f}s[/]")
         stack.welcome(seeded)
-        died = stack.supervisor.watch(stop)
-        if died:
+        while died := stack.supervisor.watch(stop):
             child = next(c for c in stack.supervisor.children if c.name == died)
+            if stack.replaceable(child):
+                continue
             console.print(f"[red]{died} exited unexpectedly[/]; stopping everything", highlight=False)
             console.print(stack.supervisor.last_lines(child), highlight=False, markup=False, emoji=False)
             return 1

@@ -45,7 +45,14 @@ from services.gateway.routes import PublicRoute
 from services.gateway.settings import Upstream
 from services.kit.errors import Problem
 from services.kit.metrics import LATENCY_BUCKETS, labelled
-from services.kit.transport import CHUNK_BYTES, SKIP_AUTO_HEADERS, ServicePool, failure_kind
+from services.kit.transport import (
+    CHUNK_BYTES,
+    SKIP_AUTO_HEADERS,
+    Addresses,
+    ServicePool,
+    failure_kind,
+    first_reachable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -231,9 +238,18 @@ class Proxy:
         # As many requests in flight as the upstream's connector has connections, so aiohttp never
         # queues one: the wait is bounded here, where it can be told apart from a slow connect.
         self.bulkheads: dict[str, asyncio.Semaphore] = {}
+        # One bulkhead per upstream whatever its number of addresses: its replicas share the budget.
+        self.addresses: dict[str, Addresses] = {}
         for upstream in upstreams:
+            self.addresses[upstream.name] = Addresses(upstream.urls or (upstream.url,))
             self.bulkheads[upstream.name] = asyncio.Semaphore(pool.limit(upstream.name))
             UPSTREAM_ACTIVE.labels(upstream=upstream.name).set(0)
+
+    def _addresses(self, upstream: Upstream) -> Addresses:
+        known = self.addresses.get(upstream.name)
+        if known is None:
+            known = self.addresses[upstream.name] = Addresses(upstream.urls or (upstream.url,))
+        return known
 
     @asynccontextmanager
     async def _slot(self, upstream: Upstream) -> AsyncIterator[None]:
@@ -305,10 +321,10 @@ class Proxy:
         params: dict[str, str],
         identity: list[tuple[str, str]],
     ) -> aiohttp.ClientResponse:
-        target = upstream.url + upstream_path(route, params)
+        target = upstream_path(route, params)
         if query := scope.get("query_string", b""):
             target += "?" + query.decode("latin-1")
-        url = URL(target, encoded=True)  # forwarded byte for byte: %2F stays %2F
+        addresses = self._addresses(upstream)
         method = request.method
         retriable = method in IDEMPOTENT_METHODS or (
             method == "POST" and route.honours_idempotency_key and request.idempotency_key is not None
@@ -323,23 +339,41 @@ class Proxy:
         timeout = _client_timeout(self.connect_timeout, upstream.timeout)
         session = self.pool.session(upstream.name)
         attempts = 1 + (upstream.retries if retriable else 0)
+        streamed: _ClientBody | None = None
+        url = URL(addresses.first + target, encoded=True)
+
+        async def send(base: str) -> aiohttp.ClientResponse:
+            nonlocal streamed, url
+            # A refused connection read none of a streamed body, so the next address gets it whole.
+            streamed = _ClientBody(receive) if has_body and kept_body is None else None
+            url = URL(base + target, encoded=True)  # forwarded byte for byte: %2F stays %2F
+            try:
+                return await session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=streamed if streamed is not None else kept_body,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    skip_auto_headers=SKIP_AUTO_HEADERS,
+                )
+            except aiohttp.ClientConnectorError as exc:
+                if len(addresses) > 1:
+                    log.warning(
+                        "upstream_address_refused", upstream=upstream.name, address=base, error=repr(exc)
+                    )
+                raise
+
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
-            streamed = _ClientBody(receive) if has_body and kept_body is None else None
             try:
                 async with self.breakers.guard(upstream.name, route.group):
                     try:
                         # The whole wait for the answer's head, not each socket read, is bounded.
+                        # A refused address is passed over at once for the next one, whatever the
+                        # method (nothing reached it), within this attempt.
                         async with asyncio.timeout(upstream.timeout):
-                            answer = await session.request(
-                                method,
-                                url,
-                                headers=headers,
-                                data=streamed if streamed is not None else kept_body,
-                                allow_redirects=False,
-                                timeout=timeout,
-                                skip_auto_headers=SKIP_AUTO_HEADERS,
-                            )
+                            answer = await first_reachable(addresses, send)
                     except aiohttp.ClientError:
                         if streamed is not None and streamed.error is not None:
                             raise streamed.error from None  # the client's fault, not the upstream's

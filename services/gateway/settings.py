@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.kit.secrets import SecretGuardedSettings
 from services.kit.settings import DEV_INTERNAL_TOKEN, MAX_BODY_BYTES
+from services.kit.transport import Addresses
 
 UPSTREAMS: tuple[str, ...] = ("users", "inventory", "payments", "orders", "notifications")
 
@@ -15,7 +16,9 @@ class Upstream(BaseModel):
     """One service behind the gateway."""
 
     name: str
-    url: str
+    url: str  # the first address: the gateway's own calls (readiness, JWKS) go there
+    # Every address, when several replicas serve it: proxied requests are spread over them.
+    urls: tuple[str, ...] = ()
     timeout: float
     retries: int
     max_connections: int  # its bulkhead: connections (and so requests) in flight to it at once
@@ -30,7 +33,8 @@ class Settings(SecretGuardedSettings):
     log_level: str = "INFO"
     max_body_bytes: int = MAX_BODY_BYTES
 
-    # Upstream base URLs, per-attempt timeouts (seconds) and retry counts (idempotent calls only).
+    # Upstream base URLs (several comma-separated for replicas: spread round-robin), per-attempt
+    # timeouts (seconds) and retry counts (idempotent calls only).
     users_url: str = "http://127.0.0.1:8001"
     inventory_url: str = "http://127.0.0.1:8002"
     payments_url: str = "http://127.0.0.1:8003"
@@ -99,9 +103,11 @@ class Settings(SecretGuardedSettings):
     )
 
     def upstream(self, name: str) -> Upstream:
+        urls = Addresses.parse(str(getattr(self, f"{name}_url"))).urls
         return Upstream(
             name=name,
-            url=str(getattr(self, f"{name}_url")).rstrip("/"),
+            url=urls[0],
+            urls=urls,
             timeout=float(getattr(self, f"{name}_timeout")),
             retries=int(getattr(self, f"{name}_retries")),
             max_connections=int(getattr(self, f"{name}_max_connections")),

@@ -16,9 +16,11 @@ apart from a timeout (it reports both as `ConnectTimeout`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Literal
+from typing import Literal, TypeVar
 
 import aiohttp
 import httpx
@@ -36,6 +38,91 @@ SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 DEFAULT_BUDGET = "default"
 
 FailureKind = Literal["timeout", "connect", "broken"]
+# How long an address that refused a connection is tried only after the others (a replica that
+# died, or restarts): long enough to spare each call a refused connect, short enough to take it back soon.
+REFUSED_SKIP_SECONDS = 2.0
+
+T = TypeVar("T")
+
+
+class Addresses:
+    """The addresses of one service (`GATEWAY_<SERVICE>_URL`, `WORKER_<SERVICE>_URL`), comma-separated.
+
+    What a Kubernetes Service gives a client, on one machine (`ordersaga up --replicas N`): each call
+    starts at the next address in turn; one that refused a connection goes to the back of the line
+    for `REFUSED_SKIP_SECONDS`. A single URL is used exactly as before.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        skip_seconds: float = REFUSED_SKIP_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.urls = tuple(url.strip().rstrip("/") for url in urls if url.strip())
+        if not self.urls:
+            raise ValueError("a service needs at least one address")
+        self._skip_seconds = skip_seconds
+        self._clock = clock
+        self._turn = itertools.count()
+        self._refused_until: dict[str, float] = {}
+
+    @classmethod
+    def parse(cls, value: str, *, skip_seconds: float = REFUSED_SKIP_SECONDS) -> Addresses:
+        return cls(value.split(","), skip_seconds=skip_seconds)
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    @property
+    def first(self) -> str:
+        return self.urls[0]
+
+    def order(self) -> list[str]:
+        """Every address once, in the order this call tries them."""
+        if len(self.urls) == 1:
+            return list(self.urls)
+        start = next(self._turn) % len(self.urls)
+        turn = [*self.urls[start:], *self.urls[:start]]
+        now = self._clock()
+        ready = [url for url in turn if self._refused_until.get(url, 0.0) <= now]
+        # When every address refused lately, the one that refused longest ago goes first.
+        skipped = sorted((url for url in turn if url not in ready), key=lambda u: self._refused_until[u])
+        return ready + skipped
+
+    def refused(self, url: str) -> None:
+        self._refused_until[url] = self._clock() + self._skip_seconds
+
+    def answered(self, url: str) -> None:
+        self._refused_until.pop(url, None)
+
+
+def refused_before_sent(exc: BaseException) -> bool:
+    """No byte of the request reached the service (refused, reset or unreachable while connecting),
+    so sending it to another address is safe whatever the method."""
+    return isinstance(exc, aiohttp.ClientConnectorError | httpx.ConnectError)
+
+
+async def first_reachable(addresses: Addresses, send: Callable[[str], Awaitable[T]]) -> T:
+    """`send(address)` at the addresses in turn until one takes the connection; its result or error.
+
+    Only a connection refused before the request was sent moves on to the next address, at once;
+    any other failure is the caller's to handle (it may have reached the service)."""
+    candidates = addresses.order()
+    for index, url in enumerate(candidates):
+        try:
+            result = await send(url)
+        except Exception as exc:
+            if not refused_before_sent(exc):
+                raise
+            addresses.refused(url)
+            if index == len(candidates) - 1:
+                raise
+            continue
+        addresses.answered(url)
+        return result
+    raise AssertionError("unreachable: Addresses is never empty")
 
 
 class ServicePool:
@@ -148,6 +235,27 @@ def _httpx_error(kind: FailureKind, exc: Exception, request: httpx.Request) -> h
     if kind == "connect":
         return httpx.ConnectError(message, request=request)
     return httpx.ReadError(message, request=request)
+
+
+class SpreadTransport(httpx.AsyncBaseTransport):
+    """An httpx transport for a client of several equal servers (e.g. gateways): each request goes
+    to the origin of the next of `addresses` in turn, past one that refuses the connection."""
+
+    def __init__(self, addresses: Addresses, inner: httpx.AsyncBaseTransport) -> None:
+        self._addresses = addresses
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async def send(base: str) -> httpx.Response:
+            origin = httpx.URL(base)
+            request.url = request.url.copy_with(scheme=origin.scheme, host=origin.host, port=origin.port)
+            request.headers["Host"] = request.url.netloc.decode("ascii")
+            return await self._inner.handle_async_request(request)
+
+        return await first_reachable(self._addresses, send)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def service_client(
