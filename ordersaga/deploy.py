@@ -217,7 +217,12 @@ def status(deployment: DeploymentOption = DEFAULT_DEPLOYMENT) -> None:
     "ordersaga deploy promote 3f9c2a1b7d4e",
 )
 def promote_cmd(
-    build_id: Annotated[str, typer.Argument(help="The new workers' build id (WORKER_BUILD_ID).")],
+    build_id: Annotated[
+        str,
+        typer.Argument(
+            help='The new workers\' build id (WORKER_BUILD_ID); "" routes to unversioned workers.'
+        ),
+    ],
     ramp: Annotated[
         float | None,
         typer.Option(min=0, max=100, help="Send this percent of new sagas to it; omit to make it current."),
@@ -233,7 +238,9 @@ def promote_cmd(
         client = await _client()
         await promote(client, deployment, build_id, ramp)
         state = await describe(client, deployment)
-        if ramp is None:
+        if ramp is None and not build_id:
+            print(f"no current version in {deployment}: new sagas go to unversioned workers")
+        elif ramp is None:
             print(f"{build_id} is now current in {deployment}: new sagas start on it")
         else:
             print(f"{build_id} is ramping at {ramp:g}% in {deployment} (current: {state.current})")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.rollout.versions import current_build_id, make_current
 from tests.support.driver import Driver
 from tests.support.identity import as_admin
 from tests.support.processes import ManagedProcess
@@ -28,7 +29,11 @@ STOCK = 5
 
 @pytest.fixture
 def v1_worker(stack: Stack, tmp_path: Path) -> Iterator[ManagedProcess]:
-    """The old worker in place of the stack's own; the stack gets a new-code worker back afterwards."""
+    """The old worker in place of the stack's own; the stack gets a new-code worker back afterwards.
+
+    v1 predates Worker Versioning: it polls unversioned, so new sagas go to it only while the
+    deployment has no current version. The new worker, finding none, makes its version current.
+    """
     with tarfile.open(V1_WORKER) as archive:
         archive.extractall(tmp_path / "v1", filter="data")
     current = stack.worker_process()
@@ -37,12 +42,16 @@ def v1_worker(stack: Stack, tmp_path: Path) -> Iterator[ManagedProcess]:
     env = current.env | {"PYTHONPATH": str(tmp_path / "v1")}
     old = ManagedProcess("worker-v1", argv, tmp_path / "worker-v1.log", env, ready=current.ready)
     stack.processes["worker"].stop()
+    before = current_build_id(stack)
+    make_current(stack, "")
     try:
         yield old.start(timeout=60)
     finally:
         old.stop()
         if not stack.processes["worker"].running:
             stack.processes["worker"] = stack.worker_process().start(timeout=60)
+        if before and current_build_id(stack) != before:
+            make_current(stack, before)
 
 
 async def test_saga_in_review_on_the_old_code_confirms_on_the_new_worker(
@@ -56,9 +65,11 @@ async def test_saga_in_review_on_the_old_code_confirms_on_the_new_worker(
     assert await driver.payments_of(order_id) == [], "the old plan reviews before it charges"
     assert "worker_started" in v1_worker.log_path.read_text()
 
-    # The rollout: the old worker stops, the new one takes over the saga waiting for review.
+    # The rollout: the old worker stops, the new one takes over the saga waiting for review (an
+    # unversioned saga follows the current version).
     v1_worker.stop()
     stack.processes["worker"] = stack.worker_process().start(timeout=60)
+    assert current_build_id(stack) is not None, "the first versioned worker makes itself current"
     assert (await driver.review(order_id, approve=True)).status_code == 202
 
     order, view = await driver.wait_final(order_id)
