@@ -6,6 +6,9 @@ its id in `processed_events` together with its effects (contact rows, queued not
 is acknowledged only after that commit. A redelivery (a crash before the ack, a lost ack) finds the
 id and is only acknowledged, so nothing is sent twice. The sender delivers the queued notices.
 
+Replicas bind the same durable consumer (`events_durable`), so JetStream hands each message to one
+of them rather than to each; the first replica to start creates it, the others find it.
+
 Order confirmation and cancellation notices are not here: the saga's notify step queues them.
 
 A message that fails is redelivered (with a delay when the cause may pass, such as a contact not
