@@ -84,8 +84,8 @@ def postgres_database_url(server_url: str, database: str) -> str:
 class Sources:
     """Where each service's database and the notification sinks are.
 
-    A service's database is, in this order: `databases[service]` (a SQLite path, or a
-    `postgresql://` URL), else `<prefix><service>` on the `postgres` server, else
+    A service's database is, in this order: `databases[service]` (a SQLite path or URL, or a
+    PostgreSQL URL), else `<prefix><service>` on the `postgres` server, else
     `<data_dir>/<service>.db`. The sinks are the data dir's `mail/` and `sms.jsonl`; `sinks=False`
     for a deployment whose channels are real (nothing to read, so those checks are skipped).
     """
@@ -106,8 +106,10 @@ class Sources:
     def query(self, service: str, *statements: str) -> list[list[Row]]:
         """Each statement's rows, all read over one connection to `service`'s database."""
         where = self.database(service)
-        if where.startswith("postgres"):
+        if where.startswith(("postgresql:", "postgresql+", "postgres:")):
             return _run(_postgres_rows(where, statements))
+        if where.startswith("sqlite"):  # a service's own DATABASE_URL, sqlite+aiosqlite:///<path>
+            where = make_url(where).database or ""
         with closing(sqlite3.connect(f"file:{where}?mode=ro", uri=True, timeout=10)) as conn:
             return [[tuple(row) for row in conn.execute(statement)] for statement in statements]
 

@@ -519,6 +519,20 @@ PG_CHECKS = [
 ]
 
 
+def test_each_service_database_is_found_where_up_puts_it(world: World) -> None:
+    server = audit.Sources(world.data_dir, postgres="postgresql+asyncpg://app:pw@db:5433/postgres")
+    assert server.database("orders") == "postgresql://app:pw@db:5433/ordersaga_orders"
+    prefixed = audit.Sources(world.data_dir, postgres="postgresql://db/postgres", database_prefix="shop_")
+    assert prefixed.database("payments") == "postgresql://db/shop_payments"
+    # One service elsewhere, by the URL its own settings use: read like the others.
+    moved = world.data_dir / "elsewhere.db"
+    shutil.move(world.data_dir / "orders.db", moved)
+    elsewhere = audit.Sources(world.data_dir, databases={"orders": f"sqlite+aiosqlite:///{moved}"})
+    assert audit.findings(elsewhere, world.base, world.clients) == []
+    with pytest.raises(sqlite3.OperationalError):  # read-only: a missing file is not created
+        world.findings()
+
+
 @pytest.mark.postgres
 def test_the_audit_reads_postgresql(pg_world: World) -> None:
     assert pg_world.findings() == []
