@@ -30,8 +30,10 @@ class DatabaseTimeouts(BaseSettings):
     # Opening a connection (TCP and the startup handshake), and the checkout ping of a pooled one:
     # a stopped server refuses at once.
     connect_timeout_seconds: float = Field(default=1.0, gt=0)
-    # Waiting for a pooled connection when all are busy (SQLAlchemy's default is 30 s).
-    pool_timeout_seconds: float = Field(default=1.0, gt=0)
+    # Waiting for a pooled connection when all are busy (SQLAlchemy's default is 30 s). A burst
+    # queues here (50 reservations racing for one product wait behind 30 connections), so it gets
+    # longer than a sign of trouble would, and still ends in a 503 before the gateway's 5 s.
+    pool_timeout_seconds: float = Field(default=3.0, gt=0)
     # One statement: the server cancels it (statement_timeout), and the client gives up a moment
     # later on its own, for a server that no longer answers at all. Every query of these services
     # is a point read or a short page: taking seconds means the database is in trouble.

@@ -89,13 +89,25 @@ async def test_business_counters_move_by_exactly_what_happened(
         assert "ordersaga_outbox_unpublished_events" in names(after[process]), process
 
 
-async def test_the_worker_serves_temporal_sdk_metrics(observed: ObservedStack) -> None:
-    samples = await scrape(observed.sdk_metrics_url)
-    present = names(samples)
-    for name in (
-        "temporal_workflow_task_execution_latency_bucket",  # seconds (durations_as_seconds)
-        "temporal_activity_execution_latency_bucket",
-        "temporal_workflow_completed_total",
-        "temporal_worker_task_slots_available",
-    ):
+SDK_METRICS = (
+    "temporal_workflow_task_execution_latency_bucket",  # seconds (durations_as_seconds)
+    "temporal_activity_execution_latency_bucket",
+    "temporal_workflow_completed_total",
+    "temporal_worker_task_slots_available",
+)
+
+
+async def test_the_worker_serves_temporal_sdk_metrics(observed: ObservedStack, driver: Driver) -> None:
+    # A saga of its own, so the histograms exist whichever test ran on this stack before.
+    customer = await driver.customer()
+    product = await driver.product(stock=5)
+    placed = await driver.place_order(customer, [(product, 1)])
+    order, _ = await driver.wait_final(placed.json()["id"])
+    assert order["status"] == "CONFIRMED"
+    deadline = time.monotonic() + 20
+    present = names(await scrape(observed.sdk_metrics_url))
+    while not set(SDK_METRICS) <= present and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        present = names(await scrape(observed.sdk_metrics_url))
+    for name in SDK_METRICS:
         assert name in present, sorted(n for n in present if n.startswith("temporal_"))

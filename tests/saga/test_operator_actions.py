@@ -131,12 +131,26 @@ async def event_types(driver: Driver, order_id: str) -> list[str]:
     return [event["type"] for event in response.json()["items"]]
 
 
-async def saga_notices(driver: Driver, customer: Customer, order_id: str) -> list[str]:
-    return [
-        n["template"]
-        for n in await driver.notifications_of(customer.user_id)
-        if n["order_id"] == order_id and n["template"] in ("order_confirmed", "order_cancelled")
-    ]
+async def saga_notices(
+    driver: Driver, customer: Customer, order_id: str, *, timeout: float = 15.0
+) -> list[str]:
+    """The order's final notice(s). They arrive after the order is final (the notifications service
+    reacts to the order's event), so wait for the first, then a moment more for any duplicate."""
+
+    async def listed() -> list[str]:
+        return [
+            n["template"]
+            for n in await driver.notifications_of(customer.user_id)
+            if n["order_id"] == order_id and n["template"] in ("order_confirmed", "order_cancelled")
+        ]
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    notices = await listed()
+    while not notices and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.25)
+        notices = await listed()
+    await asyncio.sleep(1.0)
+    return await listed()
 
 
 # ---- Cancel ("Request Cancellation", `temporal workflow cancel`) ---------------------------------
