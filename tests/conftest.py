@@ -123,14 +123,21 @@ TESTS = Path(__file__).parent
 SERIAL_DIRECTORIES = frozenset({"load", "chaos"})
 
 
+# Directories whose conftest starts a stack once per session for all their files.
+SESSION_STACK_DIRECTORIES = frozenset({"events", "observability"})
+
+
 def _xdist_group(item: pytest.Item) -> str | None:
-    """Tests that share an expensive fixture stay on one worker, so it starts once per run."""
+    """Tests that share an expensive fixture stay on one worker, so it starts once per run: the
+    suite's session stack, a directory's session stack, or else a file's module-scoped one."""
     if "stack" in getattr(item, "fixturenames", ()):
         return "stack"
     parts = item.path.relative_to(TESTS).parts
     if len(parts) == 1 or parts[0] == "services":
         return None  # each test builds its own in-process app: any worker will do
-    return parts[0]
+    if parts[0] in SESSION_STACK_DIRECTORIES:
+        return parts[0]
+    return "/".join(parts)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
