@@ -293,3 +293,46 @@ def test_the_gateway_replicas_are_not_ejected_for_relaying_upstream_errors(
     assert outlier["consecutive5xxErrors"] == 0
     assert outlier["consecutiveGatewayErrors"] == 0
     assert outlier["consecutiveLocalOriginFailures"] >= 1
+
+
+def _render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with its built-in kustomize) is needed to render deploy/k8s"
+    path = ROOT / "deploy" / "k8s" / "overlays" / overlay
+    run = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return [doc for doc in yaml.safe_load_all(run.stdout) if doc]
+
+
+def _build_id(deployment: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The build id as the selector, the pod labels, WORKER_BUILD_ID and the image tag say it."""
+    template = deployment["spec"]["template"]
+    [container] = template["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    return (
+        deployment["spec"]["selector"]["matchLabels"]["ordersaga.io/build-id"],
+        template["metadata"]["labels"]["ordersaga.io/build-id"],
+        env["WORKER_BUILD_ID"],
+        container["image"].rsplit(":", 1)[1],
+    )
+
+
+def test_a_new_worker_version_is_its_own_deployment_beside_the_old_one() -> None:
+    [current] = [d for d in _render("prod") if (d["kind"], d["metadata"]["name"]) == ("Deployment", "worker")]
+    assert set(_build_id(current)) == {"0.1.0"}
+    docs = _render("worker-next")
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [("Deployment", "worker-0-2-0")]
+    [nxt] = docs
+    kubernetes_validate.validate(nxt, KUBERNETES_VERSION, strict=True)
+    assert set(_build_id(nxt)) == {"0.2.0"}
+    assert nxt["metadata"]["namespace"] == current["metadata"]["namespace"]
+    # Disjoint selectors: neither Deployment scales down or adopts the other's pods.
+    assert nxt["spec"]["selector"]["matchLabels"] != current["spec"]["selector"]["matchLabels"]
+    [container] = nxt["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["WORKER_PROMOTE"] == "never", "promotion is the operator's step"
+    assert env["WORKER_DEPLOYMENT_NAME"] == "ordersaga-worker"
+    # The same shared config and identity as the running version.
+    spec, old_spec = nxt["spec"]["template"]["spec"], current["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == old_spec["serviceAccountName"]
+    assert spec["containers"][0]["envFrom"] == old_spec["containers"][0]["envFrom"]
