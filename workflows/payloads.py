@@ -1,6 +1,11 @@
 """Small typed payloads exchanged between the order workflow, its activities and its callers.
 
 Ids travel as strings so the JSON in a history stays readable and stable across SDK versions.
+
+Compatibility rule: two worker versions run side by side during a rollout (README, "Rollouts"), and a
+pinned saga's activities run on its own version's workers while its callers, queries and signals may
+be of either version. So a payload only grows: a new field is optional with a default, and no field
+is removed, renamed or retyped. Anything else is a new payload type or a new activity name.
 """
 
 from __future__ import annotations
