@@ -63,7 +63,12 @@ class ServiceCaller:
         try:
 
             async def send(base_url: str) -> httpx.Response:
-                return await self._client.request(method, base_url + path, json=json, headers=headers)
+                try:
+                    return await self._client.request(method, base_url + path, json=json, headers=headers)
+                except httpx.ConnectError:
+                    if len(self._addresses) > 1:  # the next replica is tried at once
+                        _log("service_address_refused", method, path, address=base_url)
+                    raise
 
             response = await first_reachable(self._addresses, send)
         except httpx.HTTPError as err:
