@@ -325,6 +325,9 @@ class Stack:
             "WORKER_METRICS_HOST": "127.0.0.1",
             "WORKER_METRICS_PORT": str(self.settings.worker_metrics_port),
             "WORKER_SDK_METRICS_PORT": str(self.settings.worker_sdk_metrics_port),
+            # A local restart after a workflow edit is a new worker version: route new sagas to it
+            # at once (sagas pinned to the old code wait for it; README, "Rollouts").
+            "WORKER_PROMOTE": "always",
         }
         if self.settings.otel_endpoint:
             # The standard variables the OpenTelemetry SDK reads (services/kit/tracing.py).
