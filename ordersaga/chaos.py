@@ -266,7 +266,7 @@ def run_chaos(
         stack.seed()
         base_orders = audit.baseline(stack.data_dir)
         plan = LoadPlan(
-            api=stack.url("gateway") + "/api/v1",
+            api=",".join(url + "/api/v1" for url in stack.urls("gateway")),  # every gateway, spread over
             orders=orders,
             rate=rate,
             card_mix={"success": 0.75, "declined": 0.15, "transient": 0.1},
