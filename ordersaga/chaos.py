@@ -1,13 +1,18 @@
-"""`ordersaga chaos`: load the whole stack while killing its processes, then audit every invariant.
+"""`ordersaga chaos`: load the whole stack while faults hit it, then audit every invariant.
 
 The stack is `ordersaga up`'s own (`ordersaga.up.Stack`), started in this process so that its
-children are ours to SIGKILL. A seeded scheduler picks the victims and the moments, so a run that
-finds a violation can be replayed with the same `--seed`.
+children are ours to SIGKILL. Its links go through a TCP fault proxy of ours
+(`ordersaga.faults.proxy`): the worker to payments, orders to Temporal, each service's relay to NATS
+and, on PostgreSQL, each service to its database, so that the network can be slowed, partitioned or
+cut. Operators' actions (cancel, terminate) go through the Temporal client as the Web UI's buttons
+do. A seeded scheduler picks the faults, their targets and the moments, so a run that finds a
+violation can be replayed with the same `--seed`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -19,21 +24,41 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from rich.console import Console
+from sqlalchemy.engine import make_url
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from ordersaga import audit
+from ordersaga.faults.proxy import FaultProxy, Mode, Watch
 from ordersaga.load import LoadPlan, LoadRun, OrderRecord
 from ordersaga.report import measures_table
-from ordersaga.supervisor import Child, StartupError
+from ordersaga.supervisor import Child, StartupError, Supervisor
 from ordersaga.up import Stack, UpSettings
-from services.registry import SERVICES
+from services.kit.temporal import TemporalSettings, connect
+from services.registry import DATA_SERVICES, SERVICES
 
 PAUSE = "temporal-pause"
+TEMPORAL_KILL = "temporal-kill"
+# Network faults on one link of the proxy, for a few seconds, then healed.
+LATENCY, PARTITION, CUT = "latency", "partition", "cut"
+LINK_FAULTS = (LATENCY, PARTITION, CUT)
+PG_KILL = "postgres-kill-connections"
+PG_RESTART = "postgres-restart"
+POSTGRES_FAULTS = (PG_KILL, PG_RESTART)
+# The Web UI's "Request Cancellation" and "Terminate" on a running saga.
+CANCEL, TERMINATE = "cancel", "terminate"
+OPERATOR_ACTIONS = (CANCEL, TERMINATE)
+PROCESS_KILLS = ("worker", "nats")
+LATENCY_RANGE = (0.2, 0.8)
 # Answers worth repeating with the same Idempotency-Key: the request may not have been seen, or a
 # process on its path was down. Any other 4xx is the client's fault and repeating cannot help.
 RETRYABLE = {408, 409, 425, 429}
@@ -43,9 +68,28 @@ RETRYABLE = {408, 409, 425, 429}
 class Fault:
     kind: str
     at: float  # seconds after the load started
+    target: str | None = None  # the link of a network fault
+    duration: float = 0.0  # how long a network fault or a pause of Temporal lasts
     injected_at: float | None = None
+    # Kills and pauses: from the fault to healthy again. Network faults: from the heal to the link's
+    # next answer. Operator actions: from the request to the saga closed (cancel) or repaired (terminate).
     recovery: float | None = None
+    # time.perf_counter() of the heal, the restart or the action: the next accepted order is timed from it.
+    healed_at: float | None = None
+    next_order: float | None = None
     error: str | None = None
+    note: str | None = None  # e.g. why a fault that cannot apply to this run was skipped
+    workflow_id: str | None = None
+    acted_at: datetime | None = None
+    watch: Watch | None = field(default=None, repr=False)
+
+    def plan(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "at": round(self.at, 3),
+            "target": self.target,
+            "duration": round(self.duration, 3),
+        }
 
 
 class ChaosLoadRun(LoadRun):
@@ -121,13 +165,90 @@ class ChaosLoadRun(LoadRun):
             record.status, record.reason = body["status"], body.get("cancel_reason")
 
 
-class FaultInjector:
-    """Kills and restarts the stack's children, one fault at a time, on a seeded schedule."""
+def part(process: str) -> str:
+    """`orders-2` → `orders`: the part of the stack a process belongs to."""
+    name, _, index = process.rpartition("-")
+    return name if name and index.isdigit() else process
 
-    def __init__(self, stack: Stack, schedule: list[Fault], console: Console) -> None:
+
+@dataclass
+class Links:
+    """The proxy's links on the stack's network paths, and the settings that route children through them."""
+
+    proxy: FaultProxy
+    # Part (`worker`, `orders`) → the settings that point its processes at the proxy.
+    env: dict[str, dict[str, str]]
+    # `<service>->postgres` → the real database URL; the links are made as the services start,
+    # once their database URLs are known (`up --postgres` prepares them during the start).
+    databases: dict[str, str] = field(default_factory=dict)
+    postgres: bool = False
+
+    def names(self) -> list[str]:
+        """Every link a network fault may pick, the database ones included before they exist."""
+        names = set(self.proxy.links)
+        if self.postgres:
+            names |= {f"{name}->postgres" for name in DATA_SERVICES}
+        return sorted(names)
+
+    def route(self, process: str, env: Mapping[str, str]) -> dict[str, str]:
+        """The settings of a child started with `env`, its links pointed at the proxy."""
+        own = dict(self.env.get(part(process), {}))
+        setting = f"{part(process).upper()}_DATABASE_URL"
+        url = env.get(setting) or os.environ.get(setting, "")
+        if part(process) in DATA_SERVICES and url.startswith("postgres"):
+            real = make_url(url)
+            name = f"{part(process)}->postgres"
+            link = self.proxy.links.get(name) or self.proxy.add(
+                name, real.host or "127.0.0.1", real.port or 5432
+            )
+            own[setting] = real.set(host="127.0.0.1", port=link.port).render_as_string(hide_password=False)
+            self.databases[name] = url
+        return own
+
+
+class LinkedSupervisor(Supervisor):
+    """Starts each child through its links: the proxy's listeners in place of the real addresses.
+
+    The env is changed on the `Child` itself, so that a child restarted after a kill keeps its links.
+    """
+
+    def __init__(self, console: Console, *, echo: Any, links: Links) -> None:
+        super().__init__(console, echo=echo)
+        self.links = links
+
+    def start(self, child: Child) -> None:
+        if own := self.links.route(child.name, child.env):
+            child.env = {**child.env, **own}
+        super().start(child)
+
+
+def wire_links(stack: Stack, proxy: FaultProxy, *, postgres: bool) -> Links:
+    """A proxy link on each network path of the stack but the databases' (made at the services' start)."""
+    env: dict[str, dict[str, str]] = defaultdict(dict)
+    # With replicas the worker is given the first payments process only: the link is one address.
+    link = proxy.add("worker->payments", "127.0.0.1", stack.ports["payments"])
+    env["worker"]["WORKER_PAYMENTS_URL"] = f"http://{link.address}"
+    host, _, port = stack.temporal_address.rpartition(":")
+    link = proxy.add("orders->temporal", host, int(port))
+    env["orders"]["TEMPORAL_ADDRESS"] = link.address
+    nats = urlsplit(stack.nats_url.split(",")[0].strip())
+    for name in DATA_SERVICES:
+        link = proxy.add(f"{name}->nats", nats.hostname or "127.0.0.1", nats.port or 4222)
+        env[name]["NATS_URL"] = f"nats://{link.address}"
+    return Links(proxy, dict(env), postgres=postgres)
+
+
+class FaultInjector:
+    """Injects the faults of a seeded schedule, one at a time, and heals or restarts after each."""
+
+    def __init__(
+        self, stack: Stack, schedule: list[Fault], console: Console, links: Links, seed: int
+    ) -> None:
         self.stack = stack
         self.schedule = schedule
         self.console = console
+        self.links = links
+        self.seed = seed
         self.stop = threading.Event()
         self.done = threading.Event()  # every fault of the schedule injected (or failed)
         self.thread = threading.Thread(target=self._run, daemon=True, name="chaos-faults")
@@ -151,24 +272,51 @@ class FaultInjector:
             self.stop.wait()
 
     def _inject(self) -> None:
-        for fault in self.schedule:
+        for index, fault in enumerate(self.schedule):
             wait = self.started + fault.at - time.monotonic()
             if wait > 0 and self.stop.wait(wait):
                 return
             fault.injected_at = time.monotonic() - self.started
             began = time.monotonic()
             try:
-                if fault.kind == PAUSE:
-                    self._pause_temporal(fault)
-                else:
-                    self._kill_and_restart(fault.kind)
-                fault.recovery = time.monotonic() - began
+                self._one(fault, random.Random(f"{self.seed}:{index}"))
+                if fault.recovery is None and fault.watch is None and fault.kind not in OPERATOR_ACTIONS:
+                    fault.recovery = time.monotonic() - began
             except Exception as err:  # a failed restart is a finding to report, not a crash
                 fault.error = f"{type(err).__name__}: {str(err)[:300]}"
-            self.console.print(
-                f"[yellow]fault[/] {fault.kind} at {fault.injected_at:.1f}s → "
-                + (f"[red]{fault.error}[/]" if fault.error else f"recovered in {fault.recovery:.1f}s")
+            if fault.healed_at is None:
+                fault.healed_at = time.perf_counter()
+            what = fault.kind + (f" {fault.target}" if fault.target else "")
+            outcome = (
+                f"[red]{fault.error}[/]"
+                if fault.error
+                else fault.note
+                if fault.note
+                else "healed"
+                if fault.recovery is None
+                else f"recovered in {fault.recovery:.1f}s"
             )
+            self.console.print(f"[yellow]fault[/] {what} at {fault.injected_at:.1f}s → {outcome}")
+
+    def _one(self, fault: Fault, rng: random.Random) -> None:
+        if fault.kind == PAUSE:
+            self._pause_temporal(fault)
+        elif fault.kind in LINK_FAULTS:
+            self._network(fault)
+        elif fault.kind == TEMPORAL_KILL:
+            self._kill_and_restart("temporal")
+        elif fault.kind == PG_KILL:
+            self._terminate_backends(fault)
+        elif fault.kind == PG_RESTART:
+            if any(c.name == "postgres" for c in self.stack.supervisor.children):
+                self._kill_and_restart("postgres")
+            else:
+                # Restarting the machine's shared server would break whatever else uses it.
+                fault.note = "skipped: this run does not own its PostgreSQL"
+        elif fault.kind in OPERATOR_ACTIONS:
+            asyncio.run(self._operate(fault, rng))
+        else:
+            self._kill_and_restart(fault.kind)
 
     def child(self, name: str) -> Child:
         return next(c for c in self.stack.supervisor.children if c.name == name)
@@ -189,17 +337,122 @@ class FaultInjector:
     def _pause_temporal(self, fault: Fault) -> None:
         child = self.child("temporal")
         assert child.proc is not None
-        seconds = 2 + random.Random(fault.at).random() * 3
         os.killpg(child.proc.pid, signal.SIGSTOP)
         try:
-            self.stop.wait(seconds)
+            self.stop.wait(fault.duration)
         finally:
             os.killpg(child.proc.pid, signal.SIGCONT)
         self.stack.supervisor.wait_ready(child, 60)
 
+    def _network(self, fault: Fault) -> None:
+        assert fault.target is not None
+        if fault.target not in self.links.proxy.links:
+            fault.note = f"skipped: no link {fault.target} in this run"
+            return
+        self.links.proxy.set(fault.target, Mode(fault.kind), latency=LATENCY_RANGE)
+        try:
+            self.stop.wait(fault.duration)
+        finally:
+            fault.watch = self.links.proxy.heal(fault.target)
+            fault.healed_at = fault.watch.since
 
-def plan_faults(rng: random.Random, kinds: list[str], count: int, window: float) -> list[Fault]:
-    """`count` faults spread over `window` seconds; each kind once before any repeats."""
+    def _terminate_backends(self, fault: Fault) -> None:
+        if not self.links.databases:
+            fault.note = "skipped: the services are on SQLite"
+            return
+        import asyncpg  # only on PostgreSQL
+
+        async def terminate() -> int:
+            killed = 0
+            for url in set(self.links.databases.values()):
+                real = make_url(url)
+                conn = await asyncpg.connect(
+                    host=real.host, port=real.port, user=real.username, password=real.password,
+                    database=real.database,
+                )  # fmt: skip
+                try:
+                    rows = await conn.fetch(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                    killed += sum(1 for row in rows if row[0])
+                finally:
+                    await conn.close()
+            return killed
+
+        fault.note = f"{asyncio.run(terminate())} connections terminated"
+
+    async def _operate(self, fault: Fault, rng: random.Random) -> None:
+        """Cancel or terminate a saga still running, as an operator does from the Web UI."""
+        client = await connect(TemporalSettings(address=self.stack.temporal_address))
+        query = "WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running'"
+        deadline = time.monotonic() + 15
+        while True:
+            running = sorted([w.id async for w in client.list_workflows(query, limit=200)])
+            if running or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        if not running:
+            fault.note = "skipped: no saga running"
+            return
+        fault.workflow_id = rng.choice(running)
+        handle = client.get_workflow_handle(fault.workflow_id)
+        fault.acted_at = datetime.now(UTC)
+        try:
+            if fault.kind == CANCEL:
+                await handle.cancel()
+            else:
+                await handle.terminate(reason="ordersaga chaos: operator terminate")
+        except RPCError as err:  # it closed meanwhile: nothing left to act on
+            fault.note = f"saga closed before the request: {err.message[:100]}"
+        fault.target = fault.workflow_id
+
+
+async def settle_operator_actions(temporal_address: str, schedule: list[Fault]) -> None:
+    """How long after each operator action its saga was closed (cancel) or repaired (terminate)."""
+    acted = [f for f in schedule if f.kind in OPERATOR_ACTIONS and f.workflow_id and f.acted_at]
+    if not acted:
+        return
+    client = await connect(TemporalSettings(address=temporal_address))
+    for fault in acted:
+        assert fault.workflow_id is not None and fault.acted_at is not None
+        workflow_id = fault.workflow_id
+        if fault.kind == TERMINATE:
+            workflow_id = "repair-" + workflow_id.removeprefix("order-")
+        try:
+            info = await client.get_workflow_handle(workflow_id).describe()
+        except RPCError:
+            # No repair: the saga had made its order final before it was terminated.
+            fault.note = fault.note or "no repair needed: the order was final already"
+            fault.recovery = 0.0
+            continue
+        if info.close_time is None or info.status == WorkflowExecutionStatus.RUNNING:
+            fault.error = f"{workflow_id} still running after quiescence"
+            continue
+        fault.recovery = max(0.0, (info.close_time - fault.acted_at).total_seconds())
+        if fault.kind == CANCEL:
+            fault.note = f"closed {info.status.name if info.status else '?'}"
+
+
+def fault_kinds(stack: Stack, links: Links, *, owns_postgres: bool = False) -> list[str]:
+    """Every fault this run can inject: a PostgreSQL fault only when the services are on PostgreSQL."""
+    kinds = [*stack.services, *PROCESS_KILLS, PAUSE, TEMPORAL_KILL, *LINK_FAULTS, *OPERATOR_ACTIONS]
+    if links.postgres:
+        kinds.append(PG_KILL)
+        if owns_postgres:
+            kinds.append(PG_RESTART)
+    return kinds
+
+
+def plan_faults(
+    rng: random.Random, kinds: list[str], count: int, window: float, links: list[str] | None = None
+) -> list[Fault]:
+    """`count` faults spread over `window` seconds; each kind once before any repeats.
+
+    Everything random about a fault is drawn here (kind, moment, link, duration), so that the same
+    seed gives the same schedule; only an operator action's saga is picked at run time, among those
+    then running.
+    """
     chosen: list[str] = []
     while len(chosen) < count:
         round_ = list(kinds)
@@ -208,7 +461,16 @@ def plan_faults(rng: random.Random, kinds: list[str], count: int, window: float)
     chosen = chosen[:count]
     # Evenly spaced slots with jitter, so that faults interleave with load instead of bunching.
     slot = window / max(count, 1)
-    return [Fault(kind, at=slot * (i + 0.2 + 0.6 * rng.random())) for i, kind in enumerate(chosen)]
+    schedule = []
+    for i, kind in enumerate(chosen):
+        fault = Fault(kind, at=slot * (i + 0.2 + 0.6 * rng.random()))
+        if kind in LINK_FAULTS and links:
+            fault.target = rng.choice(sorted(links))
+            fault.duration = 2 + rng.random() * 3
+        elif kind == PAUSE:
+            fault.duration = 2 + rng.random() * 3
+        schedule.append(fault)
+    return schedule
 
 
 def free_port() -> int:
@@ -249,18 +511,33 @@ def run_chaos(
     free_ports: bool = False,
     json_path: Path | None = None,
     console: Console | None = None,
+    kinds: list[str] | None = None,
 ) -> int:
-    """Run the chaos scenario; 0 when every invariant holds, 1 on any violation or a stuck run."""
+    """Run the chaos scenario; 0 when every invariant holds, 1 on any violation or a stuck run.
+
+    `kinds` limits the faults to those (default: every kind this run can inject, `fault_kinds`).
+    """
     console = console or Console(stderr=True)
     if free_ports:
         use_free_ports()
     settings = UpSettings(data_dir=data_dir)
     stack = Stack(settings, console, echo_logs=False)
+    proxy = FaultProxy(seed)
+    links = wire_links(stack, proxy, postgres=_on_postgres(settings))
+    stack.supervisor = LinkedSupervisor(console, echo=stack.supervisor.echo, links=links)
+    available = fault_kinds(stack, links)
+    if kinds:
+        unknown = sorted(set(kinds) - {*available, *POSTGRES_FAULTS})
+        if unknown:
+            proxy.stop()
+            console.print(f"[red]unknown fault kinds {unknown}; known: {', '.join(available)}[/]")
+            return 2
     rng = random.Random(seed)
-    kinds = [*stack.services, "worker", "nats", PAUSE]
-    schedule = plan_faults(rng, kinds, faults, window=orders / rate)
+    schedule = plan_faults(rng, kinds or available, faults, window=orders / rate, links=links.names())
     began = time.monotonic()
     injector: FaultInjector | None = None
+    summary: dict[str, Any] = {}
+    violations: list[str] = []
     try:
         stack.start()
         stack.seed()
@@ -279,11 +556,16 @@ def run_chaos(
             admin_password=stack.creds.admin_password,
         )
         load = ChaosLoadRun(plan, console, hot_stock=hot_stock, retry_for=quiesce_timeout)
-        injector = FaultInjector(stack, schedule, console)
+        injector = FaultInjector(stack, schedule, console, links, seed)
         report = asyncio.run(_drive(load, injector, stack.data_dir, base_orders))
         injector.done.wait(timeout=300)
         with _status(console, "waiting for the stack to settle (quiescence)"):
             quiet, state, waited = audit.wait_quiescent(stack.data_dir, report["baseline"], quiesce_timeout)
+        try:
+            asyncio.run(settle_operator_actions(stack.temporal_address, schedule))
+        except RPCError as err:
+            console.print(f"[red]could not look up the operator actions' sagas:[/] {err}")
+        _time_recoveries(schedule, load.records)
         violations = audit.audit(stack.data_dir, report["baseline"], set(load.keys))
         if not quiet:
             violations.append(f"not quiescent after {waited:.0f}s: {state}")
@@ -305,12 +587,36 @@ def run_chaos(
             if temporal.proc is not None:
                 os.killpg(temporal.proc.pid, signal.SIGCONT)
         stack.stop()
+        proxy.stop()
         if injector is not None and injector.thread.is_alive():
             injector.join(timeout=10)
     print_summary(console, summary)
     if json_path is not None:
         json_path.write_text(json.dumps(summary, indent=2) + "\n")
     return 1 if violations else 0
+
+
+def _on_postgres(settings: UpSettings) -> bool:
+    """Whether the services will be on PostgreSQL: `up --postgres`, or their own database URLs."""
+    if getattr(settings, "postgres_url", None):
+        return True
+    return any(
+        os.environ.get(f"{name.upper()}_DATABASE_URL", "").startswith("postgres") for name in DATA_SERVICES
+    )
+
+
+def _time_recoveries(schedule: list[Fault], records: list[OrderRecord]) -> None:
+    """Network faults: the link's first answer after the heal. Every fault: the next accepted order."""
+    accepted = sorted(r.accepted_at for r in records if r.accepted_at is not None)
+    for fault in schedule:
+        if fault.watch is not None:
+            fault.recovery = fault.watch.recovery
+            if fault.recovery is None and fault.error is None:
+                fault.error = f"no answer over {fault.target} after the heal"
+        if fault.healed_at is not None:
+            after = bisect.bisect_left(accepted, fault.healed_at)
+            if after < len(accepted):
+                fault.next_order = accepted[after] - fault.healed_at
 
 
 async def _drive(
@@ -345,8 +651,11 @@ def _summary(
     for order in orders:
         outcomes[f"{order['status']}:{order['reason']}" if order["reason"] else order["status"]] += 1
     by_kind: dict[str, list[float | None]] = defaultdict(list)
-    for fault in schedule:
+    next_order: dict[str, list[float | None]] = defaultdict(list)
+    applied = [f for f in schedule if not (f.note or "").startswith("skipped")]
+    for fault in applied:
         by_kind[fault.kind].append(None if fault.recovery is None else round(fault.recovery, 2))
+        next_order[fault.kind].append(None if fault.next_order is None else round(fault.next_order, 2))
     return {
         "orders_sent": load["orders_sent"],
         "orders_accepted": len(orders),
@@ -354,6 +663,20 @@ def _summary(
         "client_errors": load["errors"],
         "faults": len([f for f in schedule if f.injected_at is not None]),
         "faults_by_kind": dict(by_kind),
+        # From the heal, the restart or the operator's action to the next order the gateway accepted.
+        "next_order_by_kind": dict(next_order),
+        "faults_skipped": [f"{f.kind}: {f.note}" for f in schedule if f not in applied],
+        "fault_log": [
+            {
+                **f.plan(),
+                "injected_at": None if f.injected_at is None else round(f.injected_at, 2),
+                "recovery": None if f.recovery is None else round(f.recovery, 2),
+                "next_order": None if f.next_order is None else round(f.next_order, 2),
+                "error": f.error,
+                "note": f.note,
+            }
+            for f in schedule
+        ],
         "quiescence_seconds": round(waited, 1),
         "email_redeliveries": len(audit.email_redeliveries(data_dir)),
         # By status: every authorisation of the run ends captured, voided or declined, none `authorized`.
@@ -387,6 +710,11 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     for kind, recoveries in sorted(summary["faults_by_kind"].items()):
         shown = ", ".join("failed" if r is None else f"{r}s" for r in recoveries)
         table.add_row(f"fault {kind} x{len(recoveries)}", f"recovered in {shown}")
+    for kind, waits in sorted(summary.get("next_order_by_kind", {}).items()):
+        shown = ", ".join("none" if w is None else f"{w}s" for w in waits)
+        table.add_row(f"next order after {kind}", shown)
+    for skipped in summary.get("faults_skipped", []):
+        table.add_row("fault skipped", skipped)
     for error, count in sorted(summary["client_errors"].items()):
         table.add_row(f"client error {error}", str(count))
     table.add_row("violations", str(len(summary["violations"])))

@@ -51,6 +51,18 @@ class LinkStats:
 
 
 @dataclass
+class Watch:
+    """The first answer over a link after a moment (a heal): how long the link took to work again."""
+
+    since: float
+    answered_at: float | None = None
+
+    @property
+    def recovery(self) -> float | None:
+        return None if self.answered_at is None else self.answered_at - self.since
+
+
+@dataclass
 class Link:
     name: str
     target: tuple[str, int]
@@ -61,6 +73,7 @@ class Link:
     _flowing: asyncio.Event | None = None
     _server: asyncio.Server | None = None
     _open: set[asyncio.StreamWriter] = field(default_factory=set)
+    _watches: list[Watch] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -111,10 +124,13 @@ class FaultProxy:
 
         self.loop.call_soon_threadsafe(apply)
 
-    def heal(self, name: str) -> float:
-        """Back to `pass`; returns the moment (perf_counter) of the heal."""
+    def heal(self, name: str) -> Watch:
+        """Back to `pass`; the watch tells when the link next answered."""
         self.set(name, Mode.PASS)
-        return time.perf_counter()
+        watch = Watch(time.perf_counter())
+        # After the mode change on the loop, so that no answer of the fault counts as the recovery.
+        self.loop.call_soon_threadsafe(self.links[name]._watches.append, watch)
+        return watch
 
     def answered_since(self, name: str, moment: float) -> bool:
         last = self.links[name].stats.last_answer
@@ -179,13 +195,17 @@ class FaultProxy:
                 if link.mode == Mode.LATENCY:
                     await asyncio.sleep(self.random.uniform(*link.latency))
                     await link._flowing.wait()
-                sink.write(chunk)
-                await sink.drain()
                 if towards_server:
                     link.stats.bytes_up += len(chunk)
                 else:
+                    # Counted before the write: the caller must not see the answer before the link does.
                     link.stats.bytes_down += len(chunk)
                     link.stats.last_answer = time.perf_counter()
+                    for watch in link._watches:
+                        watch.answered_at = link.stats.last_answer
+                    link._watches.clear()
+                sink.write(chunk)
+                await sink.drain()
                 if link.mode == Mode.CUT and towards_server:
                     # The request went out; reset both ends before any answer can come back.
                     link.stats.cut += 1
