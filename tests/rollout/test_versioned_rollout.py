@@ -12,6 +12,7 @@ import asyncio
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -202,21 +203,31 @@ async def test_pinned_sagas_finish_on_their_version_while_new_ones_run_the_new_c
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert drain.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(drain.stdout or ()), daemon=True)
+    reader.start()
     try:
         for order_id in pinned[:-1]:
             assert (await driver.review(order_id, approve=True)).status_code == 202
         for order_id in pinned[:-1]:
             await driver.wait_final(order_id, timeout=90)
-        await asyncio.sleep(1.5)  # five polls of drain's
+        one_left = f"{versions.a}: 1 pinned workflow(s) still running\n"
+        deadline = time.monotonic() + 60
+        while one_left not in lines and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert one_left in lines, lines
+        await asyncio.sleep(1.0)  # a few more of drain's polls
         assert drain.poll() is None, "drain said empty while a saga was still pinned to A"
         assert (await driver.review(pinned[-1], approve=True)).status_code == 202
-        out, _ = await asyncio.to_thread(drain.communicate, timeout=120)
+        await asyncio.to_thread(drain.wait, timeout=120)
         drained_at = time.time()
+        await asyncio.to_thread(reader.join, 10)
+        out = "".join(lines)
     finally:
         if drain.poll() is None:
             drain.kill()
     assert drain.returncode == 0, out
-    assert f"{versions.a}: 1 pinned workflow(s) still running" in out
     assert out.strip().endswith(f"{versions.a} is drained: no pinned saga left; its workers can be retired")
     last = await temporal.get_workflow_handle(workflow_id_for(pinned[-1])).describe()
     assert last.status == WorkflowExecutionStatus.COMPLETED
