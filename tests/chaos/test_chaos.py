@@ -92,7 +92,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> ChaosRun:
     argv = [sys.executable, "-m", "ordersaga.chaos", "--data-dir", str(tmp / "data")]
     argv += ["--orders", str(ORDERS), "--rate", "4", "--faults", str(FAULTS), "--seed", "10"]
     argv += ["--free-ports", "--json", str(report_path), "--kinds", ",".join(sorted(KINDS))]
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=400, check=False)  # our own module
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)  # our own module
     output = run.stdout[-3000:] + run.stderr[-6000:]
     assert report_path.exists(), output
     return ChaosRun(tmp / "data", json.loads(report_path.read_text()), output, run.returncode)
@@ -101,7 +101,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> ChaosRun:
 @pytest.mark.slow
 @pytest.mark.serial
 @pytest.mark.temporal
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(660)
 def test_chaos_under_load_loses_nothing(chaos: ChaosRun) -> None:
     report = chaos.report
     assert report["violations"] == [], chaos.output
@@ -308,7 +308,7 @@ REAL_BREAKS: dict[str, tuple[RealBreak, set[str]]] = {
 @pytest.mark.slow
 @pytest.mark.serial
 @pytest.mark.temporal
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(660)
 @pytest.mark.parametrize("check", sorted(REAL_BREAKS))
 def test_the_audit_catches_each_broken_invariant_in_a_real_run(
     chaos: ChaosRun, broken: Path, check: str
@@ -329,7 +329,7 @@ def test_the_audit_catches_each_broken_invariant_in_a_real_run(
 @pytest.mark.slow
 @pytest.mark.serial
 @pytest.mark.temporal
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(660)
 def test_an_unknown_notification_is_final_and_counted_not_a_violation(chaos: ChaosRun, broken: Path) -> None:
     base = audit.Baseline.from_json(chaos.report["baseline"])
     clients = set(chaos.report["client_order_ids"])
