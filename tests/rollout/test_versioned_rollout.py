@@ -107,13 +107,16 @@ async def build_id_of(client: Client, order_id: str) -> str:
     return described.raw_description.workflow_execution_info.versioning_info.deployment_version.build_id
 
 
-async def timers_ms(client: Client, order_id: str) -> list[int]:
+async def recorded(client: Client, order_id: str) -> tuple[list[int], set[str]]:
+    """From the saga's history: its timers (ms), and the build ids that completed its workflow tasks."""
     history = await client.get_workflow_handle(workflow_id_for(order_id)).fetch_history()
-    return [
-        event.timer_started_event_attributes.start_to_fire_timeout.ToMilliseconds()
-        for event in history.events
-        if event.event_type == EventType.EVENT_TYPE_TIMER_STARTED
-    ]
+    timers, builds = [], set()
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_TIMER_STARTED:
+            timers.append(event.timer_started_event_attributes.start_to_fire_timeout.ToMilliseconds())
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            builds.add(event.workflow_task_completed_event_attributes.deployment_version.build_id)
+    return timers, builds
 
 
 async def place(driver: Driver, customer: Customer, product: str, quantity: int = 1) -> str:
@@ -180,7 +183,9 @@ async def test_pinned_sagas_finish_on_their_version_while_new_ones_run_the_new_c
     assert placed_on.count(versions.a) + on_b == 40
     assert 10 <= on_b <= 30, f"{on_b} of 40 sagas on B at a 50 % ramp"
     for order_id, build_id in zip(ramped, placed_on, strict=True):
-        assert (MARKER_MS in await timers_ms(temporal, order_id)) == (build_id == versions.b)
+        timers, builds = await recorded(temporal, order_id)
+        assert (MARKER_MS in timers) == (build_id == versions.b)
+        assert builds == {build_id}
 
     # B becomes current: every new saga runs B's code, the five stay pinned to A.
     promoted = deploy(stack, "promote", versions.b)
@@ -193,7 +198,9 @@ async def test_pinned_sagas_finish_on_their_version_while_new_ones_run_the_new_c
     for order_id in later:
         await assert_confirmed_once(driver, order_id, 1_000)
         assert await build_id_of(temporal, order_id) == versions.b
-        assert MARKER_MS in await timers_ms(temporal, order_id), "B's command is in the history"
+        timers, builds = await recorded(temporal, order_id)
+        assert MARKER_MS in timers, "B's command is in the history"
+        assert builds == {versions.b}
 
     # A cannot be drained while sagas are pinned to it.
     early = deploy(stack, "drain", versions.a, "--timeout", "0")
@@ -239,7 +246,9 @@ async def test_pinned_sagas_finish_on_their_version_while_new_ones_run_the_new_c
     for order_id in pinned:
         await assert_confirmed_once(driver, order_id, 2 * REVIEW_PRICE)
         assert await build_id_of(temporal, order_id) == versions.a, "finished on the version it began on"
-        assert MARKER_MS not in await timers_ms(temporal, order_id), "A's plan, without B's command"
+        timers, builds = await recorded(temporal, order_id)
+        assert MARKER_MS not in timers, "A's plan, without B's command"
+        assert builds == {versions.a}, "every workflow task, before and after the promotion, ran on A"
     stock = await driver.availability(reviewed)
     assert (stock["on_hand"], stock["reserved"]) == (0, 0), "committed once"
     stock = await driver.availability(small)
