@@ -36,8 +36,10 @@ from ordersaga.chaos import (
     TEMPORAL_KILL,
     TERMINATE,
     Fault,
+    Links,
     plan_faults,
 )
+from ordersaga.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.chaos  # part of the suite; `-m chaos` selects it alone
 
@@ -96,6 +98,28 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> ChaosRun:
     output = run.stdout[-3000:] + run.stderr[-6000:]
     assert report_path.exists(), output
     return ChaosRun(tmp / "data", json.loads(report_path.read_text()), output, run.returncode)
+
+
+def test_each_process_is_routed_through_its_links() -> None:
+    proxy = FaultProxy()
+    try:
+        links = Links(proxy, {"worker": {"WORKER_PAYMENTS_URL": "http://127.0.0.1:1"}}, postgres=True)
+        # A replica of a service reaches its database through the proxy, credentials and options kept.
+        real = "postgresql+asyncpg://shop:s3cret@db.internal:5433/ordersaga_orders?ssl=disable"
+        routed = links.route("orders-2", {"ORDERS_DATABASE_URL": real})
+        link = proxy.links["orders->postgres"]
+        assert link.target == ("db.internal", 5433)
+        assert routed["ORDERS_DATABASE_URL"] == (
+            f"postgresql+asyncpg://shop:s3cret@127.0.0.1:{link.port}/ordersaga_orders?ssl=disable"
+        )
+        # A restart of the same process finds its link rather than opening another.
+        assert links.route("orders-2", {"ORDERS_DATABASE_URL": real}) == routed
+        assert links.route("worker-3", {}) == {"WORKER_PAYMENTS_URL": "http://127.0.0.1:1"}
+        # SQLite: nothing to route.
+        assert links.route("users", {"USERS_DATABASE_URL": "sqlite+aiosqlite:///x.db"}) == {}
+        assert "users->postgres" in links.names() and "users->postgres" not in proxy.links
+    finally:
+        proxy.stop()
 
 
 @pytest.mark.slow
