@@ -133,9 +133,10 @@ class LogEcho:
             return
         with self._lock:
             if self.log_format == "json":
-                fields = line.fields or {"level": line.level, "event": line.text}
+                fields = line.fields or {"event": line.text}
+                # One spelling of the level for whoever reads these lines (slog says WARN, NATS WRN).
                 self.console.print(
-                    json.dumps({"process": name, **fields}, default=str),
+                    json.dumps({"process": name, **fields, "level": line.level}, default=str),
                     soft_wrap=True,
                     highlight=False,
                     markup=False,
