@@ -789,7 +789,13 @@ def mail_messages(maildir: Path) -> list[mailbox.MaildirMessage]:
 cli = typer.Typer(add_completion=False)
 
 
-@cli.command()
+# A callback, not a command: `ordersaga audit --data-dir D` runs it without a subcommand name.
+@cli.callback(
+    invoke_without_command=True,
+    epilog="Examples: ordersaga audit --data-dir .data · ordersaga audit --data-dir /tmp/chaos/data "
+    "--report /tmp/chaos/chaos.json · ordersaga audit --data-dir .data --postgres "
+    "postgresql://postgres@127.0.0.1/postgres",
+)
 def main(
     data_dir: Annotated[Path, typer.Option(help="The stack's data dir: SQLite files, mail/ and sms.jsonl.")],
     postgres: Annotated[
@@ -812,7 +818,11 @@ def main(
     if report is not None:
         data = json.loads(report.read_text())
         base, clients = Baseline.from_json(data["baseline"]), set(data["client_order_ids"])
-    found = findings(where, base, clients)
+    try:
+        found = findings(where, base, clients)
+    except (sqlite3.Error, OSError) as err:  # no such data dir or database, a server refusing
+        typer.echo(f"ordersaga audit: cannot read the stack's state ({data_dir}): {err}", err=True)
+        raise typer.Exit(2) from None
     for violation in found:
         typer.echo(f"{violation.check}: {violation.message}")
     typer.echo(f"{len(CHECKS)} checks, {len(found)} violations")

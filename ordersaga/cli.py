@@ -435,6 +435,15 @@ def chaos(
     )
 
 
+def _register_audit() -> None:
+    from ordersaga.audit import cli as audit_cli
+
+    app.add_typer(audit_cli, name="audit", help="Audit every invariant of a stack's state; exit 1 on any.")
+
+
+_register_audit()
+
+
 @app.command("codec-server", epilog=_examples("ORDERSAGA_PAYLOAD_KEYS=... ordersaga codec-server"))
 def codec_server() -> None:
     """Serve the payload codec for the Temporal Web UI (needs ORDERSAGA_PAYLOAD_KEYS)."""

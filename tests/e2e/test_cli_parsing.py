@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -50,3 +51,12 @@ def test_an_unknown_log_format_is_a_usage_error() -> None:
     result = runner.invoke(app, ["up", "--log-format", "yaml"])
     assert result.exit_code == 2
     assert "'yaml' is not one of" in result.output
+
+
+def test_audit_is_a_command_and_a_missing_state_is_a_clear_error(tmp_path: Path) -> None:
+    shown = runner.invoke(app, ["audit", "--help"], terminal_width=160)
+    assert shown.exit_code == 0 and "--postgres" in shown.output and "Examples:" in shown.output
+    result = runner.invoke(app, ["audit", "--data-dir", str(tmp_path / "nothing-here")])
+    assert result.exit_code == 2
+    assert "cannot read the stack's state" in result.output
+    assert "Traceback" not in result.output
