@@ -91,17 +91,18 @@ def build_activities(client: Client, http: httpx.AsyncClient, settings: WorkerSe
 def deployment_config(settings: WorkerSettings) -> WorkerDeploymentConfig | None:
     """This worker's version in its Worker Deployment, or None to poll unversioned.
 
-    OrderWorkflow declares itself PINNED. The repair and reconcile workflows take the worker default,
-    AUTO_UPGRADE: they last seconds and are started by the reconciler (or its schedule), so they
-    should always run the current code, and a retired version must not strand one of them; a change
-    to them is guarded with `workflow.patched`, which the replay corpus checks.
+    Every workflow of a versioned worker is PINNED: a saga ends on the version that started it. The
+    behaviour is the worker's default rather than declared on the definitions, because the SDK
+    refuses a declared behaviour on an unversioned worker (`WORKER_VERSIONING=off`, the tests'
+    own workers). The repair and reconcile workflows are pinned too: they last seconds, so a drain
+    waits for them only briefly, and a change to them is still guarded with `workflow.patched`.
     """
     if settings.versioning == "off":
         return None
     return WorkerDeploymentConfig(
         version=WorkerDeploymentVersion(settings.deployment_name, settings.worker_build_id()),
         use_worker_versioning=True,
-        default_versioning_behavior=VersioningBehavior.AUTO_UPGRADE,
+        default_versioning_behavior=VersioningBehavior.PINNED,
     )
 
 

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey, VersioningBehavior
+from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -60,9 +60,10 @@ AUTHORIZE_BEFORE_REVIEW = "authorize-before-review"
 T = TypeVar("T")
 
 
-# PINNED: a saga ends on the worker version it started on, however long its review waits, so a new
-# version may change the saga's commands freely; `workflow.patched` stays for fixes running sagas need.
-@workflow.defn(name="OrderWorkflow", versioning_behavior=VersioningBehavior.PINNED)
+# Pinned by the versioned worker's default (workers/main.py): a saga ends on the worker version it
+# started on, however long its review waits. Not declared here: the SDK refuses a declared behaviour
+# on an unversioned worker (WORKER_VERSIONING=off, or a Temporal without the feature).
+@workflow.defn(name="OrderWorkflow")
 class OrderWorkflow:
     def __init__(self) -> None:
         self._order_id = ""

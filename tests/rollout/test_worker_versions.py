@@ -34,15 +34,14 @@ def test_an_explicit_build_id_wins_and_versioning_off_polls_unversioned() -> Non
     assert deployment_config(WorkerSettings(versioning="off")) is None
 
 
-def test_sagas_are_pinned_and_the_short_repairs_follow_the_current_version() -> None:
+def test_a_versioned_worker_pins_its_sagas_and_the_definitions_declare_nothing() -> None:
     config = deployment_config(WorkerSettings())
     assert config is not None
-    # The definition the worker registers (the SDK keeps it on the class; no public accessor).
+    assert config.default_versioning_behavior == VersioningBehavior.PINNED
+    # The definitions the worker registers (the SDK keeps them on the class; no public accessor)
+    # declare no behaviour, so that an unversioned worker can still run them.
     behaviours = {
         cls: workflow._Definition.must_from_class(cls).versioning_behavior
         for cls in (OrderWorkflow, RepairWorkflow, ReconcileWorkflow)
     }
-    assert behaviours[OrderWorkflow] == VersioningBehavior.PINNED
-    # UNSPECIFIED takes the worker's default.
-    assert behaviours[RepairWorkflow] == behaviours[ReconcileWorkflow] == VersioningBehavior.UNSPECIFIED
-    assert config.default_versioning_behavior == VersioningBehavior.AUTO_UPGRADE
+    assert set(behaviours.values()) == {VersioningBehavior.UNSPECIFIED}
