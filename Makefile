@@ -42,7 +42,7 @@ TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
 test: $(TEST_STAMP)
 	@parallel=0; serial=0; \
-	$(PYTEST) -n $(TEST_WORKERS) --dist loadgroup -m "not serial" $(PYTEST_ARGS) || parallel=$$?; \
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart=0 -m "not serial" $(PYTEST_ARGS) || parallel=$$?; \
 	$(PYTEST) -m serial $(PYTEST_ARGS) || serial=$$?; \
 	for status in $$parallel $$serial; do [ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status; done
 
