@@ -24,10 +24,40 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+# Ports a test hands to the processes it starts. Below the kernel's ephemeral range (32768 and up
+# here), so that no outgoing connection can take one between the pick and the bind; and a slice per
+# pytest-xdist worker, so that two workers never pick the same one.
+_PORTS_LOW, _PORTS_HIGH = 10_000, 32_000
+_WORKER_SLICES = 4
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return range(_PORTS_LOW, _PORTS_HIGH)
+    width = (_PORTS_HIGH - _PORTS_LOW) // _WORKER_SLICES
+    start = _PORTS_LOW + (int(worker[2:]) % _WORKER_SLICES) * width
+    return range(start, start + width)
+
+
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, never handed out twice in this run by this worker."""
+    ports = _port_slice()
+    if not _next_port:
+        _next_port.append(ports.start + (os.getpid() * 7919) % len(ports))
+    for _ in range(len(ports)):
+        port = _next_port[0]
+        _next_port[0] = ports.start + (port + 1 - ports.start) % len(ports)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 def tcp_open(port: int, host: str = "127.0.0.1") -> bool:
