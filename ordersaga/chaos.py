@@ -609,14 +609,20 @@ def _time_recoveries(schedule: list[Fault], records: list[OrderRecord]) -> None:
     """Network faults: the link's first answer after the heal. Every fault: the next accepted order."""
     accepted = sorted(r.accepted_at for r in records if r.accepted_at is not None)
     for fault in schedule:
-        if fault.watch is not None:
-            fault.recovery = fault.watch.recovery
-            if fault.recovery is None and fault.error is None:
-                fault.error = f"no answer over {fault.target} after the heal"
         if fault.healed_at is not None:
             after = bisect.bisect_left(accepted, fault.healed_at)
             if after < len(accepted):
                 fault.next_order = accepted[after] - fault.healed_at
+        if fault.watch is not None:
+            fault.recovery = fault.watch.recovery
+            if fault.recovery is None and fault.error is None:
+                if fault.next_order is not None:
+                    # A quiet link (the orders service talks to Temporal in bursts) may carry nothing
+                    # after the heal; an order accepted afterwards shows the system went on.
+                    fault.recovery = fault.next_order
+                    fault.note = f"no traffic over {fault.target} after the heal; timed by the next order"
+                else:
+                    fault.error = f"no answer over {fault.target} after the heal"
 
 
 async def _drive(
