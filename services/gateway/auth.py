@@ -19,7 +19,6 @@ value for that user, remembered only while the revocation announcements are subs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from typing import Any
@@ -33,6 +32,7 @@ from cachetools import LRUCache, TLRUCache, TTLCache
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from services.kit.events import close_connection_task
 from services.kit.identity import identity_headers
 from services.users.revocations import REVOKED_SUBJECT
 from services.users.tokens import Claims, InvalidToken, verify_token
@@ -206,13 +206,7 @@ class TokenVersions:
 
     async def aclose(self) -> None:
         self._subscribed = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+        await close_connection_task(self._task, self._nc)
 
     def _forget_all(self, reason: str) -> None:
         self._epoch += 1

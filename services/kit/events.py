@@ -9,6 +9,8 @@ duplicate window, and a consumer that sees it anyway deduplicates by the same id
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from datetime import datetime
@@ -114,6 +116,18 @@ async def connect(url: str, *, name: str) -> NatsClient:
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
     )
+
+
+async def close_connection_task(task: asyncio.Task[Any] | None, nc: NatsClient | None) -> None:
+    """Stop a background task that owns a NATS connection, then close the connection; on shutdown
+    neither may raise (the server may be gone already)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    if nc is not None:
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 async def ensure_stream(js: JetStreamContext) -> None:

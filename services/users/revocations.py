@@ -15,7 +15,6 @@ gateway without NATS asks on every request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 
 import nats
@@ -24,6 +23,7 @@ from nats.aio.client import Client as NatsClient
 from prometheus_client import Counter
 
 from services.kit.errors import Problem
+from services.kit.events import close_connection_task
 
 REVOKED_SUBJECT = "ordersaga.internal.tokens-revoked"
 FLUSH_TIMEOUT_SECONDS = 1
@@ -77,13 +77,7 @@ class Revocations:
         )
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+        await close_connection_task(self._task, self._nc)
 
     async def before_commit(self, user_id: uuid.UUID) -> None:
         """Announce a revocation about to be committed; 503 if it does not reach the server."""
