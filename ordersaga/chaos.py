@@ -42,7 +42,7 @@ from ordersaga.faults.proxy import FaultProxy, Mode, Watch
 from ordersaga.load import LoadPlan, LoadRun, OrderRecord
 from ordersaga.report import measures_table
 from ordersaga.supervisor import Child, StartupError, Supervisor
-from ordersaga.up import Stack, UpSettings
+from ordersaga.up import PORT_SETTINGS, Stack, UpSettings
 from services.kit.temporal import TemporalSettings, connect
 from services.registry import DATA_SERVICES, SERVICES
 
@@ -487,15 +487,7 @@ def use_free_ports() -> None:
     os.environ.pop("NATS_URL", None)
     for name in SERVICES:
         os.environ[f"{name.upper()}_PORT"] = str(free_port())
-    for setting in (
-        "TEMPORAL_PORT",
-        "TEMPORAL_UI_PORT",
-        "NATS_PORT",
-        "NATS_MONITOR_PORT",
-        "SMTP_PORT",
-        "WORKER_METRICS_PORT",
-        "WORKER_SDK_METRICS_PORT",
-    ):
+    for setting in PORT_SETTINGS:
         os.environ[f"ORDERSAGA_{setting}"] = str(free_port())
 
 

@@ -63,6 +63,20 @@ STATE_FILE = "up.json"
 CODEC_TOKEN_ENV = "ORDERSAGA_CODEC_AUTH_TOKEN"
 
 
+# The stack's own ports besides the services' (`<SERVICE>_PORT`), as `ORDERSAGA_<name>` settings:
+# what a second stack beside the first must move (chaos --free-ports, the e2e and topology tests).
+PORT_SETTINGS: tuple[str, ...] = (
+    "TEMPORAL_PORT",
+    "TEMPORAL_UI_PORT",
+    "NATS_PORT",
+    "NATS_MONITOR_PORT",
+    "SMTP_PORT",
+    "WORKER_METRICS_PORT",
+    "WORKER_SDK_METRICS_PORT",
+    "CODEC_PORT",
+)
+
+
 class UpSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORDERSAGA_", extra="ignore")
 

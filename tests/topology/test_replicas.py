@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from ordersaga.status import service_processes
+from ordersaga.up import PORT_SETTINGS
 from services.registry import DATA_SERVICES, SERVICES
 from tests.support.databases import postgres_admin_url, postgres_reachable, run_in_thread
 from tests.support.prerequisites import missing
@@ -56,16 +57,7 @@ def free_ports_env(data_dir: Path, prefix: str) -> dict[str, str]:
         if not key.endswith(("_DATABASE_URL", "_PORT", "_URL")) and key not in ("TEMPORAL_ADDRESS",)
     }
     env |= {f"{name.upper()}_PORT": str(free_port()) for name in SERVICES}
-    for setting in (
-        "TEMPORAL_PORT",
-        "TEMPORAL_UI_PORT",
-        "NATS_PORT",
-        "NATS_MONITOR_PORT",
-        "SMTP_PORT",
-        "WORKER_METRICS_PORT",
-        "WORKER_SDK_METRICS_PORT",
-        "CODEC_PORT",
-    ):
+    for setting in PORT_SETTINGS:
         env[f"ORDERSAGA_{setting}"] = str(free_port())
     env |= {
         "ORDERSAGA_DATA_DIR": str(data_dir),
