@@ -55,6 +55,7 @@ ROUTES: tuple[PublicRoute, ...] = (
     PublicRoute("GET", "/users/{user_id}/payment-methods", "payments", "user", "methods"),
     PublicRoute("GET", "/payments/{payment_id}", "payments", "user", "reads"),
     PublicRoute("POST", "/orders", "orders", "user", "create", honours_idempotency_key=True),
+    PublicRoute("GET", "/orders", "orders", "admin", "reads"),
     PublicRoute("GET", "/orders/{order_id}", "orders", "user", "reads"),
     PublicRoute("GET", "/orders/{order_id}/saga", "orders", "user", "saga"),
     PublicRoute("GET", "/orders/{order_id}/events", "orders", "user", "reads"),

@@ -20,6 +20,9 @@ class Order(SQLModel, table=True):
         UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_idempotency_key"),
         Index("ix_orders_user_created", "user_id", "created_at", "id"),
         Index("ix_orders_saga_pending", "saga_started_at", "created_at"),
+        # The admin listing (GET /orders), newest first: all orders, and by status.
+        Index("ix_orders_created", "created_at", "id"),
+        Index("ix_orders_status_created", "status", "created_at", "id"),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

@@ -1,9 +1,11 @@
-"""The read side: pages of a user's orders (newest first) and of an order's events (version order),
-and the unfinished orders the saga reconciler looks at (oldest change first)."""
+"""The read side: pages of a user's orders (newest first), of every order with filters (the admin
+listing, newest first), of an order's events (version order), and the unfinished orders the saga
+reconciler looks at (oldest change first)."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import col, select
@@ -70,3 +72,40 @@ async def unfinished_orders(
         return rows, None
     page = rows[:limit]
     return page, cursor_for(page[-1].updated_at, page[-1].id)
+
+
+@dataclass(frozen=True)
+class OrderFilters:
+    """The admin listing's filters; each one given narrows the list (statuses: any of them)."""
+
+    statuses: tuple[str, ...] = ()
+    reason: str | None = None
+    customer_id: uuid.UUID | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+async def orders_page(
+    session: AsyncSession, filters: OrderFilters, limit: int, cursor: str | None = None
+) -> tuple[list[Order], str | None]:
+    """Every customer's orders, newest first, in keyset pages over (created_at, id).
+
+    The indexes ix_orders_created and ix_orders_status_created serve the unfiltered and the
+    by-status lists (the console's review queue) without a sort; a customer's list uses
+    ix_orders_user_created.
+    """
+    statement = select(Order)
+    if filters.statuses:
+        statement = statement.where(col(Order.status).in_(filters.statuses))
+    if filters.reason is not None:
+        statement = statement.where(col(Order.cancel_reason) == filters.reason)
+    if filters.customer_id is not None:
+        statement = statement.where(col(Order.user_id) == filters.customer_id)
+    if filters.created_after is not None:
+        statement = statement.where(col(Order.created_at) > filters.created_after)
+    if filters.created_before is not None:
+        statement = statement.where(col(Order.created_at) < filters.created_before)
+    if cursor is not None:
+        statement = statement.where(after(col(Order.created_at), col(Order.id), cursor, descending=True))
+    statement = statement.order_by(col(Order.created_at).desc(), col(Order.id).desc()).limit(limit + 1)
+    return split_page(list((await session.exec(statement)).all()), limit)

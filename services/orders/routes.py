@@ -1,10 +1,10 @@
-"""HTTP routes: placing and reading orders, admin status changes, the saga's command endpoint and
-the saga reconciler's list of unfinished orders."""
+"""HTTP routes: placing and reading orders, the admin listing of every order, admin status changes,
+the saga's command endpoint and the saga reconciler's list of unfinished orders."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import structlog
@@ -17,9 +17,22 @@ from services.kit.identity import AdminDep, CallerDep, CustomerDep, Identity, Se
 from services.kit.models import utcnow
 from services.kit.pagination import Page, PageDep
 from services.orders import store
-from services.orders.domain import ADMIN_STATUS_COMMANDS, CommandType, Confirmation, workflow_id
+from services.orders.domain import (
+    ADMIN_STATUS_COMMANDS,
+    CancelReason,
+    CommandType,
+    Confirmation,
+    OrderStatus,
+    workflow_id,
+)
 from services.orders.models import Order, OrderEvent
-from services.orders.queries import order_events_page, unfinished_orders, user_orders_page
+from services.orders.queries import (
+    OrderFilters,
+    order_events_page,
+    orders_page,
+    unfinished_orders,
+    user_orders_page,
+)
 from services.orders.saga import OrderStart, SagaPort, start_saga
 from services.orders.schemas import (
     AwaitReviewCommand,
@@ -31,6 +44,7 @@ from services.orders.schemas import (
     OrderEventOut,
     OrderItemOut,
     OrderOut,
+    OrdersPage,
     PlaceOrderIn,
     StatusChangeIn,
     UnfinishedOrderOut,
@@ -112,6 +126,67 @@ async def place_order(
         await start_saga(session, saga, OrderStart.of(order))
     response.headers["Location"] = f"/orders/{order.id}"
     return OrderAccepted(id=order.id, status=order.status, workflow_id=workflow_id(order.id))
+
+
+LISTING_DESCRIPTION = (
+    "Every customer's orders, newest first, in pages of `limit` (1..100, default 20); pass the "
+    "page's `next_cursor` as `cursor` for the next one (null on the last page). Filters narrow the "
+    "list: `status` (repeatable: any of them), `reason` (the cancel reason), `customer_id`, and "
+    "`created_after` / `created_before` (RFC 3339 with an offset, both exclusive). The review queue "
+    "is `status=AWAITING_REVIEW`. A saga whose compensation failed has a CANCELLED order (its "
+    "`reason` says why it was cancelled): the order row does not know about the failure, which "
+    "only the saga view (`GET /orders/{id}/saga`, status `compensation_failed`) shows. A filter that "
+    "cannot be read is 422 `validation_error`; a timestamp without an offset is 422 "
+    "`timestamp_without_offset`, `created_after` not before `created_before` 422 `empty_range`, an "
+    "unreadable cursor 422 `invalid_cursor`."
+)
+
+
+def _aware(name: str, value: datetime | None) -> datetime | None:
+    # A timestamp without an offset has no single meaning; guessing UTC would shift the page.
+    if value is not None and value.utcoffset() is None:
+        raise Problem(
+            422,
+            "timestamp_without_offset",
+            f"`{name}` needs an offset (RFC 3339), e.g. 2026-12-02T18:00:00Z.",
+        )
+    return value
+
+
+@router.get(
+    "/orders",
+    response_model=OrdersPage,
+    summary="Every order, newest first, with filters (admin)",
+    description=LISTING_DESCRIPTION,
+    responses=problem_responses(401, 403, 422),
+)
+async def list_orders(
+    caller: AdminDep,
+    session: SessionDep,
+    status: Annotated[
+        list[OrderStatus] | None,
+        Query(max_length=len(OrderStatus), description="Any of these statuses (repeat the parameter)."),
+    ] = None,
+    reason: Annotated[CancelReason | None, Query(description="Cancelled for this reason.")] = None,
+    customer_id: Annotated[uuid.UUID | None, Query(description="Placed by this customer.")] = None,
+    created_after: Annotated[datetime | None, Query(description="Placed after (RFC 3339).")] = None,
+    created_before: Annotated[datetime | None, Query(description="Placed before (RFC 3339).")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Orders per page.")] = 20,
+    cursor: Annotated[str | None, Query(max_length=512, description="The page before's next_cursor.")] = None,
+) -> OrdersPage:
+    after_, before = _aware("created_after", created_after), _aware("created_before", created_before)
+    if after_ is not None and before is not None and after_ >= before:
+        raise Problem(422, "empty_range", "`created_after` must be before `created_before`.")
+    filters = OrderFilters(
+        statuses=tuple(dict.fromkeys(s.value for s in status or ())),
+        reason=reason.value if reason else None,
+        customer_id=customer_id,
+        created_after=after_,
+        created_before=before,
+    )
+    async with session.begin():
+        orders, next_cursor = await orders_page(session, filters, limit, cursor)
+    return OrdersPage(items=[order_out(order) for order in orders], next_cursor=next_cursor)
 
 
 @router.get(

@@ -72,6 +72,13 @@ class OrderOut(BaseModel):
     updated_at: datetime
 
 
+class OrdersPage(BaseModel):
+    """A page of the admin listing: `next_cursor` fetches the next one, null on the last."""
+
+    items: list[OrderOut]
+    next_cursor: str | None = None
+
+
 class OrderEventOut(BaseModel):
     version: int
     type: str
