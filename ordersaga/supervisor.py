@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hmac
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,6 +226,8 @@ class Supervisor:
         self.console = console
         self.echo = echo
         self.children: list[Child] = []
+        # Children killed on purpose (demo controls): their death does not stop the run.
+        self.held: set[str] = set()
 
     def start(self, child: Child) -> None:
         child.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -313,10 +317,155 @@ class Supervisor:
     def watch(self, stop: threading.Event) -> str | None:
         """Block until asked to stop or a child dies; returns the name of a child that died."""
         while not stop.wait(0.5):
-            for child in self.children:
+            # A copy: the control server's thread may restart a child meanwhile.
+            for child in list(self.children):
+                if child.name in self.held:
+                    continue
                 if child.proc is not None and child.proc.poll() is not None:
                     return child.name
         return None
+
+
+class ControlServer:
+    """Demo controls of `ordersaga up`: kill and restart children over HTTP, on 127.0.0.1 only.
+
+    `GET /processes`, `POST /processes/<name>/kill` (SIGKILL to its process group: a crash, not a
+    shutdown) and `POST /processes/<name>/restart` (started again with the same argv and env, answered
+    once healthy). Every request needs `Authorization: Bearer <token>`. Only the names `controllable`
+    returns can be acted on. A child killed here does not stop the run; the gateway's admin-only
+    `/demo` routes are its only client (services/gateway/web/demo.py).
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        token: str,
+        controllable: Callable[[], list[str]],
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.supervisor = supervisor
+        self.token = token
+        self.controllable = controllable
+        self.on_change = on_change
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self, port: int = 0) -> str:
+        control = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                control._handle(self, "GET")
+
+            def do_POST(self) -> None:
+                control._handle(self, "POST")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the gateway logs the admin's requests
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="control").start()
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def processes(self) -> list[dict[str, Any]]:
+        names = self.controllable()
+        children = {c.name: c for c in self.supervisor.children}
+        listed = []
+        for name in names:
+            child = children.get(name)
+            running = child is not None and child.proc is not None and child.proc.poll() is None
+            state = "restarting" if name in self._busy else "running" if running else "stopped"
+            pid = child.proc.pid if child is not None and child.proc is not None and running else None
+            listed.append({"name": name, "state": state, "pid": pid})
+        return listed
+
+    def _handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
+        if not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {self.token}"):
+            return _answer(request, 401, _problem(401, "unauthenticated", "A bearer token is required."))
+        parts = [p for p in request.path.split("?")[0].split("/") if p]
+        if method == "GET" and parts == ["processes"]:
+            return _answer(request, 200, {"items": self.processes()})
+        if (
+            method == "POST"
+            and len(parts) == 3
+            and parts[0] == "processes"
+            and parts[2] in ("kill", "restart")
+        ):
+            name, action = parts[1], parts[2]
+            if name not in self.controllable():
+                return _answer(
+                    request, 404, _problem(404, "unknown_process", f"No controllable process {name!r}.")
+                )
+            status, body = self.kill(name) if action == "kill" else self.restart(name)
+            return _answer(request, status, body)
+        return _answer(request, 404, _problem(404, "not_found", "No such route."))
+
+    def _child(self, name: str) -> Child | None:
+        return next((c for c in self.supervisor.children if c.name == name), None)
+
+    def kill(self, name: str) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            child = self._child(name)
+            if name in self._busy or child is None or child.proc is None or child.proc.poll() is not None:
+                return 409, _problem(409, "not_running", f"{name} is not running.")
+            self.supervisor.held.add(name)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGKILL)
+            child.proc.wait(timeout=10)
+        return 200, {"name": name, "state": "stopped"}
+
+    def restart(self, name: str) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            child = self._child(name)
+            if child is None or name in self._busy:
+                return 409, _problem(409, "restart_in_progress", f"{name} is already restarting.")
+            self._busy.add(name)
+            self.supervisor.held.add(name)  # a graceful stop of a running one is no death either
+        try:
+            self.supervisor.restart(child)
+        except StartupError as err:
+            return 503, _problem(503, "restart_failed", str(err))
+        finally:
+            with self._lock:
+                self._busy.discard(name)
+        # Back and healthy: from now on its death stops the run again, as any child's does.
+        self.supervisor.held.discard(name)
+        if self.on_change is not None:
+            self.on_change()
+        return 200, {"name": name, "state": "running", "pid": child.proc.pid if child.proc else None}
+
+
+def _problem(status: int, code: str, detail: str) -> dict[str, Any]:
+    return {
+        "type": f"https://ordersaga.dev/problems/{code}",
+        "title": code,
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+
+
+def _answer(request: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    request.send_response(status)
+    kind = "application/json" if status < 400 else "application/problem+json"
+    request.send_header("Content-Type", kind)
+    request.send_header("Content-Length", str(len(data)))
+    request.end_headers()
+    request.wfile.write(data)
 
 
 def rotate_logs(logs: Path) -> None:

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import threading
 import time
@@ -44,6 +45,7 @@ from ordersaga.seed import Credentials, Seeder, SeedResult
 from ordersaga.smtp_sink import SmtpSink, start_smtp_sink
 from ordersaga.supervisor import (
     Child,
+    ControlServer,
     LogEcho,
     StartupError,
     Supervisor,
@@ -123,6 +125,9 @@ class UpSettings(BaseSettings):
     # below `log_level` they are only in <data dir>/logs/.
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    # The web console's demo controls (kill and restart the worker or a service): `up` is the
+    # development topology, so on unless ORDERSAGA_DEMO_CONTROLS=false; nothing else sets them.
+    demo_controls: bool = True
 
     def problem(self) -> str | None:
         """Why `up` refuses these settings, if it does."""
@@ -261,6 +266,7 @@ class Stack:
         # Metrics and SDK metrics ports of the workers after the first, by child name.
         self.extra_worker_ports: dict[str, tuple[int, int]] = {}
         self.codec = bool(CodecSettings().keys())
+        self.control: ControlServer | None = None
 
     def url(self, service: str) -> str:
         """The first process's address (a process name, `orders-2`, gives that one's)."""
@@ -436,8 +442,33 @@ class Stack:
         if "gateway" in self.services:
             count = self.settings.gateways
             with self.step(f"starting {count} gateway{'s' if count > 1 else ''}", "gateway ready"):
-                for child in self.start_service("gateway", env):
+                for child in self.start_service("gateway", env | self.web_env()):
                     self.supervisor.wait_ready(child, 60)
+
+    # ---- the web pages' settings and demo controls -------------------------------------------
+
+    def web_env(self) -> dict[str, str]:
+        """The gateway's settings for its pages: the Temporal Web UI's address, the demo controls."""
+        env = {"GATEWAY_TEMPORAL_UI_NAMESPACE": TemporalSettings().namespace}
+        if not self.settings.temporal_address:
+            env["GATEWAY_TEMPORAL_UI_URL"] = f"http://127.0.0.1:{self.settings.temporal_ui_port}"
+        if self.settings.demo_controls:
+            if self.control is None:
+                self.control = ControlServer(
+                    self.supervisor, secrets.token_hex(16), self.controllable, self.write_state
+                )
+                self.control.start()
+            env |= {
+                "GATEWAY_DEMO_CONTROL_URL": self.control.url,
+                "GATEWAY_DEMO_CONTROL_TOKEN": self.control.token,
+            }
+        return env
+
+    def controllable(self) -> list[str]:
+        """What the demo controls may kill and restart: the workers and the data services' processes
+        (not the gateway, which serves the controls, nor Temporal and NATS)."""
+        parts = {"worker", *DATA_SERVICES}
+        return [c.name for c in self.supervisor.children if _part(c.name) in parts]
 
     def prepare_postgres(self, server_url: str) -> None:
         prefix = self.settings.database_prefix
@@ -579,6 +610,9 @@ class Stack:
         if self.supervisor.echo is not None:
             # While the others stop, their refused connections are expected: only errors still show.
             self.supervisor.echo.quieten("error")
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
         self.supervisor.stop_all()
         if self.smtp is not None:
             self.smtp.stop()
@@ -598,6 +632,10 @@ class Stack:
             table.add_row("public API", public)
         if "gateway" in self.services:
             table.add_row("API docs", self.url("gateway") + "/docs")
+            web = self.url("gateway")
+            table.add_row("shop (web)", f"{web}/ (orders: {web}/#/orders)")
+            controls = ", demo controls" if self.settings.demo_controls else ""
+            table.add_row("operator console", f"{web}/#/console (log in as the admin{controls})")
         for name in DATA_SERVICES:
             table.add_row(f"{name} service", ", ".join(url + "/docs" for url in self.urls(name)))
         if self.database_urls:

@@ -36,6 +36,8 @@ from services.gateway.proxy import ClientRequest, Proxy, RelayInterrupted
 from services.gateway.ratelimit import RateLimits
 from services.gateway.routes import PREFIX, RouteTable, breaker_groups
 from services.gateway.settings import Settings, Upstream
+from services.gateway.web import install_web
+from services.gateway.web.demo import install_demo_controls
 from services.kit.errors import (
     BodyTooLarge,
     Problem,
@@ -304,4 +306,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="ordersaga public API")
 
     ops.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    # The web pages at `/` (shop, orders, console) and, under `ordersaga up` only, its demo controls.
+    install_web(ops, settings)
+    install_demo_controls(ops, gateway)
     return GatewayApp(gateway, ops)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, Field
+from typing import Self
+
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.kit.secrets import SecretGuardedSettings
+from services.kit.secrets import Environment, SecretGuardedSettings
 from services.kit.settings import DEV_INTERNAL_TOKEN, MAX_BODY_BYTES
 from services.kit.transport import Addresses
 
@@ -96,11 +98,27 @@ class Settings(SecretGuardedSettings):
     # X-Forwarded-For is ignored, so it cannot pick its rate-limit bucket.
     trusted_proxies: str = ""
 
+    # The web pages (services/gateway/web/): where the Temporal Web UI is, for the order page's link
+    # to its saga (empty: no link), and its namespace.
+    temporal_ui_url: str = ""
+    temporal_ui_namespace: str = "default"
+    # Demo controls (kill and restart children of `ordersaga up`): the supervisor's localhost control
+    # endpoint and its token. Only `ordersaga up` sets them; empty, the /demo routes do not exist,
+    # and production refuses them (see the validator below).
+    demo_control_url: str = ""
+    demo_control_token: str = ""
+
     internal_token: str = Field(
         default=DEV_INTERNAL_TOKEN,
         validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),
         description="Shared credential by which services trust the identity headers the gateway sets.",
     )
+
+    @model_validator(mode="after")
+    def _no_demo_controls_in_production(self) -> Self:
+        if self.environment is Environment.PRODUCTION and self.demo_control_url:
+            raise ValueError("ORDERSAGA_ENV=production refuses GATEWAY_DEMO_CONTROL_URL (demo controls)")
+        return self
 
     def upstream(self, name: str) -> Upstream:
         urls = Addresses.parse(str(getattr(self, f"{name}_url"))).urls
