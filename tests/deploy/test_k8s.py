@@ -321,9 +321,16 @@ def test_a_new_worker_version_is_its_own_deployment_beside_the_old_one() -> None
     [current] = [d for d in _render("prod") if (d["kind"], d["metadata"]["name"]) == ("Deployment", "worker")]
     assert set(_build_id(current)) == {"0.1.0"}
     docs = _render("worker-next")
-    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [("Deployment", "worker-0-2-0")]
-    [nxt] = docs
-    kubernetes_validate.validate(nxt, KUBERNETES_VERSION, strict=True)
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
+        ("Deployment", "worker-0-2-0"),
+        ("HorizontalPodAutoscaler", "worker-0-2-0"),
+    ]
+    [nxt] = of_kind(docs, "Deployment").values()
+    [autoscaler] = of_kind(docs, "HorizontalPodAutoscaler").values()
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    # Each version scales on its own load, so the old one shrinks alone while its pinned sagas drain.
+    assert autoscaler["spec"]["scaleTargetRef"]["name"] == "worker-0-2-0"
     assert set(_build_id(nxt)) == {"0.2.0"}
     assert nxt["metadata"]["namespace"] == current["metadata"]["namespace"]
     # Disjoint selectors: neither Deployment scales down or adopts the other's pods.

@@ -135,7 +135,6 @@ async def assert_confirmed_once(driver: Driver, order_id: str, amount_cents: int
 async def test_pinned_sagas_finish_on_their_version_while_new_ones_run_the_new_code(
     stack: Stack, driver: Driver, versions: Versions, temporal: Client
 ) -> None:
-    started = time.monotonic()
     customer = await driver.customer()
     reviewed = await driver.product(stock=2 * PINNED_SAGAS, price_cents=REVIEW_PRICE)
     small = await driver.product(stock=100, price_cents=1_000)
@@ -181,6 +180,7 @@ async def test_pinned_sagas_finish_on_their_version_while_new_ones_run_the_new_c
     placed_on = [await build_id_of(temporal, order_id) for order_id in ramped]
     on_b = placed_on.count(versions.b)
     assert placed_on.count(versions.a) + on_b == 40
+    print(f"\nramp 50 %: {on_b} of 40 new sagas started on B, {40 - on_b} on A")
     assert 10 <= on_b <= 30, f"{on_b} of 40 sagas on B at a 50 % ramp"
     for order_id, build_id in zip(ramped, placed_on, strict=True):
         timers, builds = await recorded(temporal, order_id)
@@ -253,4 +253,3 @@ async def test_pinned_sagas_finish_on_their_version_while_new_ones_run_the_new_c
     assert (stock["on_hand"], stock["reserved"]) == (0, 0), "committed once"
     stock = await driver.availability(small)
     assert (stock["on_hand"], stock["reserved"]) == (100 - 43, 0)
-    assert time.monotonic() - started < 180
