@@ -1,23 +1,43 @@
 """Saga-facing order routes: cancel, review and the retry of failed compensations (workflow updates),
-and the saga view (its query)."""
+the saga view (its query), and the saga view as a stream of Server-Sent Events.
+
+The stream learns of changes by asking the workflow's `status` query every
+`ORDERS_SAGA_STREAM_POLL_SECONDS` and sending an event only when the view's JSON changed. The
+alternatives (an update or signal from the workflow to this service, or the order's events on NATS)
+would change the workflow's commands or miss the steps that do not change the order (attempts,
+compensations); docs/saga-stream.md has the reasons and the measured cost.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+import structlog
+from fastapi import APIRouter, FastAPI, Header, Request
+from prometheus_client import Gauge
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from services.kit.db import SessionDep
-from services.kit.errors import Problem, problem_responses
+from services.kit.errors import RETRY_AFTER_SECONDS, Problem, problem_responses
 from services.kit.identity import AdminDep, CallerDep
 from services.orders.routes import _visible_order, order_out
 from services.orders.saga import SagaPort
 from services.orders.schemas import OrderOut
+from services.orders.settings import Settings
 from workflows.payloads import CompensationStatus, SagaStatus, StepStatus
 
+log = structlog.get_logger(__name__)
+
 router = APIRouter(tags=["saga"])
+
+SAGA_STREAMS_OPEN = Gauge("orders_saga_streams_open", "Saga streams (SSE) this process holds open.")
 
 CANCELLABLE = ("PENDING", "AWAITING_REVIEW")
 
@@ -128,3 +148,142 @@ async def saga_view(
 ) -> SagaViewOut:
     order = await _visible_order(session, order_id, caller)
     return SagaViewOut.model_validate(await _saga(request).describe(order.id))
+
+
+# ---- the saga view as Server-Sent Events
+
+# The workflow has returned: every step is settled (the last ones skipped) and no compensation is
+# left to retry. A saga waiting for a retry of failed compensations still has unrun steps pending.
+_FINAL_SAGA = ("completed", "compensated", "compensation_failed")
+_UNSETTLED_STEP = ("pending", "running")
+STREAM_DESCRIPTION = (
+    "`text/event-stream`. Each change of the saga view sends `id: <n>`, `event: saga` and as `data` "
+    "the JSON of GET /orders/{id}/saga; the first event, at once, is the current view. When the saga "
+    "has ended, one last `event: end` with the final view, and the stream closes. A `: keep-alive` "
+    "comment comes after 15 s without an event (`ORDERS_SAGA_STREAM_KEEPALIVE_SECONDS`). A client "
+    "that reconnects with `Last-Event-ID` gets the current view at once, numbered after it. Past "
+    "`ORDERS_SAGA_STREAM_MAX_OPEN` open streams: 503 `overloaded` with Retry-After."
+)
+
+
+def saga_has_ended(view: SagaViewOut) -> bool:
+    return view.status in _FINAL_SAGA and all(step.status not in _UNSETTLED_STEP for step in view.steps)
+
+
+class StreamSlots:
+    """The bound on streams open at once in this process: each holds a poller and a connection."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        SAGA_STREAMS_OPEN.inc()
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+        SAGA_STREAMS_OPEN.dec()
+
+
+def _slots(app: FastAPI, settings: Settings) -> StreamSlots:
+    slots: StreamSlots | None = getattr(app.state, "saga_stream_slots", None)
+    if slots is None:
+        slots = app.state.saga_stream_slots = StreamSlots(settings.saga_stream_max_open)
+    return slots
+
+
+class _EventStream(StreamingResponse):
+    """Gives its slot back however the response ends, even if the body was never started (the
+    client left before it): a generator's `finally` would not run then."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            # No proxy may hold events back to fill a buffer, or store them.
+            headers={"Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"},
+        )
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def _event(number: int, kind: str, view: bytes) -> bytes:
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (number, kind.encode(), view)
+
+
+async def saga_events(
+    saga: SagaPort, order_id: uuid.UUID, settings: Settings, first_id: int = 0
+) -> AsyncIterator[bytes]:
+    """The current view at once, then each changed one, then `end`; keep-alives in between."""
+    number, sent = first_id, b""
+    quiet_since = started = time.monotonic()
+    while time.monotonic() - started < settings.saga_stream_max_seconds:
+        try:
+            view = SagaViewOut.model_validate(await saga.describe(order_id))
+        except Problem as problem:  # Temporal away: the stream waits for it, keep-alives go on
+            log.info("saga_stream_view_unavailable", order_id=str(order_id), reason=problem.detail)
+            view = None
+        if view is not None:
+            data = view.model_dump_json().encode()
+            ended = saga_has_ended(view)
+            if ended or data != sent:
+                number += 1
+                yield _event(number, "end" if ended else "saga", data)
+                if ended:
+                    return
+                sent, quiet_since = data, time.monotonic()
+        if time.monotonic() - quiet_since >= settings.saga_stream_keepalive_seconds:
+            yield b": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        await asyncio.sleep(settings.saga_stream_poll_seconds)
+
+
+def _last_event_id(raw: str | None) -> int:
+    # Ids are ours; anything else (a stale or foreign value) starts the numbering afresh.
+    return int(raw) if raw is not None and raw.isdigit() and len(raw) <= 12 else 0
+
+
+@router.get(
+    "/orders/{order_id}/saga/stream",
+    response_class=StreamingResponse,
+    summary="The saga view as Server-Sent Events, until the saga ends (owner or admin)",
+    description=STREAM_DESCRIPTION,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **problem_responses(401, 404, 503),
+    },
+)
+async def saga_stream(
+    order_id: uuid.UUID,
+    caller: CallerDep,
+    session: SessionDep,
+    request: Request,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=200, description="The last event's id.")
+    ] = None,
+) -> StreamingResponse:
+    order = await _visible_order(session, order_id, caller)
+    settings: Settings = request.app.state.settings
+    slots = _slots(request.app, settings)
+    if not slots.take():
+        raise Problem(
+            503,
+            "overloaded",
+            "Too many saga streams are open; try again later.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    try:
+        events = saga_events(_saga(request), order.id, settings, _last_event_id(last_event_id))
+        return _EventStream(events, slots.give_back)
+    except BaseException:
+        slots.give_back()
+        raise
