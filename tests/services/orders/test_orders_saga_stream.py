@@ -10,8 +10,6 @@ import json
 import uuid
 from typing import Any
 
-import httpx
-
 from services.orders.saga_routes import StreamSlots
 from tests.services.orders.conftest import RecordingSaga, place_ok
 from tests.support.identity import as_admin, as_customer
