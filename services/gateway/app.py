@@ -32,7 +32,7 @@ from services.gateway.auth import (
 )
 from services.gateway.breaker import Breakers
 from services.gateway.openapi import build_openapi
-from services.gateway.proxy import ClientRequest, Proxy, RelayInterrupted
+from services.gateway.proxy import ClientRequest, Proxy, RelayInterrupted, stream_budget
 from services.gateway.ratelimit import RateLimits
 from services.gateway.routes import PREFIX, RouteTable, breaker_groups
 from services.gateway.settings import Settings, Upstream
@@ -66,7 +66,9 @@ class Gateway:
         self.upstreams: dict[str, Upstream] = settings.upstreams()
         self.routes = RouteTable()
         self.pool = ServicePool(
-            settings.max_connections, {name: u.max_connections for name, u in self.upstreams.items()}
+            settings.max_connections,
+            {name: u.max_connections for name, u in self.upstreams.items()}
+            | {stream_budget(name): u.max_streams for name, u in self.upstreams.items()},
         )
         # The gateway's own calls (JWKS, readiness) go over the proxy's pool, with httpx's API.
         self.client = service_client(httpx.Timeout(5.0, connect=settings.connect_timeout), pool=self.pool)

@@ -17,6 +17,12 @@
 - A shed request (503 with `Retry-After`) is relayed as it is, not retried and not counted against
   the breaker: the service is up, and asked the client to come back later, not the gateway now.
 - Each attempt runs under the circuit breaker of the route's group at its upstream (breaker.py).
+- Streams (Server-Sent Events, routes with `stream=True`): relayed chunk by chunk as they arrive,
+  on connections of their own (`GATEWAY_STREAM_MAX_OPEN` per upstream, 503 `overloaded` past it,
+  counted in `gateway_open_streams`), so that long-lived streams never take the bulkhead's. The
+  head waits at most the upstream's timeout as any answer; the body has no overall deadline, only
+  `GATEWAY_STREAM_IDLE_TIMEOUT_SECONDS` of silence. When the client leaves, the upstream
+  connection is closed at once, which ends the stream upstream too.
 - Bulkheads: each upstream has its own connections (`GATEWAY_<SERVICE>_MAX_CONNECTIONS`) and as
   many requests in flight. A request that finds them all taken waits at most
   `connection_wait_seconds`, then gets 503 with `Retry-After`, rather than queueing behind a slow
@@ -72,6 +78,11 @@ UPSTREAM_ATTEMPT_ERRORS = Counter(
     "Failed attempts per upstream, by kind (timeout, connect, status_5xx, breaker_open, shed, "
     "no_connection: its bulkhead was full for the whole wait).",
     ["upstream", "kind"],
+)
+OPEN_STREAMS = Gauge(
+    "gateway_open_streams",
+    "Streams (Server-Sent Events) the gateway is relaying from each upstream, at most its budget.",
+    ["upstream"],
 )
 UPSTREAM_ACTIVE = Gauge(
     "gateway_upstream_active_requests",
@@ -219,6 +230,11 @@ def is_shed(answer: aiohttp.ClientResponse) -> bool:
     return answer.status == 503 and "Retry-After" in answer.headers
 
 
+def stream_budget(upstream: str) -> str:
+    """The name of an upstream's stream connections in the pool (apart from its bulkhead's)."""
+    return f"{upstream}:streams"
+
+
 class Proxy:
     def __init__(
         self,
@@ -240,10 +256,13 @@ class Proxy:
         self.bulkheads: dict[str, asyncio.Semaphore] = {}
         # One bulkhead per upstream whatever its number of addresses: its replicas share the budget.
         self.addresses: dict[str, Addresses] = {}
+        self.open_streams: dict[str, int] = {}
         for upstream in upstreams:
             self.addresses[upstream.name] = Addresses(upstream.urls or (upstream.url,))
             self.bulkheads[upstream.name] = asyncio.Semaphore(pool.limit(upstream.name))
             UPSTREAM_ACTIVE.labels(upstream=upstream.name).set(0)
+            self.open_streams[upstream.name] = 0
+            OPEN_STREAMS.labels(upstream=upstream.name).set(0)
 
     def _addresses(self, upstream: Upstream) -> Addresses:
         known = self.addresses.get(upstream.name)
@@ -278,6 +297,29 @@ class Proxy:
             active.dec()
             slots.release()
 
+    @asynccontextmanager
+    async def _stream_slot(self, upstream: Upstream) -> AsyncIterator[None]:
+        """One of the upstream's stream connections, or 503 at once: a stream holds it for minutes,
+        so waiting for one would only pile clients up."""
+        open_now = self.open_streams.get(upstream.name, 0)
+        if open_now >= upstream.max_streams:
+            UPSTREAM_ATTEMPT_ERRORS.labels(upstream=upstream.name, kind="no_connection").inc()
+            log.warning("streams_full", upstream=upstream.name, limit=upstream.max_streams)
+            raise Problem(
+                503,
+                "overloaded",
+                "Too many streams are open; try again later.",
+                headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+            )
+        self.open_streams[upstream.name] = open_now + 1
+        gauge = labelled(OPEN_STREAMS, upstream.name)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            self.open_streams[upstream.name] -= 1
+            gauge.dec()
+
     async def forward(
         self,
         scope: Scope,
@@ -296,7 +338,7 @@ class Proxy:
         started = time.perf_counter()
         status = 500
         try:
-            async with self._slot(upstream):
+            async with self._stream_slot(upstream) if route.stream else self._slot(upstream):
                 try:
                     answer = await self._answer(scope, receive, request, route, upstream, params, identity)
                 finally:
@@ -304,7 +346,10 @@ class Proxy:
                         time.perf_counter() - started
                     )
                 status = answer.status
-                await self._relay(answer, send, answer_headers)
+                if route.stream and "Content-Length" not in answer.headers:
+                    await self._relay_stream(answer, receive, send, answer_headers)
+                else:  # a refusal (404, 503) is an ordinary answer
+                    await self._relay(answer, send, answer_headers)
         except Problem as problem:
             status = problem.status
             raise
@@ -336,8 +381,10 @@ class Proxy:
             # with no bytes behind it would break the upstream request.
             headers = [(name, value) for name, value in headers if name != "content-length"]
         kept_body = await _read_body(receive) if has_body and retriable else None
-        timeout = _client_timeout(self.connect_timeout, upstream.timeout)
-        session = self.pool.session(upstream.name)
+        # A stream's socket may stay quiet between keep-alives for longer than an answer may take.
+        read_timeout = upstream.stream_idle_timeout if route.stream else upstream.timeout
+        timeout = _client_timeout(self.connect_timeout, read_timeout)
+        session = self.pool.session(stream_budget(upstream.name) if route.stream else upstream.name)
         attempts = 1 + (upstream.retries if retriable else 0)
         streamed: _ClientBody | None = None
         url = URL(addresses.first + target, encoded=True)
@@ -440,3 +487,50 @@ class Proxy:
             await send({"type": "http.response.body", "body": b""})
         finally:
             answer.release()
+
+    async def _relay_stream(
+        self,
+        answer: aiohttp.ClientResponse,
+        receive: Receive,
+        send: Send,
+        extra_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Each chunk as it comes, until the upstream ends or the client leaves.
+
+        The client's leaving is read from `receive` (an ASGI server may keep accepting `send`s for a
+        connection that is gone), and it closes the upstream connection rather than returning it
+        to the pool: the service sees its client leave and stops its stream.
+        """
+        head = {
+            "type": "http.response.start",
+            "status": answer.status,
+            "headers": response_headers(answer.raw_headers) + extra_headers,
+        }
+
+        async def relay() -> None:
+            await send(head)
+            try:
+                async for chunk in answer.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (aiohttp.ClientError, TimeoutError) as exc:  # broken off, or silent too long
+                raise RelayInterrupted(str(exc) or type(exc).__name__) from exc
+            await send({"type": "http.response.body", "body": b""})
+
+        async def client_gone() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        relaying = asyncio.ensure_future(relay())
+        watching = asyncio.ensure_future(client_gone())
+        try:
+            await asyncio.wait((relaying, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (relaying, watching):
+                task.cancel()
+            await asyncio.gather(relaying, watching, return_exceptions=True)
+            if not relaying.cancelled() and relaying.exception() is None:
+                answer.release()  # read to its end: the connection may serve another stream
+            else:
+                answer.close()
+        if not relaying.cancelled():
+            relaying.result()  # a broken-off upstream raises RelayInterrupted: the connection drops

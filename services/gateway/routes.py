@@ -34,6 +34,9 @@ class PublicRoute:
     route_class: RouteClass = "default"
     # The service makes a repeated `Idempotency-Key` harmless, so the gateway may retry a POST.
     honours_idempotency_key: bool = False
+    # A long-lived answer (Server-Sent Events): relayed as it comes, on connections of its own,
+    # without the upstream's read timeout, and released when the client leaves (proxy.py).
+    stream: bool = False
 
     @property
     def public_path(self) -> str:
@@ -58,6 +61,7 @@ ROUTES: tuple[PublicRoute, ...] = (
     PublicRoute("GET", "/orders", "orders", "admin", "reads"),
     PublicRoute("GET", "/orders/{order_id}", "orders", "user", "reads"),
     PublicRoute("GET", "/orders/{order_id}/saga", "orders", "user", "saga"),
+    PublicRoute("GET", "/orders/{order_id}/saga/stream", "orders", "user", "saga", stream=True),
     PublicRoute("GET", "/orders/{order_id}/events", "orders", "user", "reads"),
     PublicRoute("POST", "/orders/{order_id}/cancel", "orders", "user", "commands"),
     PublicRoute("POST", "/orders/{order_id}/review", "orders", "admin", "commands"),

@@ -24,6 +24,11 @@ class Upstream(BaseModel):
     timeout: float
     retries: int
     max_connections: int  # its bulkhead: connections (and so requests) in flight to it at once
+    # Streams (routes.py `stream=True`) have connections of their own, as many as this, so that
+    # long-lived ones never take the bulkhead's; each waits at most `stream_idle_timeout` seconds
+    # for its next bytes (not `timeout`, which would cut a quiet stream between keep-alives).
+    max_streams: int = 0
+    stream_idle_timeout: float = 45.0
 
 
 class Settings(SecretGuardedSettings):
@@ -62,6 +67,12 @@ class Settings(SecretGuardedSettings):
     orders_max_connections: int = 100
     notifications_max_connections: int = 100
     connection_wait_seconds: float = 0.5
+    # Server-Sent Events streams (GET /orders/{id}/saga/stream) relayed at once, per upstream; past
+    # it 503 `overloaded` with Retry-After. A stream's head is bounded by the upstream's timeout as
+    # any answer; its body by the idle timeout only: longer than the orders service's 15 s between
+    # keep-alives, so that only a stream whose upstream went silent is dropped.
+    stream_max_open: int = Field(default=500, ge=1)
+    stream_idle_timeout_seconds: float = Field(default=45.0, gt=0)
     # The gateway's own calls (JWKS, readiness probes), apart from the proxied ones.
     max_connections: int = 20
 
@@ -129,6 +140,8 @@ class Settings(SecretGuardedSettings):
             timeout=float(getattr(self, f"{name}_timeout")),
             retries=int(getattr(self, f"{name}_retries")),
             max_connections=int(getattr(self, f"{name}_max_connections")),
+            max_streams=self.stream_max_open,
+            stream_idle_timeout=self.stream_idle_timeout_seconds,
         )
 
     def upstreams(self) -> dict[str, Upstream]:
