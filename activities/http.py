@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from services.kit.identity import identity_headers
 from services.kit.transport import Addresses, first_reachable
-from workflows.payloads import workflow_id_for
+from workflows.contract import workflow_id_for
 
 # Conflicts that go away on their own: a concurrent writer, a charge still in flight.
 TRANSIENT_CODES = frozenset({"version_conflict", "charge_in_progress", "provider_unavailable"})
@@ -45,6 +45,11 @@ class ServiceCaller:
         # One address, or several comma-separated (replicas): spread, and a refused one skipped.
         self._addresses = Addresses.parse(base_url)
         self._headers = identity_headers(internal_token, "service")
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The shared connection pool, for a caller of another service built from this one."""
+        return self._client
 
     async def call(
         self,

@@ -4,41 +4,92 @@ The orders service is the truth about which orders are not final; Temporal is th
 whether their saga's workflow still runs. An order is stranded when it is unfinished while its
 workflow is closed: terminated, timed out, failed, or cancelled by code that predates the cancel
 handling. An order whose saga never started is the orders service's own sweeper's business.
+
+A saga can also close with its order final and a loose end left: a reservation still held (a cancel
+met a reserve attempt whose result the saga never recorded) or no outcome notice (terminated between
+the final status and the notice, or the notice's retries ran out). The same sweep finds those among
+the recently final orders: inventory says which reservations are still held, notifications which
+notice keys exist, and only orders whose saga (and repair) is closed count, since a running one
+still has the step ahead of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.http import ServiceCaller
+from activities.http import ServiceCaller, saga_key
+from activities.notifications import NOTIFY_STEP
 from workflows.payloads import SagaFacts, StrandedOrder, workflow_id_for
 
 # Enough to describe a page of orders quickly without flooding the frontend.
 DESCRIBE_CONCURRENCY = 16
 PAGE_SIZE = 500
+# How far back final orders are checked for loose ends. Each sweep looks again, so a loose end is
+# tidied within two sweeps; one left while the reconciler was away for longer than this stays.
+LOOSE_END_WINDOW_SECONDS = 6 * 3600.0
+CONFIRMED_STATUSES = frozenset({"CONFIRMED", "SHIPPED", "DELIVERED"})
+REPAIR_ID_PREFIX = "repair-"  # workflows.repair.repair_id_for; imported there, not from there
+
+# What a sweep does for a final order's loose end (FoundOrder.tidy).
+RELEASE_STOCK = "release_stock"
+COMMIT_STOCK = "commit_stock"
+NOTIFY = "notify"
+
+
+@dataclass
+class FoundOrder(StrandedOrder):
+    """A stranded order (tidy empty: a repair is due) or a final order with loose ends to tidy.
+
+    A subclass with defaults, so that the results of sweeps recorded before loose ends decode too.
+    """
+
+    tidy: list[str] = field(default_factory=list)
+    status: str | None = None
+    cancel_reason: str | None = None
+    total_cents: int | None = None
+    currency: str | None = None
+
+
+def notice_template(status: str) -> str:
+    return "order_confirmed" if status in CONFIRMED_STATUSES else "order_cancelled"
+
+
+def notice_keys(order_id: str, status: str) -> list[str]:
+    """The keys the saga's notify_customer uses for this order's outcome, one per channel."""
+    base = f"{saga_key(order_id, NOTIFY_STEP)}:{notice_template(status)}"
+    return [f"{base}:email", f"{base}:sms"]
 
 
 class ReconcilerActivities:
-    def __init__(self, client: Client, orders: ServiceCaller) -> None:
+    def __init__(
+        self,
+        client: Client,
+        orders: ServiceCaller,
+        inventory: ServiceCaller | None = None,
+        notifications: ServiceCaller | None = None,
+    ) -> None:
         self._client = client
         self._orders = orders
+        self._inventory = inventory
+        self._notifications = notifications
 
     @activity.defn(name="find_stranded_orders")
-    async def find_stranded_orders(self, older_than_seconds: float) -> list[StrandedOrder]:
+    async def find_stranded_orders(self, older_than_seconds: float) -> list[FoundOrder]:
         unfinished = await self._unfinished(older_than_seconds)
         gate = asyncio.Semaphore(DESCRIBE_CONCURRENCY)
 
-        async def closed(order: dict[str, str]) -> StrandedOrder | None:
+        async def closed(order: dict[str, str]) -> FoundOrder | None:
             async with gate:
                 status = await self._workflow_status(order["id"])
             if status is None or status is WorkflowExecutionStatus.RUNNING:
                 return None
-            return StrandedOrder(order_id=order["id"], user_id=order["user_id"], workflow_status=status.name)
+            return FoundOrder(order_id=order["id"], user_id=order["user_id"], workflow_status=status.name)
 
         found = await asyncio.gather(*(closed(order) for order in unfinished))
         stranded = [order for order in found if order is not None]
@@ -47,7 +98,98 @@ class ReconcilerActivities:
                 "stranded_orders",
                 extra={"orders": [o.order_id for o in stranded], "unfinished": len(unfinished)},
             )
-        return stranded
+        return stranded + await self._loose_ends(older_than_seconds, gate)
+
+    async def _loose_ends(self, older_than_seconds: float, gate: asyncio.Semaphore) -> list[FoundOrder]:
+        inventory, notifications = self._peers()
+        window = max(LOOSE_END_WINDOW_SECONDS, older_than_seconds * 4)
+        candidates: list[FoundOrder] = []
+        cursor: str | None = None
+        while True:
+            query = {"older_than_seconds": older_than_seconds, "within_seconds": window, "limit": PAGE_SIZE}
+            path = "/internal/orders/final?" + urlencode(query | ({"cursor": cursor} if cursor else {}))
+            body = (await self._orders.call("GET", path)).json()
+            candidates += await self._untidy(body["items"], inventory, notifications)
+            cursor = body.get("next_cursor")
+            if not cursor:
+                break
+            activity.heartbeat(len(candidates))
+
+        async def closed(order: FoundOrder) -> FoundOrder | None:
+            async with gate:
+                saga = await self._workflow_status(order.order_id)
+                repair = await self._status_of(REPAIR_ID_PREFIX + order.order_id)
+            running = WorkflowExecutionStatus.RUNNING
+            if saga is None or saga is running or repair is running:
+                return None  # a running saga or repair still has the step ahead of it
+            order.workflow_status = saga.name
+            return order
+
+        found = [order for order in await asyncio.gather(*(closed(o) for o in candidates)) if order]
+        if found:
+            activity.logger.warning(
+                "final_orders_with_loose_ends",
+                extra={"orders": {o.order_id: o.tidy for o in found}},
+            )
+        return found
+
+    async def _untidy(
+        self, items: list[dict[str, object]], inventory: ServiceCaller, notifications: ServiceCaller
+    ) -> list[FoundOrder]:
+        if not items:
+            return []
+        ids = [str(item["id"]) for item in items]
+        held_body = (
+            await inventory.call("POST", "/internal/reservations/held", json={"order_ids": ids})
+        ).json()
+        held = {str(order_id) for order_id in held_body["held"]}
+        keys = {str(item["id"]): notice_keys(str(item["id"]), str(item["status"])) for item in items}
+        present_body = (
+            await notifications.call(
+                "POST",
+                "/internal/notifications/present",
+                json={"idempotency_keys": [key for order_keys in keys.values() for key in order_keys]},
+            )
+        ).json()
+        present = set(present_body["present"])
+        untidy: list[FoundOrder] = []
+        for item in items:
+            order_id, status = str(item["id"]), str(item["status"])
+            tidy: list[str] = []
+            if order_id in held:
+                tidy.append(COMMIT_STOCK if status in CONFIRMED_STATUSES else RELEASE_STOCK)
+            if not present.intersection(keys[order_id]):
+                tidy.append(NOTIFY)
+            if tidy:
+                total = item.get("total_cents")
+                untidy.append(
+                    FoundOrder(
+                        order_id=order_id,
+                        user_id=str(item["user_id"]),
+                        workflow_status="",
+                        tidy=tidy,
+                        status=status,
+                        cancel_reason=str(item["cancel_reason"]) if item.get("cancel_reason") else None,
+                        total_cents=int(str(total)) if total is not None else None,
+                        currency=str(item["currency"]) if item.get("currency") else None,
+                    )
+                )
+        return untidy
+
+    def _peers(self) -> tuple[ServiceCaller, ServiceCaller]:
+        """Inventory and notifications; read from the worker's settings when not handed in."""
+        if self._inventory is None or self._notifications is None:
+            from workers.settings import WorkerSettings  # the worker's own settings, read once
+
+            settings = WorkerSettings()
+            http = self._orders.http_client
+            self._inventory = self._inventory or ServiceCaller(
+                http, settings.inventory_url, settings.internal_token
+            )
+            self._notifications = self._notifications or ServiceCaller(
+                http, settings.notifications_url, settings.internal_token
+            )
+        return self._inventory, self._notifications
 
     async def _unfinished(self, older_than_seconds: float) -> list[dict[str, str]]:
         """Every unfinished order, page by page: orders in review must not hide a stranded one."""
@@ -70,8 +212,11 @@ class ReconcilerActivities:
         return await handle.query("facts", result_type=SagaFacts)
 
     async def _workflow_status(self, order_id: str) -> WorkflowExecutionStatus | None:
+        return await self._status_of(workflow_id_for(order_id))
+
+    async def _status_of(self, workflow_id: str) -> WorkflowExecutionStatus | None:
         try:
-            description = await self._client.get_workflow_handle(workflow_id_for(order_id)).describe()
+            description = await self._client.get_workflow_handle(workflow_id).describe()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return None  # never started: the orders service's sweeper starts it

@@ -10,6 +10,10 @@ A repair reads what the closed saga knew (its `facts` query, answered from its h
   order as `saga_terminated`;
 - once the pivot had started: finishes it (commit the stock, confirm the order).
 Every call reuses the saga's own idempotency keys, so nothing a saga already did is done twice.
+
+The same sweep tidies the loose ends of closed sagas whose order is final (`LOOSE_ENDS`): it
+releases a reservation a cancelled order still holds (commits one of a confirmed order) and sends
+an outcome notice that never went out, under the saga's own notice key, so never a second one.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ with workflow.unsafe.imports_passed_through():
     from activities.notifications import NotificationActivities
     from activities.orders import OrderActivities
     from activities.payments import PaymentActivities
-    from activities.reconciler import ReconcilerActivities
+    from activities.reconciler import (
+        COMMIT_STOCK,
+        NOTIFY,
+        RELEASE_STOCK,
+        FoundOrder,
+        ReconcilerActivities,
+        notice_template,
+    )
     from activities.users import UserActivities
     from workflows import policies
     from workflows.failures import STEP_ERRORS
@@ -36,7 +47,6 @@ with workflow.unsafe.imports_passed_through():
         RepairRequest,
         RepairResult,
         SagaFacts,
-        StrandedOrder,
     )
 
 REPAIR_ID_PREFIX = "repair-"
@@ -44,6 +54,10 @@ RECONCILE_WORKFLOW = "ReconcileWorkflow"
 
 _PATIENT = policies.PIVOT  # a repair must finish: every call is retried until it succeeds
 _QUICK = timedelta(seconds=30)
+# A loose end's call is bounded so that one failing order cannot hold up the sweep; the next sweep
+# finds it again.
+_TIDY = timedelta(minutes=1)
+LOOSE_ENDS = "reconcile-loose-ends"
 
 
 def repair_id_for(order_id: str) -> str:
@@ -173,7 +187,7 @@ class ReconcileWorkflow:
 
     @workflow.run
     async def run(self, older_than_seconds: float) -> list[str]:
-        stranded: list[StrandedOrder] = await workflow.execute_activity_method(
+        found: list[FoundOrder] = await workflow.execute_activity_method(
             ReconcilerActivities.find_stranded_orders,
             older_than_seconds,
             start_to_close_timeout=timedelta(minutes=2),
@@ -181,6 +195,8 @@ class ReconcileWorkflow:
             schedule_to_close_timeout=timedelta(minutes=5),
             summary="find orders whose saga closed early",
         )
+        stranded = [order for order in found if not order.tidy]
+        loose = [order for order in found if order.tidy]
         started: list[str] = []
         for order in stranded:
             try:
@@ -198,4 +214,61 @@ class ReconcileWorkflow:
             started.append(order.order_id)
         if started:
             workflow.logger.info("repairs_started", extra={"orders": started})
+        # Sweeps recorded before loose ends found none, so their replay never reaches the marker.
+        if loose and workflow.patched(LOOSE_ENDS):
+            tidied = [order.order_id for order in loose if await self._tidy(order)]
+            workflow.logger.info("loose_ends_tidied", extra={"orders": tidied})
         return started
+
+    async def _tidy(self, order: FoundOrder) -> bool:
+        """Each call idempotent under the saga's own keys; a failure waits for the next sweep."""
+        try:
+            for step, compensate in (
+                (RELEASE_STOCK, InventoryActivities.release_stock),
+                (COMMIT_STOCK, InventoryActivities.commit_stock),
+            ):
+                if step in order.tidy:
+                    await workflow.execute_activity_method(
+                        compensate,
+                        order.order_id,
+                        start_to_close_timeout=policies.FORWARD.start_to_close,
+                        schedule_to_close_timeout=_TIDY,
+                        retry_policy=policies.FORWARD.retry,
+                        summary=f"{step.replace('_', ' ')} of final order {order.order_id}",
+                    )
+            if NOTIFY in order.tidy:
+                await self._notify(order)
+        except STEP_ERRORS:
+            workflow.logger.warning("loose_end_not_tidied", extra={"order_id": order.order_id})
+            return False
+        return True
+
+    async def _notify(self, order: FoundOrder) -> None:
+        contact: CustomerContact = await workflow.execute_activity_method(
+            UserActivities.lookup_contact,
+            order.user_id,
+            start_to_close_timeout=policies.NOTIFY.start_to_close,
+            schedule_to_close_timeout=_TIDY,
+            retry_policy=policies.NOTIFY.retry,
+            summary="find contact",
+        )
+        template = notice_template(order.status or "")
+        data: dict[str, str | int | None] = {"order_id": order.order_id}
+        if order.total_cents is not None:
+            data.update(total_cents=order.total_cents, currency=order.currency)
+        if template == "order_cancelled":
+            data["reason"] = order.cancel_reason
+        await workflow.execute_activity_method(
+            NotificationActivities.notify_customer,
+            Notice(
+                order_id=order.order_id,
+                user_id=order.user_id,
+                template=template,  # type: ignore[arg-type]
+                contact=contact,
+                data=data,
+            ),
+            start_to_close_timeout=policies.NOTIFY.start_to_close,
+            schedule_to_close_timeout=_TIDY,
+            retry_policy=policies.NOTIFY.retry,
+            summary=f"notify {order.status} order {order.order_id} left untold",
+        )

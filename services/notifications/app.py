@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from services.kit.app import create_service_app
 from services.kit.db import Database
+from services.notifications import reconciler_routes
 from services.notifications.channels import build_channels
 from services.notifications.consumer import EventConsumer, consumer_hook
 from services.notifications.routes import router
@@ -23,7 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         title="ordersaga notifications",
         description="Queues notices idempotently and delivers them by email or SMS, with retries.",
-        routers=[router],
+        routers=[router, reconciler_routes.router],
         hooks=[sender_hook(sender, settings), consumer_hook(consumer, settings)],
         database=database,
     )

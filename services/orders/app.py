@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.kit.app import create_service_app
-from services.orders import routes, saga_routes
+from services.orders import reconciler_routes, routes, saga_routes
 from services.orders.saga import NoSaga, SagaPort
 from services.orders.settings import Settings
 from services.orders.sweeper import saga_sweeper
@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None, saga: SagaPort | None = None) -
         settings=settings,
         title="ordersaga orders",
         description=DESCRIPTION,
-        routers=[routes.router, routes.internal_router, saga_routes.router],
+        routers=[routes.router, routes.internal_router, saga_routes.router, reconciler_routes.router],
         hooks=[saga_sweeper] if temporal else [],
     )
     app.state.saga = saga or (
