@@ -17,8 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.gateway.conftest import RunningGateway, Tokens, gateway_env
+from services.users.tokens import TokenIssuer
+from tests.gateway.conftest import RunningGateway, Scripted, Tokens, gateway_env, in_process_gateway
 from tests.gateway.test_gateway_stack import new_product, register_and_login
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok
 from tests.support.stack import Stack
@@ -278,3 +280,25 @@ async def test_the_admin_listing_through_the_gateway(api: httpx.AsyncClient, tok
     bad = await api.get("/orders", params={"status": "LOST"}, headers=admin)
     assert bad.status_code == 422
     assert bad.json()["code"] == "validation_error"
+
+
+async def test_the_gateway_bounds_its_open_streams_apart_from_other_calls(scripted: Scripted) -> None:
+    """GATEWAY_STREAM_MAX_OPEN=1: a second stream is refused at once with 503 while the first is
+    open (here: its head is 2 s away, the scripted upstream's sleep-2), and the orders service's
+    other routes still go through; once the first is over, a stream gets in again."""
+    key = TokenIssuer(rsa.generate_private_key(public_exponent=65537, key_size=2048), 900)
+    scripted.jwks = key.jwks()
+    auth = {"Authorization": f"Bearer {key.issue(uuid.uuid4(), 'customer').access_token}"}
+    async with in_process_gateway(users_url=scripted.url, orders_url=scripted.url, stream_max_open=1) as gw:
+        first = asyncio.create_task(gw.get("/api/v1/orders/sleep-2/saga/stream", headers=auth))
+        await asyncio.sleep(0.5)
+        scripted.seen.clear()
+        refused = await gw.get(f"/api/v1/orders/{uuid.uuid4()}/saga/stream", headers=auth)
+        assert refused.status_code == 503
+        assert refused.json()["code"] == "overloaded"
+        assert int(refused.headers["retry-after"]) > 0
+        assert not [seen for seen in scripted.seen if seen["path"].endswith("/stream")]
+        other = await gw.get(f"/api/v1/orders/{uuid.uuid4()}", headers=auth)
+        assert other.status_code == 200, other.text
+        assert (await first).status_code == 200
+        assert (await gw.get(f"/api/v1/orders/{uuid.uuid4()}/saga/stream", headers=auth)).status_code == 200
