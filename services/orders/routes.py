@@ -4,7 +4,7 @@ the saga's command endpoint and the saga reconciler's list of unfinished orders.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import structlog
@@ -137,12 +137,13 @@ LISTING_DESCRIPTION = (
     "`reason` says why it was cancelled): the order row does not know about the failure, which "
     "only the saga view (`GET /orders/{id}/saga`, status `compensation_failed`) shows. A filter that "
     "cannot be read is 422 `validation_error`; a timestamp without an offset is 422 "
-    "`timestamp_without_offset`, `created_after` not before `created_before` 422 `empty_range`, an "
+    "`timestamp_without_offset`, one with no UTC time (year 1 or 9999 at an offset) 422 "
+    "`timestamp_out_of_range`, `created_after` not before `created_before` 422 `empty_range`, an "
     "unreadable cursor 422 `invalid_cursor`."
 )
 
 
-def _aware(name: str, value: datetime | None) -> datetime | None:
+def _utc(name: str, value: datetime | None) -> datetime | None:
     # A timestamp without an offset has no single meaning; guessing UTC would shift the page.
     if value is not None and value.utcoffset() is None:
         raise Problem(
@@ -150,7 +151,12 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
             "timestamp_without_offset",
             f"`{name}` needs an offset (RFC 3339), e.g. 2026-12-02T18:00:00Z.",
         )
-    return value
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC)  # as stored; 0001-01-01T00:00+01:00 has no UTC time
+    except OverflowError:
+        raise Problem(422, "timestamp_out_of_range", f"`{name}` is out of range.") from None
 
 
 @router.get(
@@ -174,7 +180,7 @@ async def list_orders(
     limit: Annotated[int, Query(ge=1, le=100, description="Orders per page.")] = 20,
     cursor: Annotated[str | None, Query(max_length=512, description="The page before's next_cursor.")] = None,
 ) -> OrdersPage:
-    after_, before = _aware("created_after", created_after), _aware("created_before", created_before)
+    after_, before = _utc("created_after", created_after), _utc("created_before", created_before)
     if after_ is not None and before is not None and after_ >= before:
         raise Problem(422, "empty_range", "`created_after` must be before `created_before`.")
     filters = OrderFilters(

@@ -94,6 +94,8 @@ async def test_bad_filters_are_refused_with_a_code(orders: httpx.AsyncClient) ->
         ({"customer_id": "not-a-uuid"}, "validation_error"),
         ({"created_after": "yesterday"}, "validation_error"),
         ({"created_after": "2026-12-02T10:00:00"}, "timestamp_without_offset"),
+        ({"created_before": "0001-01-01T00:00:00+01:00"}, "timestamp_out_of_range"),
+        ({"created_after": "9999-12-31T23:59:59-01:00"}, "timestamp_out_of_range"),
         ({"created_after": "2026-12-02T10:00:00Z", "created_before": "2026-12-02T09:00:00Z"}, "empty_range"),
         ({"limit": 0}, "validation_error"),
         ({"limit": 101}, "validation_error"),
