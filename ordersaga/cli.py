@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from services.registry import DATA_SERVICES, SERVICES
+from workflows.contract import REVIEW_THRESHOLD_CENTS
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -72,8 +73,9 @@ def serve(
     ] = None,
 ) -> None:
     """Run one service with uvicorn; its migrations are applied on start unless *_AUTO_MIGRATE=false."""
-    import uvicorn
     from pydantic import ValidationError
+
+    from services.kit.app import serve
 
     spec = SERVICES[service.value]
     try:
@@ -91,7 +93,7 @@ def serve(
     application = spec.create_app(settings)
     # uvicorn would take X-Forwarded-For from any local peer as the client's address; only the
     # gateway uses that address (rate limits), and it decides whom to believe (GATEWAY_TRUSTED_PROXIES).
-    uvicorn.run(
+    serve(  # uvicorn.run on a server that ticks once a second (services/kit/app.py)
         application,
         host=settings.host,
         port=settings.port,
@@ -319,7 +321,7 @@ def load(
     ] = None,
     review_threshold_cents: Annotated[
         int, typer.Option(help="Pick products so that orders stay below the worker's review threshold.")
-    ] = 100_000,
+    ] = REVIEW_THRESHOLD_CENTS,
 ) -> None:
     """Drive orders through the gateway; report throughput, latency percentiles and outcomes."""
     import json
@@ -415,6 +417,22 @@ def chaos(
         bool, typer.Option("--free-ports", help="Run the stack on free ports (beside another stack).")
     ] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON.")] = None,
+    postgres: Annotated[
+        str | None,
+        typer.Option(
+            help="A PostgreSQL server for every service (as `up --postgres`), in databases of this run's "
+            "own prefix; the audit reads them there."
+        ),
+    ] = None,
+    database_prefix: Annotated[
+        str | None,
+        typer.Option(help="With --postgres: the databases' prefix (default chaos_<seed>_<random>_)."),
+    ] = None,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="Processes of each data service (needs --postgres).")
+    ] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    gateways: Annotated[int, typer.Option(min=1, help="Gateway processes.")] = 1,
 ) -> None:
     """Load plus seeded faults (kills, network, operator actions), then an audit (exit 1 on a violation)."""
     from ordersaga.chaos import run_chaos
@@ -431,6 +449,11 @@ def chaos(
             free_ports=free_ports,
             json_path=json_path,
             kinds=[k.strip() for k in kinds.split(",") if k.strip()] if kinds else None,
+            postgres_url=postgres,
+            database_prefix=database_prefix,
+            replicas=replicas,
+            workers=workers,
+            gateways=gateways,
         )
     )
 

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.kit.app import QuietServer
 from services.kit.metrics import metrics_endpoint
 
 
@@ -42,7 +43,7 @@ async def serving_health(state: WorkerState, host: str, port: int | None) -> Asy
         yield
         return
     config = uvicorn.Config(health_app(state), host=host, port=port, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
+    server = QuietServer(config)  # ticks once a second, not ten times
     task = asyncio.create_task(server.serve(), name="worker-health")
     try:
         yield

@@ -2,21 +2,31 @@
 
 The relay (`services.kit.relay`) publishes rows to NATS JetStream as CloudEvents; a row is marked
 published only after JetStream acknowledged it, and its id is the event id and the JetStream message id.
+
+The relay sleeps until there is work: the commit of a transaction that staged an event calls the
+callbacks registered for its engine (`on_outbox_commit`), in this process, so the relay of the
+process that wrote the row publishes it at once. A slow safety poll covers what no signal reaches
+(rows of a replica that died before its relay ran, a failed pass).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, Column, Engine, Index, event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.models import UTCDateTime, new_id, utcnow
 
 MAX_LAST_ERROR = 500
+_STAGED = "ordersaga_outbox_staged"  # in Session.info: this transaction staged an outbox row
+_ON_COMMIT: dict[Engine, list[Callable[[], None]]] = {}
 
 
 class OutboxEvent(SQLModel, table=True):
@@ -41,4 +51,31 @@ def add_event(
     """Stage a domain event in the caller's transaction; it is published only if that commits."""
     event = OutboxEvent(source=source, type=type, subject=subject, data=data)
     session.add(event)
+    session.info[_STAGED] = True
     return event
+
+
+def on_outbox_commit(engine: AsyncEngine, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` after each commit on `engine` that staged an event; returns the unsubscribe."""
+    callbacks = _ON_COMMIT.setdefault(engine.sync_engine, [])
+    callbacks.append(callback)
+
+    def unsubscribe() -> None:
+        if callback in callbacks:
+            callbacks.remove(callback)
+        if not callbacks:
+            _ON_COMMIT.pop(engine.sync_engine, None)
+
+    return unsubscribe
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_STAGED, False):
+        for callback in list(_ON_COMMIT.get(session.bind, ())):  # type: ignore[arg-type]
+            callback()
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_STAGED, None)  # nothing was written: no one to wake

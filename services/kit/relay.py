@@ -8,6 +8,13 @@ Replicas on one PostgreSQL database share the work: each selects its batch `FOR 
 and holds those row locks while it publishes and marks the batch, so another replica takes the next
 rows instead of publishing the same ones again. On SQLite (one process, a single writer) no lock is
 held across the publishes, which would block the service's own writes.
+
+The relay wakes on work, not on a clock: a commit in this process that staged an event signals it
+(`services.kit.outbox.on_outbox_commit`), so the process that wrote a row publishes it. Passes are
+at least `outbox_min_interval_seconds` apart, so that under load one pass carries the events of
+several commits instead of one each. `outbox_poll_interval_seconds` is the slow safety poll for rows
+no signal announced: a replica on the same PostgreSQL database that died before its relay ran, or
+rows left behind by a failed pass.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from services.kit.business import OUTBOX_LAG, OUTBOX_UNPUBLISHED
 from services.kit.db import Database
 from services.kit.events import CloudEvent, connect, ensure_stream, event_source, subject_for
 from services.kit.models import utcnow
-from services.kit.outbox import MAX_LAST_ERROR, OutboxEvent
+from services.kit.outbox import MAX_LAST_ERROR, OutboxEvent, on_outbox_commit
 from services.kit.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -73,6 +80,16 @@ class OutboxRelay:
         self.settings = settings
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """An event was committed: publish now rather than at the next safety poll."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with suppress(RuntimeError):  # the loop is shutting down
+            loop.call_soon_threadsafe(self._wake.set)  # a commit may run off the loop's thread
 
     async def _jetstream(self) -> JetStreamContext:
         if self._nc is None or self._nc.is_closed:
@@ -110,10 +127,13 @@ class OutboxRelay:
             col(OutboxEvent.published_at).is_(None)
         )
         async with self.db.session() as session:
-            count, oldest = (await session.exec(waiting)).one()
-            await session.commit()
-            self._observe_lag(int(count or 0), oldest)
             rows = list((await session.exec(query)).all())
+            if self.db.is_sqlite and len(rows) < self.settings.outbox_batch_size:
+                # The batch is every pending row: the gauges follow from it, no second query.
+                self._observe_lag(len(rows), rows[0].created_at if rows else None)
+            else:  # more than a batch, or rows other replicas hold: count them all
+                count, oldest = (await session.exec(waiting)).one()
+                self._observe_lag(int(count or 0), oldest)
             if self.db.is_sqlite:
                 await session.commit()  # no write lock across the publishes
             if not rows:
@@ -205,8 +225,20 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay until cancelled; any failure (NATS or database away) backs off exponentially."""
+        self._loop = asyncio.get_running_loop()
+        unsubscribe = on_outbox_commit(self.db.engine, self.wake)
+        try:
+            await self._run()
+        finally:
+            unsubscribe()
+
+    async def _run(self) -> None:
         backoff = _INITIAL_BACKOFF
+        loop = asyncio.get_running_loop()
         while True:
+            # Cleared before the pass: a commit during it makes the next pass follow.
+            self._wake.clear()
+            started = loop.time()
             try:
                 published = await self.publish_pending_once()
             except asyncio.CancelledError:
@@ -217,8 +249,14 @@ class OutboxRelay:
                 backoff = min(backoff * 2, self.settings.outbox_backoff_max_seconds)
                 continue
             backoff = _INITIAL_BACKOFF
-            if published < self.settings.outbox_batch_size:
-                await asyncio.sleep(self.settings.outbox_poll_interval_seconds)
+            if published >= self.settings.outbox_batch_size:
+                continue  # probably more waiting
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_interval_seconds)
+            # Woken: let the commits of the next few milliseconds join this pass.
+            rest = self.settings.outbox_min_interval_seconds - (loop.time() - started)
+            if rest > 0:
+                await asyncio.sleep(rest)
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:

@@ -49,7 +49,11 @@ class ServiceSettings(SecretGuardedSettings):
     )
 
     # The outbox relay (services/kit/relay.py), per service: `<SERVICE>_OUTBOX_*`.
-    outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
+    # A commit that staged an event wakes the relay of its process at once; this slow safety poll
+    # publishes what no signal announced (rows of a replica that died before its relay ran).
+    outbox_poll_interval_seconds: float = Field(default=5.0, gt=0)
+    # Passes at least this far apart: under load one pass publishes several commits' events.
+    outbox_min_interval_seconds: float = Field(default=0.05, ge=0)
     outbox_batch_size: int = Field(default=100, ge=1, le=1000)
     outbox_publish_timeout_seconds: float = Field(default=5.0, gt=0)
     outbox_backoff_max_seconds: float = Field(default=10.0, gt=0)

@@ -59,6 +59,8 @@ EVENTS = Counter(
 # A notice about the system rather than a person (stock alerts) belongs to this placeholder user
 # when the admin's own contact is not known.
 OPERATIONS_USER_ID = uuid.UUID(int=0)
+# After a pull that found events, the next one waits only this long for more before going idle.
+_BUSY_FETCH_SECONDS = 0.05
 
 
 class ContactUnknown(Exception):
@@ -299,14 +301,21 @@ class EventConsumer:
                 await self.ensure_consumer(js)
                 subscription = await js.pull_subscribe_bind(self.settings.events_durable, stream=STREAM)
                 backoff = 0.2
+                idle = True
                 while True:
+                    # Idle: a pull of one, which returns as soon as an event comes (a pull of a batch
+                    # would wait out its timeout for the rest). Busy: a batch of what is there now.
+                    batch, timeout = (
+                        (1, self.settings.events_fetch_timeout_seconds)
+                        if idle
+                        else (self.settings.events_batch_size, _BUSY_FETCH_SECONDS)
+                    )
                     try:
-                        messages = await subscription.fetch(
-                            self.settings.events_batch_size,
-                            timeout=self.settings.events_fetch_timeout_seconds,
-                        )
+                        messages = await subscription.fetch(batch, timeout=timeout)
                     except nats.errors.TimeoutError:
+                        idle = True
                         continue  # nothing pending, or NATS is reconnecting
+                    idle = False
                     for message in messages:
                         await self.process(message)
             except asyncio.CancelledError:

@@ -82,6 +82,9 @@ class Sender:
         self.rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._stopping = False
+        # When the retries this sender scheduled fall due: it sleeps until the first of them (or a
+        # wake, or the safety poll) instead of looking on a clock.
+        self._retries_due: list[datetime] = []
 
     def wake(self) -> None:
         """A notice was just accepted: look now instead of at the next poll."""
@@ -120,18 +123,28 @@ class Sender:
         return claimed
 
     async def run(self) -> None:
-        """Poll until cancelled or stopped, waking early when a notice is accepted."""
+        """Deliver until cancelled or stopped; sleeps until a notice is accepted, a retry this sender
+        scheduled falls due, or the safety poll (`poll_interval_seconds`) for what neither covers:
+        retries another replica scheduled, leases of a sender that died)."""
         while not self._stopping:
             self._wake.clear()
+            now = utcnow()
+            self._retries_due = [due for due in self._retries_due if due > now]  # this pass takes the rest
             try:
-                claimed = await self.send_due_once()
+                claimed = await self.send_due_once(now=now)
             except Exception:  # the database may be briefly away; keep the loop alive
                 log.exception("sender_iteration_failed")
                 claimed = 0
             if claimed >= self.settings.batch_size or self._stopping:
                 continue  # probably more due right away, or time to leave
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_seconds)
+                await asyncio.wait_for(self._wake.wait(), timeout=self._sleep_seconds())
+
+    def _sleep_seconds(self) -> float:
+        wait = self.settings.poll_interval_seconds
+        if self._retries_due:
+            wait = min(wait, (min(self._retries_due) - utcnow()).total_seconds())
+        return max(wait, 0.0)
 
     async def _due_ids(self, now: datetime) -> list[uuid.UUID]:
         query = (
@@ -304,13 +317,15 @@ class Sender:
                 bound.warning("notification_failed", error=error)
             return
         delay = retry_delay(attempts, self.settings, self.rng)
+        next_attempt_at = utcnow() + timedelta(seconds=delay)
         values = {
             "attempts": attempts,
             "last_error": error,
-            "next_attempt_at": utcnow() + timedelta(seconds=delay),
+            "next_attempt_at": next_attempt_at,
             **_RELEASED,
         }
         if await self._finish(notification, token, values, None, {}):
+            self._retries_due.append(next_attempt_at)
             DELIVERIES.labels(notification.channel, "retry").inc()
             bound.info("notification_retry_scheduled", error=error, delay_seconds=round(delay, 3))
 

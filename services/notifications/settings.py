@@ -18,7 +18,9 @@ class Settings(ServiceSettings):
 
     # Tests turn the background loop off and drive `Sender.send_due_once()` themselves.
     sender_enabled: bool = True
-    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    # The sender wakes when a notice is accepted and when a retry it scheduled falls due; this slow
+    # safety poll finds what no signal covers (another replica's retries, a dead sender's lease).
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
     batch_size: int = Field(default=50, ge=1, le=1000)
     # A claimed notification is invisible to other senders this long; it must outlast one send.
     claim_lease_seconds: float = Field(default=30.0, gt=0)
@@ -49,7 +51,9 @@ class Settings(ServiceSettings):
     events_enabled: bool = True
     events_durable: str = "notifications"
     events_batch_size: int = Field(default=20, ge=1, le=500)
-    events_fetch_timeout_seconds: float = Field(default=1.0, gt=0)
+    # An idle consumer's pull waits this long for the next event (it returns as soon as one comes);
+    # one pull request per this period is all the consumer costs at idle.
+    events_fetch_timeout_seconds: float = Field(default=10.0, gt=0)
     # A message not acknowledged within this time is redelivered (a consumer that died mid-batch).
     events_ack_wait_seconds: float = Field(default=30.0, gt=0)
     # Deliveries before a message is parked; a contact not known yet is retried this often.

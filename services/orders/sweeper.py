@@ -10,9 +10,10 @@ Temporal calls.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
@@ -23,6 +24,9 @@ from services.kit.db import Database
 from services.orders.saga import OrderStart, SagaPort, pending_saga_starts, start_saga
 
 log = structlog.get_logger(__name__)
+
+# A failed start's order is swept this long after its grace ends, so that it is surely older.
+_GRACE_MARGIN_SECONDS = 0.5
 
 # `started`: this replica's start call succeeded; `deferred`: the saga engine was away, retried later.
 SWEEPER_STARTS = Counter(
@@ -58,26 +62,59 @@ async def _start(session: AsyncSession, saga: SagaPort, order: OrderStart) -> in
     return int(ok)
 
 
+class _WatchedSaga:
+    """The app's saga port, telling the sweeper when a start fails: that order is the sweeper's work."""
+
+    def __init__(self, inner: SagaPort, on_lost: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_lost = on_lost
+
+    async def start(self, order: OrderStart) -> None:
+        try:
+            await self._inner.start(order)
+        except BaseException:
+            self._on_lost()
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 @asynccontextmanager
 async def saga_sweeper(app: FastAPI) -> AsyncIterator[None]:
+    """Sweep at start-up, after each failed start once its grace has passed, and on a slow safety
+    poll (`saga_sweep_interval_seconds`) for starts lost where no signal reaches (a replica that
+    crashed between its commit and its start call)."""
     settings = app.state.settings
     interval: float = settings.saga_sweep_interval_seconds
     batch: int = settings.saga_sweep_batch_size
     # The request that accepted an order starts its saga itself; only older ones are the sweeper's.
     grace = timedelta(seconds=settings.saga_start_grace_seconds)
+    lost = asyncio.Event()
+    app.state.saga = _WatchedSaga(app.state.saga, lost.set)
 
-    async def loop() -> None:
+    async def sweep() -> None:
+        try:
+            await sweep_once(app.state.db, app.state.saga, grace=grace, batch=batch)
+        except Exception:  # the next sweep tries again; the orders are safe in the database
+            log.exception("saga_sweep_failed")
+
+    async def loop_() -> None:
+        await sweep()
         while True:
-            try:
-                await sweep_once(app.state.db, app.state.saga, grace=grace, batch=batch)
-            except Exception:  # the next sweep tries again; the orders are safe in the database
-                log.exception("saga_sweep_failed")
-            await asyncio.sleep(interval)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), interval)
+            if lost.is_set():
+                # A start failed just now: that order becomes the sweeper's once its grace is over.
+                lost.clear()
+                await asyncio.sleep(grace.total_seconds() + _GRACE_MARGIN_SECONDS)
+            await sweep()
 
-    task = asyncio.create_task(loop(), name="saga-sweeper")
+    task = asyncio.create_task(loop_(), name="saga-sweeper")
     try:
         yield
     finally:
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
+        app.state.saga = app.state.saga._inner

@@ -1,0 +1,187 @@
+"""Idle CPU of the whole stack as `ordersaga up` starts it: each source tree's stack in turn, nothing
+sent to it, CPU time (utime + stime from /proc) of every process of its tree over a window that
+starts a while after start-up. CPU time, not wall time, because the machine may be shared.
+
+    git worktree add /tmp/before <commit>
+    .venv/bin/python benchmarks/idle_cpu.py /tmp/before . [--settle 10] [--window 60] [--json out.json]
+
+Each tree runs with the same installed packages and its own code first on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ordersaga.up import PORT_SETTINGS
+from tests.support.processes import VENV_BIN, free_port
+
+SERVICES = ("users", "inventory", "payments", "notifications", "orders", "gateway")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _name(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode() for a in argv if a]
+    if "up" in words[:3]:
+        return "supervisor"
+    if "serve" in words and words.index("serve") + 1 < len(words):
+        return words[words.index("serve") + 1]
+    if any(w.endswith("temporal") for w in words[:1]) or "start-dev" in words:
+        return "temporal"
+    if words and words[0].endswith("nats-server"):
+        return "nats"
+    if "worker" in words:
+        return "worker"
+    return Path(words[0]).name if words else "?"
+
+
+def tree_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """Every descendant of `root` (and itself): pid → (name, CPU seconds)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            parents[int(entry.name)], cpu[int(entry.name)] = stat
+    members, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in members:
+                members.add(pid)
+                frontier.append(pid)
+    return {pid: (_name(pid), cpu[pid]) for pid in members if pid in cpu}
+
+
+def free_port_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_DATABASE_URL", "_PORT"))}
+    env.pop("TEMPORAL_ADDRESS", None)
+    env.pop("NATS_URL", None)
+    for name in SERVICES:
+        env[f"{name.upper()}_PORT"] = str(free_port())
+    for setting in PORT_SETTINGS:
+        env[f"ORDERSAGA_{setting}"] = str(free_port())
+    return env
+
+
+@contextmanager
+def up_stack(tree: Path, data: Path, extra_env: dict[str, str] | None = None) -> Iterator[UpStack]:
+    """`ordersaga up` of `tree` on free ports in `data`; yields once it printed `ready in`."""
+    env = {**free_port_env(), "PYTHONPATH": str(tree.resolve()), "ORDERSAGA_DATA_DIR": str(data)}
+    env.update(extra_env or {})
+    log = data / "up.out"
+    started = time.monotonic()
+    with log.open("w") as out:
+        up = subprocess.Popen(  # noqa: S603
+            [str(VENV_BIN / "ordersaga"), "up", "--log-format", "json"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tree,
+            start_new_session=True,
+        )
+    try:
+        while "ready in" not in log.read_text():
+            if up.poll() is not None or time.monotonic() - started > 300:
+                raise RuntimeError(f"the stack of {tree} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield UpStack(up, env, time.monotonic() - started)
+    finally:
+        os.killpg(up.pid, signal.SIGINT)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+
+
+@dataclass
+class UpStack:
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    ready_after: float
+
+    def cpu(self) -> dict[int, tuple[str, float]]:
+        return tree_cpu(self.process.pid)
+
+
+def cpu_by_process(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two `tree_cpu` samples, by process name (processes in both)."""
+    spent: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        if pid in before:
+            spent[name] = spent.get(name, 0.0) + seconds - before[pid][1]
+    return spent
+
+
+def measure(tree: Path, settle: float, window: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="idle-cpu-") as data, up_stack(tree, Path(data)) as stack:
+        ready_after = stack.ready_after
+        time.sleep(settle)
+        before = stack.cpu()
+        t0 = time.monotonic()
+        time.sleep(window)
+        after = stack.cpu()
+        elapsed = time.monotonic() - t0
+    by_process = cpu_by_process(before, after)
+    total = sum(by_process.values())
+    return {
+        "tree": str(tree),
+        "ready_after_s": round(ready_after, 1),
+        "settle_s": settle,
+        "window_s": round(elapsed, 1),
+        "percent_of_one_core": round(100 * total / elapsed, 2),
+        "by_process_percent": {
+            name: round(100 * s / elapsed, 2) for name, s in sorted(by_process.items(), key=lambda kv: -kv[1])
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("trees", nargs="+", type=Path)
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds after `ready` before measuring")
+    parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = []
+    for tree in args.trees:
+        result = measure(tree, args.settle, args.window)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
