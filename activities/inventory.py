@@ -5,12 +5,13 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities.http import ServiceCaller, current_attempt
-from workflows.payloads import OrderLine, PricedLine, Reservation
+from workflows.contract import CancelReason, OrderLine, PricedLine, Reservation
 
+# Inventory's problem codes -> the saga's cancel reasons.
 RESERVE_REFUSALS = {
-    "out_of_stock": "out_of_stock",
-    "invalid_item": "invalid_item",
-    "duplicate_product": "invalid_item",
+    "out_of_stock": CancelReason.OUT_OF_STOCK,
+    "invalid_item": CancelReason.INVALID_ITEM,
+    "duplicate_product": CancelReason.INVALID_ITEM,
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities.http import ServiceCaller, current_attempt, saga_key
-from workflows.payloads import Notice, NoticeResult
+from workflows.contract import Notice, NoticeResult, Step
 
-NOTIFY_STEP = "notify_customer"
+NOTIFY_STEP = Step.NOTIFY_CUSTOMER
 
 
 class NotificationActivities:

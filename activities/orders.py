@@ -7,7 +7,7 @@ from typing import Any
 from temporalio import activity
 
 from activities.http import ServiceCaller, current_attempt, saga_key
-from workflows.payloads import OrderCommand, OrderSnapshot
+from workflows.contract import OrderCommand, OrderSnapshot
 
 
 class OrderActivities:

@@ -13,19 +13,25 @@ from typing import Any
 from temporalio import activity
 
 from activities.http import ServiceCaller, current_attempt, saga_key
-from workflows.payloads import Charge, ChargeRequest
+from workflows.contract import CancelReason, Charge, ChargeRequest, Step
 
 CHARGE_STEP = "charge_payment"
 REFUND_STEP = "refund_payment"
-AUTHORIZE_STEP = "authorize_payment"
-CAPTURE_STEP = "capture_payment"
+AUTHORIZE_STEP = Step.AUTHORIZE_PAYMENT
 REFUND_CAPTURE_STEP = "refund_capture"
 VOID_STEP = "void_payment"
 
-CHARGE_REFUSALS = {"payment_declined": "payment_declined", "invalid_payment_method": "invalid_payment_method"}
+# Payments' problem codes -> the saga's cancel reasons.
+CHARGE_REFUSALS = {
+    "payment_declined": CancelReason.PAYMENT_DECLINED,
+    "invalid_payment_method": CancelReason.INVALID_PAYMENT_METHOD,
+}
 AUTHORIZE_REFUSALS = CHARGE_REFUSALS
 # An authorisation that ran out, or was voided, can never be captured: the saga cancels the order.
-CAPTURE_REFUSALS = {"authorization_expired": "payment_failed", "authorization_voided": "payment_failed"}
+CAPTURE_REFUSALS = {
+    "authorization_expired": CancelReason.PAYMENT_FAILED,
+    "authorization_voided": CancelReason.PAYMENT_FAILED,
+}
 
 
 def _charge_body(request: ChargeRequest) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from workflows.payloads import SagaPolicy
+from workflows.contract import SagaPolicy
 
 
 class PolicyActivities:

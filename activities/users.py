@@ -6,7 +6,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.http import ServiceCaller, current_attempt
-from workflows.payloads import CustomerContact
+from workflows.contract import CustomerContact
 
 
 class UserActivities:

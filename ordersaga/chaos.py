@@ -45,6 +45,7 @@ from ordersaga.supervisor import Child, StartupError, Supervisor
 from ordersaga.up import PORT_SETTINGS, Stack, UpSettings
 from services.kit.temporal import TemporalSettings, connect
 from services.registry import DATA_SERVICES, SERVICES
+from workflows.contract import order_id_of
 
 PAUSE = "temporal-pause"
 TEMPORAL_KILL = "temporal-kill"
@@ -418,7 +419,7 @@ async def settle_operator_actions(temporal_address: str, schedule: list[Fault]) 
         assert fault.workflow_id is not None and fault.acted_at is not None
         workflow_id = fault.workflow_id
         if fault.kind == TERMINATE:
-            workflow_id = "repair-" + workflow_id.removeprefix("order-")
+            workflow_id = f"repair-{order_id_of(workflow_id) or workflow_id}"
         try:
             info = await client.get_workflow_handle(workflow_id).describe()
         except RPCError:

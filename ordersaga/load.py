@@ -36,7 +36,7 @@ from ordersaga.report import measures_table
 from services.kit.identity import identity_headers
 from services.kit.temporal import TemporalSettings, connect
 from services.kit.transport import Addresses, SpreadTransport
-from workflows.payloads import OrderResult, workflow_id_for
+from workflows.contract import REVIEW_THRESHOLD_CENTS, OrderResult, workflow_id_for
 
 CARDS = {
     "success": "4242424242424242",
@@ -75,7 +75,7 @@ class LoadPlan:
     direct_orders: str | None = None
     internal_token: str | None = None
     # Products are picked so that an order stays below it (an order above waits for an admin's review).
-    review_threshold_cents: int = 100_000
+    review_threshold_cents: int = REVIEW_THRESHOLD_CENTS
 
 
 @dataclass

@@ -58,8 +58,8 @@ from services.kit.codec import CodecSettings
 from services.kit.settings import normalise_database_url
 from services.kit.temporal import DEV_SERVER_DYNAMIC_CONFIG, TemporalSettings
 from services.registry import DATA_SERVICES, SERVICES
+from workflows.contract import search_attribute_flags
 
-SEARCH_ATTRIBUTES = ("OrderStatus=Keyword", "CustomerId=Keyword")
 STATE_FILE = "up.json"
 # The codec server reads its bearer token from here (ordersaga/codec_server.py).
 CODEC_TOKEN_ENV = "ORDERSAGA_CODEC_AUTH_TOKEN"
@@ -415,7 +415,7 @@ class Stack:
             ]  # fmt: skip
             if self.codec:
                 argv += ["--ui-codec-endpoint", self.codec_url]
-            for attribute in SEARCH_ATTRIBUTES:
+            for attribute in search_attribute_flags():
                 argv += ["--search-attribute", attribute]
             self._run("temporal", argv, env, _tcp(self.settings.temporal_port), timeout=90)
         if not self.settings.nats_url:

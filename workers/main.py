@@ -46,9 +46,9 @@ from services.kit.tracing import setup_tracing, shutdown_tracing
 from services.kit.transport import service_client
 from workers.health import WorkerState, serving_health
 from workers.settings import WorkerSettings
+from workflows.contract import TASK_QUEUE
 from workflows.metrics import SAGA_DURATION, SAGA_DURATION_BUCKETS
 from workflows.order import OrderWorkflow
-from workflows.payloads import TASK_QUEUE
 from workflows.repair import ReconcileWorkflow, RepairWorkflow
 
 RECONCILER_SCHEDULE_ID = "ordersaga-reconciler"

@@ -12,7 +12,7 @@ from pydantic_settings import SettingsConfigDict
 import workflows
 from services.kit.secrets import SecretGuardedSettings
 from services.kit.settings import DEV_INTERNAL_TOKEN
-from workflows.payloads import SagaPolicy
+from workflows.contract import REVIEW_THRESHOLD_CENTS, SagaPolicy
 
 # The package as imported, so a worker run from another copy of the code hashes that copy.
 WORKFLOWS_PACKAGE = Path(workflows.__file__).resolve().parent
@@ -42,7 +42,7 @@ class WorkerSettings(SecretGuardedSettings):
         validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),
     )
 
-    review_threshold_cents: int = Field(default=100_000, ge=0)
+    review_threshold_cents: int = Field(default=REVIEW_THRESHOLD_CENTS, ge=0)
     review_timeout_seconds: float = Field(default=24 * 3600, gt=0)
     payment_max_attempts: int = Field(default=6, ge=1)
     payment_initial_interval_seconds: float = Field(default=1.0, gt=0)

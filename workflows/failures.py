@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
-from workflows.payloads import CANCEL_REASONS
+from workflows.contract import CANCEL_REASONS
 
 
 class StepFailed(Exception):

@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -25,8 +24,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.policy import PolicyActivities
     from activities.users import UserActivities
     from workflows import metrics, policies
-    from workflows.failures import STEP_ERRORS, StepFailed, attempts_from_error, describe, reason_for
-    from workflows.payloads import (
+    from workflows.contract import (
+        CUSTOMER_ID,
+        ORDER_STATUS,
         STEP_NAMES,
         AbandonCompensations,
         CancelRequest,
@@ -48,10 +48,8 @@ with workflow.unsafe.imports_passed_through():
         SagaView,
         StepState,
     )
+    from workflows.failures import STEP_ERRORS, StepFailed, attempts_from_error, describe, reason_for
     from workflows.saga import Saga
-
-ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
-CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 
 # Sagas started before this patch reviewed first and then charged in one call (`charge_payment`);
 # they keep that plan when they replay on this code. See tests/replay/histories/v1-charge-before-review.

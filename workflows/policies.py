@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from temporalio.common import RetryPolicy
 
-from workflows.payloads import SagaPolicy
+from workflows.contract import SagaPolicy
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from workflows.contract import CompensationState
 from workflows.failures import attempts_from_error, describe
-from workflows.payloads import CompensationState
 
 # A compensation returns how many attempts its activity needed.
 CompensationAction = Callable[[], Awaitable[int]]

@@ -15,10 +15,9 @@ from typing import Any
 import structlog
 
 from services.kit.tracing import add_trace_context
+from workflows.contract import order_id_of
 
 _configured = False
-
-_ORDER_WORKFLOW_PREFIX = "order-"
 
 
 def add_temporal_context(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -29,8 +28,9 @@ def add_temporal_context(_: Any, __: str, event_dict: MutableMapping[str, Any]) 
     workflow_id = details.get("workflow_id")
     if workflow_id:
         event_dict.setdefault("workflow_id", workflow_id)
-        if str(workflow_id).startswith(_ORDER_WORKFLOW_PREFIX):
-            event_dict.setdefault("order_id", str(workflow_id).removeprefix(_ORDER_WORKFLOW_PREFIX))
+        order_id = order_id_of(str(workflow_id))
+        if order_id is not None:
+            event_dict.setdefault("order_id", order_id)
     if "activity_type" in details:
         event_dict.setdefault("activity", details["activity_type"])
     if "attempt" in details:

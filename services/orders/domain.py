@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from workflows.contract import CancelReason, workflow_id_for
+
 
 class OrderStatus(StrEnum):
     PENDING = "PENDING"
@@ -18,24 +20,6 @@ class OrderStatus(StrEnum):
     SHIPPED = "SHIPPED"
     DELIVERED = "DELIVERED"
     CANCELLED = "CANCELLED"
-
-
-class CancelReason(StrEnum):
-    USER_INVALID = "user_invalid"
-    INVALID_ITEM = "invalid_item"
-    OUT_OF_STOCK = "out_of_stock"
-    INVALID_PAYMENT_METHOD = "invalid_payment_method"
-    PAYMENT_DECLINED = "payment_declined"
-    PAYMENT_FAILED = "payment_failed"
-    CUSTOMER_CANCELLED = "customer_cancelled"
-    REVIEW_REJECTED = "review_rejected"
-    REVIEW_TIMEOUT = "review_timeout"
-    # An operator cancelled the saga's workflow (Temporal Web UI or CLI) before its pivot.
-    OPERATOR_CANCELLED = "operator_cancelled"
-    # The workflow was terminated, timed out or failed before the order was final; the reconciler
-    # rolled the order back.
-    SAGA_TERMINATED = "saga_terminated"
-    INTERNAL_ERROR = "internal_error"
 
 
 class CommandType(StrEnum):
@@ -156,7 +140,8 @@ def request_fingerprint(lines: Sequence[Line], payment_method_id: uuid.UUID) -> 
 
 
 def workflow_id(order_id: uuid.UUID) -> str:
-    return f"order-{order_id}"
+    """The order's saga workflow id (the contract's helper, for a UUID)."""
+    return workflow_id_for(str(order_id))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from services.orders.routes import _visible_order, order_out
 from services.orders.saga import SagaPort
 from services.orders.schemas import OrderOut
 from services.orders.settings import Settings
-from workflows.payloads import CompensationStatus, SagaStatus, StepStatus
+from workflows.contract import CompensationStatus, SagaStatus, StepStatus
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,6 @@ from typing import Any
 import structlog
 from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.common import (
-    SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -27,8 +26,10 @@ from services.kit.identity import Identity
 from services.kit.temporal import TemporalSettings, connect
 from services.kit.tracing import current_trace_id
 from services.orders.saga import OrderStart
-from workflows.payloads import (
-    STEP_NAMES,
+from workflows import contract
+from workflows.contract import (
+    CUSTOMER_ID,
+    ORDER_STATUS,
     TASK_QUEUE,
     CancelRequest,
     OrderInput,
@@ -38,9 +39,6 @@ from workflows.payloads import (
     SagaView,
     workflow_id_for,
 )
-
-ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
-CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 
 log = structlog.get_logger(__name__)
 
@@ -202,23 +200,5 @@ def _lines(count: int) -> str:
 
 
 def not_started_view(order_id: uuid.UUID) -> dict[str, Any]:
-    """An accepted order whose saga the sweeper has not started yet: every step still pending."""
-    return {
-        "order_id": str(order_id),
-        "workflow_id": workflow_id_for(str(order_id)),
-        "status": "running",
-        "order_status": "PENDING",
-        "cancel_reason": None,
-        "steps": [
-            {
-                "name": name,
-                "status": "pending",
-                "attempts": 0,
-                "started_at": None,
-                "finished_at": None,
-                "error": None,
-                "compensation": None,
-            }
-            for name in STEP_NAMES
-        ],
-    }
+    """An accepted order whose saga the sweeper has not started yet (the contract's view, as JSON)."""
+    return dataclasses.asdict(contract.not_started_view(str(order_id)))

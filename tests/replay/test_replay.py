@@ -12,7 +12,7 @@ from temporalio import workflow
 from ordersaga.replay import load_history_file, replay_histories
 from tests.support.processes import VENV_BIN
 from workflows.order import OrderWorkflow
-from workflows.payloads import OrderInput, OrderResult
+from workflows.contract import OrderInput, OrderResult
 
 HISTORIES = Path(__file__).parent / "histories"
 # Recorded on the current plan (authorise, review, capture), by tests/saga with ORDERSAGA_RECORD_HISTORIES=1.

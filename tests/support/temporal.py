@@ -6,8 +6,7 @@ from pathlib import Path
 
 from services.kit.temporal import DEV_SERVER_DYNAMIC_CONFIG
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, tcp_open
-
-SEARCH_ATTRIBUTES = ("OrderStatus=Keyword", "CustomerId=Keyword")
+from workflows.contract import search_attribute_flags
 
 
 def dev_server(directory: Path) -> tuple[ManagedProcess, str]:
@@ -36,7 +35,7 @@ def dev_server(directory: Path) -> tuple[ManagedProcess, str]:
         "--log-level",
         "error",
     ]
-    for attribute in SEARCH_ATTRIBUTES:
+    for attribute in search_attribute_flags():
         argv += ["--search-attribute", attribute]
     process = ManagedProcess("temporal", argv, directory / "temporal.log", ready=lambda: tcp_open(port))
     return process, f"127.0.0.1:{port}"

@@ -20,8 +20,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from workflows.order import OrderWorkflow
-from workflows.payloads import (
+from workflows.contract import (
     Charge,
     ChargeRequest,
     CustomerContact,
@@ -37,6 +36,7 @@ from workflows.payloads import (
     SagaView,
     workflow_id_for,
 )
+from workflows.order import OrderWorkflow
 
 FOREVER = 1_000_000
 

@@ -10,8 +10,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, Work
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from tests.workflows.standins import StandIns, order_input, saga, step, steps, view_when
-from workflows.order import OrderWorkflow
-from workflows.payloads import (
+from workflows.contract import (
     AbandonCompensations,
     CancelRequest,
     OrderResult,
@@ -19,6 +18,7 @@ from workflows.payloads import (
     ReviewDecision,
     SagaView,
 )
+from workflows.order import OrderWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

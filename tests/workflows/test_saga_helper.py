@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from temporalio.exceptions import ApplicationError
 
-from workflows.payloads import CompensationState
+from workflows.contract import CompensationState
 from workflows.saga import Saga
 
 

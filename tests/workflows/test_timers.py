@@ -13,8 +13,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.workflows.standins import FOREVER, StandIns, order_input, saga, step, steps
 from workers.settings import WorkerSettings
+from workflows.contract import AbandonCompensations, OrderResult, RetryCompensations, SagaView
 from workflows.order import OrderWorkflow
-from workflows.payloads import AbandonCompensations, OrderResult, RetryCompensations, SagaView
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

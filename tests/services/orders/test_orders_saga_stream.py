@@ -13,8 +13,9 @@ from typing import Any
 from services.orders.saga_routes import StreamSlots
 from tests.services.orders.conftest import RecordingSaga, place_ok
 from tests.support.identity import as_admin, as_customer
+from workflows.contract import Step
 
-STEPS = ("create_order", "validate_user", "reserve_stock", "notify_customer")
+STEPS = (Step.CREATE_ORDER, Step.VALIDATE_USER, Step.RESERVE_STOCK, Step.NOTIFY_CUSTOMER)
 
 
 def view(order_id: str, status: str, *done: str) -> dict[str, Any]:
