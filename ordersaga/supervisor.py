@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -350,6 +351,10 @@ class ControlServer:
         self._busy: set[str] = set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        # Children are started from this one long-lived thread, never from a request's: the kernel
+        # sends a child its parent-death signal (PR_SET_PDEATHSIG) when the *thread* that forked it
+        # ends, so a worker restarted from a request's thread died with the request.
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-spawn")
 
     @property
     def url(self) -> str:
@@ -375,10 +380,16 @@ class ControlServer:
         return self.url
 
     def stop(self) -> None:
+        """No more requests; the children it restarted keep running until `close`."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def close(self) -> None:
+        """After the children were stopped: the spawning thread may end now."""
+        self.stop()
+        self._spawner.shutdown(wait=False)
 
     def processes(self) -> list[dict[str, Any]]:
         names = self.controllable()
@@ -435,7 +446,7 @@ class ControlServer:
             self._busy.add(name)
             self.supervisor.held.add(name)  # a graceful stop of a running one is no death either
         try:
-            self.supervisor.restart(child)
+            self._spawner.submit(self.supervisor.restart, child).result()
         except StartupError as err:
             return 503, _problem(503, "restart_failed", str(err))
         finally:

@@ -611,9 +611,11 @@ class Stack:
             # While the others stop, their refused connections are expected: only errors still show.
             self.supervisor.echo.quieten("error")
         if self.control is not None:
-            self.control.stop()
-            self.control = None
+            self.control.stop()  # no kill or restart while stopping
         self.supervisor.stop_all()
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         if self.smtp is not None:
             self.smtp.stop()
             self.smtp = None
