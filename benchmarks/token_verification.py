@@ -27,10 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.gateway.auth import JwksCache, TokenVersions
+from services.gateway.auth import TokenVersions
 from services.kit.logging import configure_logging
+from services.kit.tokens import Claims, JwksCache
 from services.kit.transport import service_client
-from services.users.tokens import Claims, TokenIssuer
+from services.users.tokens import TokenIssuer
 from tests.support.nats import NatsServer
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok
 

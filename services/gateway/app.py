@@ -23,13 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from services.gateway.auth import (
-    JwksCache,
-    JwksUnavailable,
-    TokenVersions,
-    TokenVersionUnavailable,
-    bearer_token,
-)
+from services.gateway.auth import TokenVersions, TokenVersionUnavailable, bearer_token
 from services.gateway.breaker import Breakers
 from services.gateway.openapi import build_openapi
 from services.gateway.proxy import ClientRequest, Proxy, RelayInterrupted, stream_budget
@@ -51,9 +45,9 @@ from services.kit.identity import identity_headers
 from services.kit.logging import configure_logging
 from services.kit.metrics import metrics_endpoint
 from services.kit.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from services.kit.tokens import Claims, InvalidToken, JwksCache, JwksUnavailable
 from services.kit.tracing import setup_tracing, shutdown_tracing, traced_asgi
-from services.kit.transport import ServicePool, service_client
-from services.users.tokens import Claims, InvalidToken
+from services.kit.transport import Addresses, ServicePool, first_reachable, service_client
 
 log = structlog.get_logger(__name__)
 
@@ -72,16 +66,18 @@ class Gateway:
         )
         # The gateway's own calls (JWKS, readiness) go over the proxy's pool, with httpx's API.
         self.client = service_client(httpx.Timeout(5.0, connect=settings.connect_timeout), pool=self.pool)
+        # The gateway's own calls to the users service spread over its replicas, as proxied ones do.
+        users = ",".join(_addresses(self.upstreams["users"]))
         self.jwks = JwksCache(
             self.client,
-            self.upstreams["users"].url,
+            users,
             max_age=settings.jwks_max_age_seconds,
             min_refresh=settings.jwks_min_refresh_seconds,
             verified_tokens=settings.verified_token_cache_size,
         )
         self.token_versions = TokenVersions(
             self.client,
-            self.upstreams["users"].url,
+            users,
             settings.internal_token,
             nats_url=settings.nats_url,
             cache_size=settings.token_version_cache_size,
@@ -201,8 +197,12 @@ class Gateway:
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
         async def probe(upstream: Upstream) -> str:
+            # Ready when one of its replicas is: a refused address is passed over for the next.
+            addresses = Addresses(_addresses(upstream))
             try:
-                answer = await self.client.get(upstream.url + "/ready", timeout=2.0)
+                answer = await first_reachable(
+                    addresses, lambda base: self.client.get(base + "/ready", timeout=2.0)
+                )
             except httpx.HTTPError as exc:
                 return f"unreachable: {type(exc).__name__}"
             return "ready" if answer.status_code == 200 else f"not ready: {answer.status_code}"
@@ -210,6 +210,11 @@ class Gateway:
         results = await asyncio.gather(*(probe(upstream) for upstream in self.upstreams.values()))
         states = dict(zip(self.upstreams, results, strict=True))
         return all(state == "ready" for state in states.values()), states
+
+
+def _addresses(upstream: Upstream) -> tuple[str, ...]:
+    """Every address of an upstream (its replicas); the one URL when only it is configured."""
+    return upstream.urls or (upstream.url,)
 
 
 class GatewayApp:

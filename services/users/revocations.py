@@ -24,8 +24,8 @@ from prometheus_client import Counter
 
 from services.kit.errors import Problem
 from services.kit.events import close_connection_task
+from services.kit.tokens import REVOKED_SUBJECT
 
-REVOKED_SUBJECT = "ordersaga.internal.tokens-revoked"
 FLUSH_TIMEOUT_SECONDS = 1
 
 log = structlog.get_logger(__name__)

@@ -1,8 +1,7 @@
-"""RS256 access tokens: the signing key, issuing, the JWKS, and verification (reused by the gateway).
+"""RS256 access tokens: the signing key, issuing, and the JWKS this service publishes.
 
-Verification lives here, in one place: the gateway fetches the JWKS from this service and calls
-`verify_token(token, jwks)`, so issuer, audience, algorithm and required claims are checked the same
-way everywhere.
+Verification is not here but in services/kit/tokens.py, which the gateway uses too: issuer,
+audience, algorithm and required claims are checked the same way everywhere.
 
 A token carries `ver`, its user's token version when it was issued. The signature cannot say
 whether the user has since changed their password or role or been deleted; the gateway compares
@@ -20,39 +19,33 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jwt
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-ISSUER = "ordersaga"
-AUDIENCE = "ordersaga-api"
-ALGORITHM = "RS256"
+# Verification is the kit's (services/kit/tokens.py); re-exported for this service's callers.
+from services.kit.tokens import ALGORITHM, AUDIENCE, ISSUER, Claims, InvalidToken, TokenRole, verify_token
+
+__all__ = [
+    "ALGORITHM",
+    "AUDIENCE",
+    "ISSUER",
+    "Claims",
+    "InvalidToken",
+    "IssuedToken",
+    "TokenIssuer",
+    "TokenRole",
+    "verify_token",
+]
+
 KEY_FILE_NAME = "users-jwt-key.pem"
 RSA_KEY_BITS = 2048
 
-TokenRole = Literal["customer", "admin"]
-_TOKEN_ROLES: tuple[TokenRole, ...] = ("customer", "admin")
-_REQUIRED_CLAIMS = ["sub", "role", "iss", "aud", "iat", "exp"]
 
 log = structlog.get_logger(__name__)
-
-
-class InvalidToken(Exception):
-    """The token is malformed, expired, signed by an unknown key, or carries unexpected claims."""
-
-
-@dataclass(frozen=True)
-class Claims:
-    user_id: uuid.UUID
-    role: TokenRole
-    issued_at: int
-    expires_at: int
-    # None for a token without `ver`: issued before token versions existed, or minted directly with
-    # the signing key (which can put any `ver` in a token anyway).
-    token_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -148,46 +141,3 @@ class TokenIssuer:
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         jwk = public_jwk(self._private_key.public_key())
         return {"keys": [{**jwk, "kid": self.kid, "alg": ALGORITHM, "use": "sig"}]}
-
-
-def verify_token(token: str, jwks: dict[str, Any] | jwt.PyJWKSet, *, leeway_seconds: int = 30) -> Claims:
-    """Check signature (key chosen by `kid`), algorithm, issuer, audience, expiry and claim shapes."""
-    try:
-        key_set = jwks if isinstance(jwks, jwt.PyJWKSet) else jwt.PyJWKSet.from_dict(jwks)
-        header = jwt.get_unverified_header(token)
-        kid = header.get("kid")
-        if header.get("alg") != ALGORITHM or not isinstance(kid, str):
-            raise InvalidToken("unexpected token header")
-        try:
-            key = key_set[kid]
-        except KeyError:
-            raise InvalidToken("unknown signing key") from None
-        payload = jwt.decode(
-            token,
-            key.key,
-            algorithms=[ALGORITHM],
-            audience=AUDIENCE,
-            issuer=ISSUER,
-            leeway=leeway_seconds,
-            options={"require": _REQUIRED_CLAIMS},
-        )
-    except jwt.PyJWTError as exc:
-        raise InvalidToken(str(exc)) from exc
-    role = payload["role"]
-    if role not in _TOKEN_ROLES:
-        raise InvalidToken("unexpected role")
-    try:
-        user_id = uuid.UUID(str(payload["sub"]))
-    except ValueError:
-        raise InvalidToken("the subject is not a user id") from None
-    version = payload.get("ver")
-    # bool is an int to Python, not a version.
-    if version is not None and (type(version) is not int or version < 0):
-        raise InvalidToken("unexpected token version")
-    return Claims(
-        user_id=user_id,
-        role=role,
-        issued_at=int(payload["iat"]),
-        expires_at=int(payload["exp"]),
-        token_version=version,
-    )
