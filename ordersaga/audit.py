@@ -216,6 +216,9 @@ class Pending:
     live_payments: int = 0
     outbox: dict[str, int] = field(default_factory=dict)
     queued_notifications: int = 0
+    # Final orders of the run without any outcome notice yet: a saga sends it after the final status
+    # (its retries may take a while), or the reconciler does for a saga that closed without it.
+    untold_orders: int = 0
 
     @property
     def quiet(self) -> bool:
@@ -225,6 +228,7 @@ class Pending:
             or self.live_payments
             or any(self.outbox.values())
             or self.queued_notifications
+            or self.untold_orders
         )
 
 
@@ -233,7 +237,8 @@ OUTBOX_QUERY = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
 
 def pending(where: Where, base: Baseline) -> Pending:
     src = sources(where)
-    state = Pending(open_orders=sum(1 for o in run_orders(src, base) if o["status"] not in FINAL))
+    orders = run_orders(src, base)
+    state = Pending(open_orders=sum(1 for o in orders if o["status"] not in FINAL))
     state.live_reservations = src.one(
         "inventory", "SELECT count(*) FROM inventory_reservations WHERE status = 'reserved'"
     )[0][0]
@@ -244,9 +249,15 @@ def pending(where: Where, base: Baseline) -> Pending:
     )
     for service in DATA_SERVICES:
         state.outbox[service] = src.one(service, OUTBOX_QUERY)[0][0]
-    state.queued_notifications = src.one(
-        "notifications", "SELECT count(*) FROM notifications WHERE status = 'queued'"
-    )[0][0]
+    queued, told = src.query(
+        "notifications",
+        "SELECT count(*) FROM notifications WHERE status = 'queued'",
+        "SELECT DISTINCT order_id FROM notifications WHERE order_id IS NOT NULL "
+        "AND template IN ('order_confirmed', 'order_cancelled')",  # OUTCOME_TEMPLATES
+    )
+    state.queued_notifications = queued[0][0]
+    told_ids = {hex_id(order_id) for (order_id,) in told}
+    state.untold_orders = sum(1 for o in orders if o["status"] in FINAL and o["id"] not in told_ids)
     return state
 
 

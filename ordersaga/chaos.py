@@ -38,6 +38,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from ordersaga import audit
+from ordersaga.faults.postgres import OwnPostgres
 from ordersaga.faults.proxy import FaultProxy, Mode, Watch
 from ordersaga.load import LoadPlan, LoadRun, OrderRecord
 from ordersaga.report import measures_table
@@ -60,6 +61,8 @@ CANCEL, TERMINATE = "cancel", "terminate"
 OPERATOR_ACTIONS = (CANCEL, TERMINATE)
 PROCESS_KILLS = ("worker", "nats")
 LATENCY_RANGE = (0.2, 0.8)
+RESTART_ATTEMPTS = 3
+PREPARE_ATTEMPTS = 4
 # Answers worth repeating with the same Idempotency-Key: the request may not have been seen, or a
 # process on its path was down. Any other 4xx is the client's fault and repeating cannot help.
 RETRYABLE = {408, 409, 425, 429}
@@ -104,7 +107,17 @@ class ChaosLoadRun(LoadRun):
         self.keys: dict[str, str] = {}
 
     async def prepare(self) -> None:
-        await super().prepare()
+        # Before any fault, a loaded machine may still answer 503 while the pools warm up: the
+        # preparation (customers, cards, stock) is tried again from the start a few times.
+        for attempt in range(1, PREPARE_ATTEMPTS + 1):
+            try:
+                await super().prepare()
+                break
+            except httpx.HTTPError as err:
+                if attempt == PREPARE_ATTEMPTS:
+                    raise
+                self.console.print(f"[yellow]preparation failed ({type(err).__name__}); trying again[/]")
+                await asyncio.sleep(2.0 * attempt)
         # A scarce hot product, so that some orders are cancelled for stock while others race for it.
         assert self.hot is not None and self.plan.admin_email and self.plan.admin_password
         token = await self._login(self.plan.admin_email, self.plan.admin_password)
@@ -243,9 +256,16 @@ class FaultInjector:
     """Injects the faults of a seeded schedule, one at a time, and heals or restarts after each."""
 
     def __init__(
-        self, stack: Stack, schedule: list[Fault], console: Console, links: Links, seed: int
+        self,
+        stack: Stack,
+        schedule: list[Fault],
+        console: Console,
+        links: Links,
+        seed: int,
+        postgres: OwnPostgres | None = None,
     ) -> None:
         self.stack = stack
+        self.postgres = postgres
         self.schedule = schedule
         self.console = console
         self.links = links
@@ -309,15 +329,18 @@ class FaultInjector:
         elif fault.kind == PG_KILL:
             self._terminate_backends(fault)
         elif fault.kind == PG_RESTART:
-            if any(c.name == "postgres" for c in self.stack.supervisor.children):
-                self._kill_and_restart("postgres")
+            if self.postgres is not None:
+                self.postgres.restart(self.stack.supervisor, self.child("postgres"))
             else:
                 # Restarting the machine's shared server would break whatever else uses it.
                 fault.note = "skipped: this run does not own its PostgreSQL"
         elif fault.kind in OPERATOR_ACTIONS:
             asyncio.run(self._operate(fault, rng))
         else:
-            self._kill_and_restart(fault.kind)
+            # One process of the part: with replicas, the seed picks which, and the others serve.
+            names = sorted(c.name for c in self.stack.processes(fault.kind)) or [fault.kind]
+            fault.target = names[0] if len(names) == 1 else rng.choice(names)
+            self._kill_and_restart(fault.target)
 
     def child(self, name: str) -> Child:
         return next(c for c in self.stack.supervisor.children if c.name == name)
@@ -332,8 +355,20 @@ class FaultInjector:
         # as the new process's readiness (the worker is ready when it logs `worker_started`).
         child.recent.clear()
         self.stack.supervisor.children.remove(child)
-        self.stack.supervisor.start(child)
-        self.stack.supervisor.wait_ready(child, 120)
+        # As an orchestrator's restart policy does: a process that exits while it starts (its
+        # database too slow to answer on a loaded machine) is started again, within one budget.
+        deadline = time.monotonic() + 120
+        for attempt in range(1, RESTART_ATTEMPTS + 1):
+            self.stack.supervisor.start(child)
+            try:
+                self.stack.supervisor.wait_ready(child, max(1.0, deadline - time.monotonic()))
+                return
+            except StartupError:
+                if attempt == RESTART_ATTEMPTS or time.monotonic() > deadline:
+                    raise
+                self.console.print(f"[yellow]{name} exited while starting; starting it again[/]")
+                self.stack.supervisor.children.remove(child)
+                child.recent.clear()
 
     def _pause_temporal(self, fault: Fault) -> None:
         child = self.child("temporal")
@@ -505,20 +540,54 @@ def run_chaos(
     json_path: Path | None = None,
     console: Console | None = None,
     kinds: list[str] | None = None,
+    postgres_url: str | None = None,
+    database_prefix: str | None = None,
+    replicas: int = 1,
+    workers: int = 1,
+    gateways: int = 1,
+    own_postgres: bool = False,
+    keep_postgres: bool = False,
 ) -> int:
     """Run the chaos scenario; 0 when every invariant holds, 1 on any violation or a stuck run.
 
     `kinds` limits the faults to those (default: every kind this run can inject, `fault_kinds`).
+    `postgres_url` puts every service on that server (`up --postgres`), in databases of a prefix of
+    this run's own (`chaos_<seed>_<random>_`, unless `database_prefix`), so that the audit reads
+    exactly this run; `replicas`, `workers` and `gateways` are `up`'s. `own_postgres` starts a
+    private PostgreSQL server for the run (so that `postgres-restart` applies) in place of `postgres_url`;
+    `keep_postgres` leaves its directory behind, stopped (the summary's `postgres_directory`).
     """
     console = console or Console(stderr=True)
     if free_ports:
         use_free_ports()
-    settings = UpSettings(data_dir=data_dir)
+    postgres: OwnPostgres | None = None
+    if own_postgres:
+        postgres = OwnPostgres(data_dir.resolve() / "logs")
+        postgres.init()
+        postgres_url = postgres.url
+    if postgres_url and database_prefix is None:
+        database_prefix = f"chaos_{seed}_{uuid.uuid4().hex[:6]}_"
+    settings = UpSettings(
+        data_dir=data_dir,
+        postgres_url=postgres_url,
+        replicas=replicas,
+        workers=workers,
+        gateways=gateways,
+    )
+    if database_prefix:
+        settings.database_prefix = database_prefix
     stack = Stack(settings, console, echo_logs=False)
+    where: audit.Where = (
+        audit.Sources(
+            data_dir=stack.data_dir, postgres=postgres_url, database_prefix=settings.database_prefix
+        )
+        if postgres_url
+        else stack.data_dir
+    )
     proxy = FaultProxy(seed)
     links = wire_links(stack, proxy, postgres=_on_postgres(settings))
     stack.supervisor = LinkedSupervisor(console, echo=stack.supervisor.echo, links=links)
-    available = fault_kinds(stack, links)
+    available = fault_kinds(stack, links, owns_postgres=postgres is not None)
     if kinds:
         unknown = sorted(set(kinds) - {*available, *POSTGRES_FAULTS})
         if unknown:
@@ -532,9 +601,13 @@ def run_chaos(
     summary: dict[str, Any] = {}
     violations: list[str] = []
     try:
+        if postgres is not None:
+            child = postgres.child()
+            stack.supervisor.start(child)
+            stack.supervisor.wait_ready(child, 60)
         stack.start()
         stack.seed()
-        base_orders = audit.baseline(stack.data_dir)
+        base_orders = audit.baseline(where)
         plan = LoadPlan(
             api=",".join(url + "/api/v1" for url in stack.urls("gateway")),  # every gateway, spread over
             orders=orders,
@@ -549,23 +622,35 @@ def run_chaos(
             admin_password=stack.creds.admin_password,
         )
         load = ChaosLoadRun(plan, console, hot_stock=hot_stock, retry_for=quiesce_timeout)
-        injector = FaultInjector(stack, schedule, console, links, seed)
-        report = asyncio.run(_drive(load, injector, stack.data_dir, base_orders))
+        injector = FaultInjector(stack, schedule, console, links, seed, postgres)
+        report = asyncio.run(_drive(load, injector, where, base_orders))
         injector.done.wait(timeout=300)
         with _status(console, "waiting for the stack to settle (quiescence)"):
-            quiet, state, waited = audit.wait_quiescent(stack.data_dir, report["baseline"], quiesce_timeout)
+            quiet, state, waited = audit.wait_quiescent(where, report["baseline"], quiesce_timeout)
         try:
             asyncio.run(settle_operator_actions(stack.temporal_address, schedule))
         except RPCError as err:
             console.print(f"[red]could not look up the operator actions' sagas:[/] {err}")
         _time_recoveries(schedule, load.records)
-        violations = audit.audit(stack.data_dir, report["baseline"], set(load.keys))
+        violations = audit.audit(where, report["baseline"], set(load.keys))
         if not quiet:
             violations.append(f"not quiescent after {waited:.0f}s: {state}")
         violations += [f"fault {f.kind} at {f.at:.1f}s failed: {f.error}" for f in schedule if f.error]
         violations += [f"fault {f.kind} never injected" for f in schedule if f.injected_at is None]
         report["records"] = load.records
-        summary = _summary(stack.data_dir, report, schedule, violations, waited, time.monotonic() - began)
+        topology = {
+            "database": "postgresql (its own server)"
+            if postgres
+            else "postgresql"
+            if postgres_url
+            else "sqlite",
+            "database_prefix": settings.database_prefix if postgres_url else None,
+            "postgres_directory": str(postgres.directory) if postgres and keep_postgres else None,
+            "replicas": replicas,
+            "workers": workers,
+            "gateways": gateways,
+        }
+        summary = _summary(where, report, schedule, violations, waited, time.monotonic() - began, topology)
     except StartupError as err:
         console.print(f"[red bold]ordersaga chaos could not start the stack:[/] {err}")
         return 1
@@ -583,6 +668,8 @@ def run_chaos(
         proxy.stop()
         if injector is not None and injector.thread.is_alive():
             injector.join(timeout=10)
+        if postgres is not None and not keep_postgres:
+            postgres.destroy()
     print_summary(console, summary)
     if json_path is not None:
         json_path.write_text(json.dumps(summary, indent=2) + "\n")
@@ -619,7 +706,7 @@ def _time_recoveries(schedule: list[Fault], records: list[OrderRecord]) -> None:
 
 
 async def _drive(
-    load: ChaosLoadRun, injector: FaultInjector, data_dir: Path, base_orders: audit.Baseline
+    load: ChaosLoadRun, injector: FaultInjector, data_dir: audit.Where, base_orders: audit.Baseline
 ) -> dict[str, Any]:
     """The load, with the faults starting once the customers exist and the stock is set."""
     run = asyncio.create_task(load.run())
@@ -636,12 +723,13 @@ async def _drive(
 
 
 def _summary(
-    data_dir: Path,
+    data_dir: audit.Where,
     load: dict[str, Any],
     schedule: list[Fault],
     violations: list[str],
     waited: float,
     elapsed: float,
+    topology: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     orders = audit.run_orders(data_dir, load["baseline"])
     notifications = audit.notification_counts(data_dir)
@@ -685,6 +773,7 @@ def _summary(
         "notifications_unknown": notifications.get("unknown", 0),
         "elapsed_seconds": round(elapsed, 1),
         "violations": violations,
+        "topology": topology,
         # With the data dir, enough to audit the run again later (`ordersaga.audit.audit`).
         "baseline": load["baseline"].to_json(),
         "client_order_ids": sorted(r.order_id for r in load_records if r.order_id),

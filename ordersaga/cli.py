@@ -433,6 +433,20 @@ def chaos(
     ] = 1,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     gateways: Annotated[int, typer.Option(min=1, help="Gateway processes.")] = 1,
+    own_postgres: Annotated[
+        bool,
+        typer.Option(
+            "--own-postgres",
+            help="Run a private PostgreSQL server for the run (initdb in a temporary directory), so "
+            "that postgres-restart applies; in place of --postgres.",
+        ),
+    ] = False,
+    keep_postgres: Annotated[
+        bool,
+        typer.Option(
+            "--keep-postgres", help="With --own-postgres: keep its directory (stopped) after the run."
+        ),
+    ] = False,
 ) -> None:
     """Load plus seeded faults (kills, network, operator actions), then an audit (exit 1 on a violation)."""
     from ordersaga.chaos import run_chaos
@@ -454,6 +468,8 @@ def chaos(
             replicas=replicas,
             workers=workers,
             gateways=gateways,
+            own_postgres=own_postgres,
+            keep_postgres=keep_postgres,
         )
     )
 
