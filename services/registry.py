@@ -1,4 +1,9 @@
-"""Where each service lives: its app factory, settings class and default port."""
+"""Where each service lives: its app factory, settings class, default port and default URL.
+
+The worker's and the gateway's links (`WORKER_<SERVICE>_URL`, `GATEWAY_<SERVICE>_URL`) default to
+`SERVICES[name].url`; each may hold several comma-separated addresses (replicas), spread by
+services/kit/transport.Addresses. tests/contract/test_wiring.py checks both sides against this table.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,11 @@ class ServiceSpec:
     port: int
 
     @property
+    def url(self) -> str:
+        """Its address on one machine (`ordersaga up`'s default ports): the default of every link to it."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def module(self) -> str:
         return f"services.{self.name}"
 
@@ -32,6 +42,7 @@ class ServiceSpec:
         return app
 
 
+# The services behind the gateway, which the worker's activities call too.
 DATA_SERVICES: tuple[str, ...] = ("users", "inventory", "payments", "orders", "notifications")
 
 SERVICES: dict[str, ServiceSpec] = {

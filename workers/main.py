@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -57,35 +57,37 @@ RECONCILE_WORKFLOW_ID = "reconcile"
 log = structlog.get_logger(__name__)
 
 
-def build_activities(client: Client, http: httpx.AsyncClient, settings: WorkerSettings) -> Sequence[Any]:
-    def caller(base_url: str) -> ServiceCaller:
-        return ServiceCaller(http, base_url, settings.internal_token)
+# The service each activity class speaks to: one row per service the saga calls (services/registry.py
+# names them and gives their default URLs). Every @activity.defn method of a class is registered.
+SERVICE_ACTIVITIES: dict[str, type[Any]] = {
+    "users": UserActivities,
+    "inventory": InventoryActivities,
+    "payments": PaymentActivities,
+    "orders": OrderActivities,
+    "notifications": NotificationActivities,
+}
 
-    users = UserActivities(caller(settings.users_url))
-    inventory = InventoryActivities(caller(settings.inventory_url))
-    payments = PaymentActivities(caller(settings.payments_url))
-    orders = OrderActivities(caller(settings.orders_url))
-    notifications = NotificationActivities(caller(settings.notifications_url))
-    policy = PolicyActivities(settings.saga_policy())
-    reconciler = ReconcilerActivities(client, caller(settings.orders_url))
+
+def activity_methods(instance: object) -> list[Callable[..., Any]]:
+    """The bound @activity.defn methods of an activity class's instance, in definition order."""
     return [
-        users.validate_user,
-        users.lookup_contact,
-        inventory.reserve_stock,
-        inventory.release_stock,
-        inventory.commit_stock,
-        payments.charge_payment,
-        payments.refund_payment,
-        payments.authorize_payment,
-        payments.capture_payment,
-        payments.refund_capture,
-        payments.void_payment,
-        orders.order_command,
-        notifications.notify_customer,
-        policy.saga_policy,
-        reconciler.find_stranded_orders,
-        reconciler.saga_facts,
+        getattr(instance, name)
+        for name, member in vars(type(instance)).items()
+        if callable(member) and activity._Definition.from_callable(member) is not None
     ]
+
+
+def build_activities(client: Client, http: httpx.AsyncClient, settings: WorkerSettings) -> Sequence[Any]:
+    def caller(service: str) -> ServiceCaller:
+        return ServiceCaller(http, settings.url_of(service), settings.internal_token)
+
+    instances: list[object] = [cls(caller(service)) for service, cls in SERVICE_ACTIVITIES.items()]
+    # Not a service's: the worker's own settings, and the reconciler, which asks Temporal too.
+    instances += [
+        PolicyActivities(settings.saga_policy()),
+        ReconcilerActivities(client, caller("orders")),
+    ]
+    return [method for instance in instances for method in activity_methods(instance)]
 
 
 def deployment_config(settings: WorkerSettings) -> WorkerDeploymentConfig | None:

@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 import workflows
 from services.kit.secrets import SecretGuardedSettings
 from services.kit.settings import DEV_INTERNAL_TOKEN
+from services.registry import SERVICES
 from workflows.contract import REVIEW_THRESHOLD_CENTS, SagaPolicy
 
 # The package as imported, so a worker run from another copy of the code hashes that copy.
@@ -32,11 +33,11 @@ def workflow_code_build_id(package: Path = WORKFLOWS_PACKAGE) -> str:
 class WorkerSettings(SecretGuardedSettings):
     model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore")
 
-    users_url: str = "http://127.0.0.1:8001"
-    inventory_url: str = "http://127.0.0.1:8002"
-    payments_url: str = "http://127.0.0.1:8003"
-    orders_url: str = "http://127.0.0.1:8004"
-    notifications_url: str = "http://127.0.0.1:8005"
+    users_url: str = SERVICES["users"].url
+    inventory_url: str = SERVICES["inventory"].url
+    payments_url: str = SERVICES["payments"].url
+    orders_url: str = SERVICES["orders"].url
+    notifications_url: str = SERVICES["notifications"].url
     internal_token: str = Field(
         default=DEV_INTERNAL_TOKEN,
         validation_alias=AliasChoices("ORDERSAGA_INTERNAL_TOKEN", "internal_token"),
@@ -102,6 +103,11 @@ class WorkerSettings(SecretGuardedSettings):
                 "approved after its hold expired could not be captured"
             )
         return self
+
+    def url_of(self, service: str) -> str:
+        """The link to a service of services/registry.py: `WORKER_<SERVICE>_URL`, one or several addresses."""
+        url: str = getattr(self, f"{service}_url")
+        return url
 
     def worker_build_id(self) -> str:
         return self.build_id or workflow_code_build_id()

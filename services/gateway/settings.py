@@ -10,8 +10,9 @@ from pydantic_settings import SettingsConfigDict
 from services.kit.secrets import Environment, SecretGuardedSettings
 from services.kit.settings import DEV_INTERNAL_TOKEN, MAX_BODY_BYTES
 from services.kit.transport import Addresses
+from services.registry import DATA_SERVICES, SERVICES
 
-UPSTREAMS: tuple[str, ...] = ("users", "inventory", "payments", "orders", "notifications")
+UPSTREAMS: tuple[str, ...] = DATA_SERVICES
 
 
 class Upstream(BaseModel):
@@ -42,11 +43,11 @@ class Settings(SecretGuardedSettings):
 
     # Upstream base URLs (several comma-separated for replicas: spread round-robin), per-attempt
     # timeouts (seconds) and retry counts (idempotent calls only).
-    users_url: str = "http://127.0.0.1:8001"
-    inventory_url: str = "http://127.0.0.1:8002"
-    payments_url: str = "http://127.0.0.1:8003"
-    orders_url: str = "http://127.0.0.1:8004"
-    notifications_url: str = "http://127.0.0.1:8005"
+    users_url: str = SERVICES["users"].url
+    inventory_url: str = SERVICES["inventory"].url
+    payments_url: str = SERVICES["payments"].url
+    orders_url: str = SERVICES["orders"].url
+    notifications_url: str = SERVICES["notifications"].url
     users_timeout: float = 5.0
     inventory_timeout: float = 5.0
     payments_timeout: float = 10.0  # the card provider simulator may be slow
