@@ -2,14 +2,16 @@
 open on sagas that wait (for review), against the same stack with none, over the same time.
 
     .venv/bin/python benchmarks/saga_streams.py [--streams 50] [--seconds 30] [--rounds 1]
-                                                [--poll 1.0] [--json]
+                                                [--poll 1.0] [--quiet-poll 4.0] [--json]
 
 It starts the whole stack as real processes (Temporal dev server, the five services on SQLite,
 the worker, the gateway), places `--streams` orders big enough to wait for review, and then, for
 each round, measures the CPU time (utime + stime from /proc, every process of the stack and its
 children) for `--seconds` with no stream open and for `--seconds` with one stream open per order,
-read by this script as the order page would (its own CPU is not counted). `--poll` sets
-ORDERS_SAGA_STREAM_POLL_SECONDS, how often each stream asks its workflow for its view.
+read by this script as the order page would (its own CPU is not counted). `--poll` and
+`--quiet-poll` set ORDERS_SAGA_STREAM_POLL_SECONDS and ORDERS_SAGA_STREAM_QUIET_POLL_SECONDS: how
+often each stream asks its workflow for its view while it changes, and at most while it does not
+(the defaults are the shipped ones; `--quiet-poll 1` keeps asking every second).
 """
 
 from __future__ import annotations
@@ -192,10 +194,15 @@ async def hold_streams(
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="saga-streams-") as raw:
         stack = Stack(
             Path(raw),
-            extra_env={"ORDERS_SAGA_STREAM_POLL_SECONDS": str(args.poll), "ORDERS_LOG_LEVEL": "WARNING"},
+            extra_env={
+                "ORDERS_SAGA_STREAM_POLL_SECONDS": str(args.poll),
+                "ORDERS_SAGA_STREAM_QUIET_POLL_SECONDS": str(args.quiet_poll),
+                "ORDERS_LOG_LEVEL": "WARNING",
+            },
         )
         stack.start()
         gateway, url = start_gateway(stack)
@@ -233,7 +240,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "streams": args.streams,
         "seconds": args.seconds,
         "poll": args.poll,
+        "quiet_poll": args.quiet_poll,
         "rounds": rounds,
+        "load_at_start": load_at_start,
         "load_average": os.getloadavg(),
     }
 
@@ -241,7 +250,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     lines = [
         f"{result['streams']} streams on sagas waiting for review, {result['seconds']} s each phase, "
-        f"poll {result['poll']} s; CPU in cores (CPU seconds per wall second); load {result['load_average']}"
+        f"poll {result['poll']} s, quiet {result['quiet_poll']} s; CPU in cores (CPU seconds per "
+        f"wall second); load average {result['load_at_start']} at the start, "
+        f"{result['load_average']} at the end"
     ]
     for n, one in enumerate(result["rounds"], 1):
         names = list(one["idle"])
@@ -268,6 +279,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--poll", type=float, default=1.0)
+    parser.add_argument("--quiet-poll", type=float, default=4.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = asyncio.run(measure(args))

@@ -2,7 +2,8 @@
 the saga view (its query), and the saga view as a stream of Server-Sent Events.
 
 The stream learns of changes by asking the workflow's `status` query every
-`ORDERS_SAGA_STREAM_POLL_SECONDS` and sending an event only when the view's JSON changed. The
+`ORDERS_SAGA_STREAM_POLL_SECONDS` (less often while the view stays the same) and sending an event
+only when the view's JSON changed. The
 alternatives (an update or signal from the workflow to this service, or the order's events on NATS)
 would change the workflow's commands or miss the steps that do not change the order (attempts,
 compensations); docs/saga-stream.md has the reasons and the measured cost.
@@ -223,28 +224,40 @@ def _event(number: int, kind: str, view: bytes) -> bytes:
 async def saga_events(
     saga: SagaPort, order_id: uuid.UUID, settings: Settings, first_id: int = 0
 ) -> AsyncIterator[bytes]:
-    """The current view at once, then each changed one, then `end`; keep-alives in between."""
-    number, sent = first_id, b""
-    quiet_since = started = time.monotonic()
+    """The current view at once, then each changed one, then `end`; keep-alives in between.
+
+    The view is asked for every `saga_stream_poll_seconds` while it changes; each time it comes
+    back the same, the interval doubles, up to `saga_stream_quiet_poll_seconds`: a saga that waits
+    (for a review, a retry) costs a fraction of one that runs, and a change after a quiet spell
+    shows within that longer interval.
+    """
+    fast = settings.saga_stream_poll_seconds
+    slow = max(fast, settings.saga_stream_quiet_poll_seconds)
+    keepalive = settings.saga_stream_keepalive_seconds
+    number, sent, interval = first_id, b"", fast
+    started = quiet_since = next_poll = time.monotonic()
     while time.monotonic() - started < settings.saga_stream_max_seconds:
-        try:
-            view = SagaViewOut.model_validate(await saga.describe(order_id))
-        except Problem as problem:  # Temporal away: the stream waits for it, keep-alives go on
-            log.info("saga_stream_view_unavailable", order_id=str(order_id), reason=problem.detail)
-            view = None
-        if view is not None:
-            data = view.model_dump_json().encode()
-            ended = saga_has_ended(view)
-            if ended or data != sent:
+        if time.monotonic() >= next_poll:
+            try:
+                view: SagaViewOut | None = SagaViewOut.model_validate(await saga.describe(order_id))
+            except Problem as problem:  # Temporal away: the stream waits for it, keep-alives go on
+                log.info("saga_stream_view_unavailable", order_id=str(order_id), reason=problem.detail)
+                view = None
+            data = view.model_dump_json().encode() if view is not None else sent
+            if view is not None and (saga_has_ended(view) or data != sent):
                 number += 1
-                yield _event(number, "end" if ended else "saga", data)
-                if ended:
+                if saga_has_ended(view):
+                    yield _event(number, "end", data)
                     return
-                sent, quiet_since = data, time.monotonic()
-        if time.monotonic() - quiet_since >= settings.saga_stream_keepalive_seconds:
+                yield _event(number, "saga", data)
+                sent, quiet_since, interval = data, time.monotonic(), fast
+            else:
+                interval = min(interval * 2, slow)
+            next_poll = time.monotonic() + interval
+        if time.monotonic() - quiet_since >= keepalive:
             yield b": keep-alive\n\n"
             quiet_since = time.monotonic()
-        await asyncio.sleep(settings.saga_stream_poll_seconds)
+        await asyncio.sleep(max(0.0, min(next_poll, quiet_since + keepalive) - time.monotonic()))
 
 
 def _last_event_id(raw: str | None) -> int:

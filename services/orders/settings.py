@@ -34,12 +34,14 @@ class Settings(ServiceSettings):
     temporal_rpc_timeout_seconds: float = Field(default=2.0, gt=0)
     # An update (cancel, review, retry) also waits for the worker to run the workflow's handler.
     temporal_update_timeout_seconds: float = Field(default=3.0, gt=0)
-    # GET /orders/{id}/saga/stream (saga_routes.py): how often each open stream asks
-    # the workflow for its view (a query; a new event only when the view changed), how long a quiet
-    # stream waits before a keep-alive comment, how many streams this process holds open at once
-    # (past it: 503 overloaded with Retry-After), and how long one stream lives at most (the client
-    # reconnects with Last-Event-ID and gets the current view).
+    # GET /orders/{id}/saga/stream (saga_routes.py, docs/saga-stream.md): how often each open
+    # stream asks the workflow for its view while it changes (a query; a new event only when the
+    # view changed), how long a quiet stream waits before a keep-alive comment, how many streams
+    # this process holds open at once (past it: 503 overloaded with Retry-After), and how long one
+    # stream lives at most (the client reconnects with Last-Event-ID and gets the current view).
     saga_stream_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # While the view stays the same the interval doubles, up to this (a saga waiting for review).
+    saga_stream_quiet_poll_seconds: float = Field(default=4.0, gt=0, le=60)
     saga_stream_keepalive_seconds: float = Field(default=15.0, gt=0, le=300)
     saga_stream_max_open: int = Field(default=200, ge=1)
     saga_stream_max_seconds: float = Field(default=3600.0, gt=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 import uuid
 from typing import Any
 
@@ -135,7 +136,10 @@ async def test_only_the_owner_or_an_admin_opens_a_stream(service_client: Any) ->
 async def test_keep_alive_comments_fill_a_quiet_stream(service_client: Any) -> None:
     customer = uuid.uuid4()
     async with service_client(
-        "orders", saga_stream_poll_seconds=0.01, saga_stream_keepalive_seconds=0.05
+        "orders",
+        saga_stream_poll_seconds=0.01,
+        saga_stream_quiet_poll_seconds=0.01,
+        saga_stream_keepalive_seconds=0.05,
     ) as orders:
         order_id = await place_ok(orders, customer)
         # 30 polls (about 0.3 s) of one unchanged view, then the end.
@@ -172,3 +176,32 @@ async def test_open_streams_are_bounded_and_the_slot_comes_back(service_client: 
         assert [e["event"] for e in events((await asyncio.wait_for(first, 30)).text)] == ["saga", "end"]
         assert slots.open == 0
         assert (await orders.get(path, headers=as_customer(customer))).status_code == 200
+
+
+class TimedSaga(RecordingSaga):
+    """One unchanged running view for `seconds`, then the completed one; counts the queries."""
+
+    def __init__(self, order_id: str, seconds: float) -> None:
+        super().__init__()
+        self.running, self.completed = view(order_id, "running"), view(order_id, "completed")
+        self.until = time.monotonic() + seconds
+        self.queries = 0
+
+    async def describe(self, order_id: uuid.UUID) -> dict[str, Any]:
+        self.queries += 1
+        return self.running if time.monotonic() < self.until else self.completed
+
+
+async def test_a_quiet_saga_is_asked_less_and_less_often(service_client: Any) -> None:
+    """Polling every 0.01 s while the view changes would be about 100 queries in a quiet second;
+    doubling up to 0.2 s it is at most 6 + 5 (0.01 ... 0.16, then every 0.2 s)."""
+    customer = uuid.uuid4()
+    async with service_client(
+        "orders", saga_stream_poll_seconds=0.01, saga_stream_quiet_poll_seconds=0.2
+    ) as orders:
+        order_id = await place_ok(orders, customer)
+        saga = TimedSaga(order_id, seconds=1.0)
+        orders.app.state.saga = saga
+        response = await orders.get(f"/orders/{order_id}/saga/stream", headers=as_customer(customer))
+        assert [e["event"] for e in events(response.text)] == ["saga", "end"]
+        assert 3 <= saga.queries <= 12, saga.queries
