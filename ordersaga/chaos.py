@@ -391,6 +391,17 @@ class FaultInjector:
         finally:
             fault.watch = self.links.proxy.heal(fault.target)
             fault.healed_at = fault.watch.since
+        # A quiet link (a relay with nothing to publish, the load over) carries nothing to time: a
+        # probe of the link's own protocol asks its server for an answer through the healed link.
+        if not self.stop.wait(PROBE_AFTER) and fault.watch.answered_at is None:
+            link = self.links.proxy.links[fault.target]
+            try:
+                probe_link(link.address, fault.target)
+            except OSError as err:
+                fault.note = f"probe after the heal failed: {type(err).__name__}"
+            else:
+                if fault.note is None:
+                    fault.note = "timed by a probe (no traffic over the link after the heal)"
 
     def _terminate_backends(self, fault: Fault) -> None:
         if not self.links.databases:
@@ -468,6 +479,28 @@ async def settle_operator_actions(temporal_address: str, schedule: list[Fault]) 
         fault.recovery = max(0.0, (info.close_time - fault.acted_at).total_seconds())
         if fault.kind == CANCEL:
             fault.note = f"closed {info.status.name if info.status else '?'}"
+
+
+# What makes each kind of server answer a new connection: NATS greets by itself (INFO), PostgreSQL
+# answers an SSLRequest with one byte, the payments service an HTTP request, Temporal's gRPC frontend
+# the HTTP/2 connection preface with its SETTINGS.
+PROBES = {
+    "nats": b"",
+    "postgres": (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"),
+    "payments": b"GET /health HTTP/1.0\r\nHost: probe\r\n\r\n",
+    "temporal": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000"),
+}
+PROBE_AFTER = 1.0
+
+
+def probe_link(address: str, link: str, timeout: float = 5.0) -> None:
+    """Open a connection through `address` (a link's listener), send what its server answers, read."""
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        if payload := PROBES[link.rpartition("->")[2]]:
+            sock.sendall(payload)
+        if not sock.recv(1):
+            raise ConnectionResetError("closed without an answer")
 
 
 def fault_kinds(stack: Stack, links: Links, *, owns_postgres: bool = False) -> list[str]:

@@ -158,3 +158,35 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_a_quiet_healed_link_is_timed_by_a_probe_of_its_protocol() -> None:
+    """The chaos run's probe gets an answer through a link nobody uses after its heal: here the
+    machine's PostgreSQL (an SSLRequest answered with one byte) and an HTTP server."""
+    from ordersaga.chaos import probe_link
+    from tests.support.databases import postgres_admin_url, postgres_reachable
+    from tests.support.prerequisites import missing
+
+    admin = postgres_admin_url()
+    if problem := postgres_reachable(admin):
+        missing(f"PostgreSQL at {admin}: {problem}")
+    real = httpx.URL(admin.replace("postgresql://", "http://", 1))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proxy = FaultProxy()
+    try:
+        proxy.add("users->postgres", real.host or "127.0.0.1", real.port or 5432)
+        proxy.add("worker->payments", "127.0.0.1", server.server_address[1])
+        for name in ("users->postgres", "worker->payments"):
+            proxy.set(name, Mode.PARTITION)
+            watch = proxy.heal(name)
+            time.sleep(0.2)
+            assert watch.answered_at is None, "nothing went over the link yet"
+            probe_link(proxy.links[name].address, name)
+            deadline = time.monotonic() + 5
+            while watch.answered_at is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert watch.recovery is not None and watch.recovery < 5, name
+    finally:
+        proxy.stop()
+        server.shutdown()
