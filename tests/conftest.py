@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _pytest.nodeid import NodeId
 from asgi_lifespan import LifespanManager
 
 from services.registry import SERVICES
@@ -126,6 +127,21 @@ SERIAL_DIRECTORIES = frozenset({"load", "chaos"})
 # Directories whose conftest starts a stack once per session for all their files.
 SESSION_STACK_DIRECTORIES = frozenset({"events", "observability"})
 
+# `make test` is the gating run a contributor waits for before a push: the long variants of the
+# real-process scenario families (marker `full`) skip, each family keeping a gating test that runs.
+# ORDERSAGA_TEST_FULL=1 (which .ci/run sets) runs every variant too.
+FULL_RUN = os.environ.get("ORDERSAGA_TEST_FULL") == "1"
+SKIP_UNLESS_FULL = pytest.mark.skip(
+    reason="long variant of a scenario family whose gating test runs; ORDERSAGA_TEST_FULL=1 runs it"
+)
+
+# Seconds each long xdist group took in `--durations=0` (setup and teardown included), so that the
+# longest start first and the short ones fill in behind them: the last group to finish decides the
+# wall time. A figure gone stale costs balance, never coverage; a group not listed counts as
+# UNLISTED_GROUP_SECONDS, and tests in no group (in-process, any worker) go last as filler.
+GROUP_SECONDS: dict[str, float] = {}
+UNLISTED_GROUP_SECONDS = 20.0
+
 
 def _xdist_group(item: pytest.Item) -> str | None:
     """Tests that share an expensive fixture stay on one worker, so it starts once per run: the
@@ -137,16 +153,41 @@ def _xdist_group(item: pytest.Item) -> str | None:
         return None  # each test builds its own in-process app: any worker will do
     if parts[0] in SESSION_STACK_DIRECTORIES:
         return parts[0]
-    return "/".join(parts)
+    return "/".join(parts)  # any other directory, a new one too: each file its own group
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _group_seconds(group: str | None) -> float:
+    if group is None:
+        return 0.0
+    return GROUP_SECONDS.get(group, UNLISTED_GROUP_SECONDS)
+
+
+def _pin_to_group(item: pytest.Item, group: str) -> None:
+    """Append `@group` to the test's id, as `--dist loadgroup` expects. xdist 3.8 does it by setting
+    `item._nodeid`, which pytest 9.2 no longer reads (an item's id is its `_id` now): without this,
+    every test was its own unit, and each worker set up every module's stack for the tests it got."""
+    if "@" in item.nodeid:
+        return  # already done (an xdist that knows the new ids)
+    item._id = NodeId.parse(f"{item.nodeid}@{group}")  # type: ignore[attr-defined]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    loadgroup = bool(getattr(config.option, "loadgroup", False))  # set on xdist's workers
+    groups: dict[int, str | None] = {}
     for item in items:
         if item.path.relative_to(TESTS).parts[0] in SERIAL_DIRECTORIES:
             item.add_marker(pytest.mark.serial)
-        group = _xdist_group(item)
+        if not FULL_RUN and item.get_closest_marker("full") is not None:
+            item.add_marker(SKIP_UNLESS_FULL)
+        group = groups[id(item)] = _xdist_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+            if loadgroup:
+                _pin_to_group(item, group)
+    if loadgroup:
+        # The controller queues the groups in the order of their first test here (the Makefile
+        # passes --no-loadscope-reorder, which would otherwise order them by their number of tests).
+        items.sort(key=lambda item: -_group_seconds(groups[id(item)]))
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.databases import PostgresDatabases, run_in_thread
 from tests.support.identity import INTERNAL_TOKEN
 from tests.support.nats import NatsServer
-from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok
+from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok, stop_together
 
 REPLICAS = 3
 
@@ -70,8 +70,7 @@ class Replicas:
         return [url for _, url in started]
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.stop()
+        stop_together(self.processes)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.tail(20)}" for p in self.processes)

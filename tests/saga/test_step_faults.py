@@ -112,10 +112,11 @@ BOUNDARIES = (
 BY_NAME = {boundary.name: boundary for boundary in BOUNDARIES}
 ALL_PAIRS = frozenset((b.name, f) for b in BOUNDARIES for f in FAULTS)
 # `make test` is the gating run a contributor waits for: every boundary once, the faults taking turns,
-# so every fault still fires at a third of the boundaries. CI (.ci/run) and ORDERSAGA_TEST_ALL_FAULTS=1
-# run the whole grid.
+# so every fault still fires at a third of the boundaries. CI (.ci/run), ORDERSAGA_TEST_FULL=1 and
+# ORDERSAGA_TEST_ALL_FAULTS=1 run the whole grid.
 GATING_PAIRS = frozenset((b.name, FAULTS[n % len(FAULTS)]) for n, b in enumerate(BOUNDARIES))
-SELECTED_PAIRS = ALL_PAIRS if os.environ.get("ORDERSAGA_TEST_ALL_FAULTS") == "1" else GATING_PAIRS
+WHOLE_GRID = "1" in (os.environ.get("ORDERSAGA_TEST_ALL_FAULTS"), os.environ.get("ORDERSAGA_TEST_FULL"))
+SELECTED_PAIRS = ALL_PAIRS if WHOLE_GRID else GATING_PAIRS
 
 
 @dataclass(frozen=True)

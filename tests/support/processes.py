@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -144,6 +144,21 @@ class ManagedProcess:
 
     def resume(self) -> None:
         self.signal(signal.SIGCONT)
+
+
+def stop_together(processes: Iterable[ManagedProcess], timeout: float = 15.0) -> None:
+    """SIGTERM every process at once, then wait for them against one deadline and SIGKILL the rest:
+    a group stops in the time of its slowest member, not in the sum of their shutdowns."""
+    signalled = [process for process in processes if process.running]
+    for process in signalled:
+        process.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in signalled:
+        assert process.proc is not None
+        try:
+            process.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def http_ok(url: str) -> Callable[[], bool]:

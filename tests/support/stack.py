@@ -9,7 +9,7 @@ from pathlib import Path
 from services.registry import DATA_SERVICES
 from tests.support.driver import Driver
 from tests.support.identity import INTERNAL_TOKEN
-from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok
+from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok, stop_together
 from tests.support.temporal import dev_server
 
 # Short retry budgets so failure paths finish in seconds; production defaults are in WorkerSettings.
@@ -113,9 +113,11 @@ class Stack:
         self.processes[name] = fresh
 
     def stop(self) -> None:
-        for name in ["worker", *reversed(DATA_SERVICES)]:
-            if name in self.processes:
-                self.processes[name].stop()
+        # The worker first, so its last activities still reach the services; then the five services
+        # together (none needs another to shut down); Temporal last, once nothing talks to it.
+        if "worker" in self.processes:
+            self.processes["worker"].stop()
+        stop_together(process for name, process in self.processes.items() if name != "worker")
         if self.temporal is not None:
             self.temporal.stop()
 
