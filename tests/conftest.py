@@ -144,10 +144,10 @@ UNLISTED_GROUP_SECONDS = 20.0
 
 
 def _xdist_group(item: pytest.Item) -> str | None:
-    """Tests that share an expensive fixture stay on one worker, so it starts once per run: the
-    suite's session stack, a directory's session stack, or else a file's module-scoped one."""
-    if "stack" in getattr(item, "fixturenames", ()):
-        return "stack"
+    """Tests that share an expensive fixture stay on one worker, so it starts once per run: a
+    directory's session stack, or else a file's module-scoped one. The suite's session stack
+    (`stack`) starts at most once per worker, so its files are groups of their own too and spread
+    over both workers."""
     parts = item.path.relative_to(TESTS).parts
     if len(parts) == 1 or parts[0] == "services":
         return None  # each test builds its own in-process app: any worker will do

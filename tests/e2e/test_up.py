@@ -311,6 +311,9 @@ def test_ctrl_c_stops_everything(up: UpProcess) -> None:
     assert up.survivors() == [], f"orphans after Ctrl-C: {up.survivors()}"
 
 
+# Long variant (ORDERSAGA_TEST_FULL=1), a stack of its own: the tests above on the shared `up` and
+# tests/saga/test_saga_faults.py (a worker killed mid-saga) run by default.
+@pytest.mark.full
 def test_restart_mid_saga_resumes_and_charges_once(tmp_path: Path) -> None:
     # A wide window between charge attempts, to stop the stack while the saga is mid-flight.
     # This stack also shows the console format, with info lines, as a terminal would get it, and

@@ -42,6 +42,8 @@ def _saga_view(stack: Stack, order_id: str) -> Timed:
     return timed("GET", f"{stack.url('orders')}/orders/{order_id}/saga", headers=as_admin())
 
 
+# Long variant (ORDERSAGA_TEST_FULL=1): Temporal killed and restarted (below) runs by default.
+@pytest.mark.full
 async def test_orders_are_accepted_while_temporal_is_frozen_and_their_sagas_run_once_it_is_back(
     temporal_stack: Stack,
 ) -> None:

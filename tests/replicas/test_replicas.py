@@ -131,6 +131,8 @@ async def workflow_ids(address: str) -> Counter[str]:
     return ids
 
 
+# Long variants (ORDERSAGA_TEST_FULL=1): the relay test above is the family's gating run.
+@pytest.mark.full
 async def test_three_sweepers_start_each_lost_saga_exactly_once(
     replicas: ReplicasFactory, temporal_address: str
 ) -> None:
@@ -205,6 +207,7 @@ async def publish_user_created(nats_url: str, count: int) -> list[str]:
     return emails
 
 
+@pytest.mark.full
 async def test_three_notification_replicas_send_each_notice_once(
     replicas: ReplicasFactory, nats_server: NatsServer, smtp_sink: SmtpSink
 ) -> None:

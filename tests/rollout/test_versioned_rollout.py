@@ -132,6 +132,8 @@ async def assert_confirmed_once(driver: Driver, order_id: str, amount_cents: int
     assert [(p["status"], p["amount_cents"]) for p in payments] == [("captured", amount_cents)]
 
 
+# Long variant (ORDERSAGA_TEST_FULL=1): tests/rollout/test_rollout.py is the family's gating run.
+@pytest.mark.full
 async def test_pinned_sagas_finish_on_their_version_while_new_ones_run_the_new_code(
     stack: Stack, driver: Driver, versions: Versions, temporal: Client
 ) -> None:

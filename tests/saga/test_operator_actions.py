@@ -437,6 +437,8 @@ async def test_an_operator_can_give_up_on_a_failed_compensation_with_a_reason(
     record(order_id, "compensation_failed")
 
 
+# Long variant (ORDERSAGA_TEST_FULL=1): the repair of terminated sagas above runs by default.
+@pytest.mark.full
 async def test_two_reconcilers_at_once_and_a_worker_killed_mid_repair_repair_once(
     operated: OperatedStack, driver: Driver, temporal_client: Client
 ) -> None:
