@@ -16,13 +16,16 @@ from tests.e2e.conftest import UpProcess, start_up
 from tests.support.prerequisites import chromium_path, missing
 
 try:
-    from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+    from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 except ImportError:  # pragma: no cover - the test extra installs it
     sync_playwright = None
 
 # Sagas on a loaded machine (two cores shared by other stacks) take seconds, not milliseconds.
 SAGA_TIMEOUT_MS = 120_000
 UI_TIMEOUT_MS = 30_000
+if sync_playwright is not None:
+    # Every wait of a page, not only the sagas': a click's answer can take seconds under load.
+    expect.set_options(timeout=UI_TIMEOUT_MS)
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 

@@ -35,8 +35,9 @@ function claimsOf(token) {
 }
 
 export async function request(method, path, { json, form, headers = {}, signal } = {}) {
-  const init = { method, headers: { Accept: "application/json", ...headers }, signal };
+  const init = { method, headers: { Accept: "application/json" }, signal };
   if (session) init.headers.Authorization = `Bearer ${session.token}`;
+  Object.assign(init.headers, headers);
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
@@ -66,22 +67,26 @@ export const get = (path, options) => request("GET", path, options);
 export const post = (path, json, options = {}) => request("POST", path, { ...options, json });
 export const put = (path, json, options = {}) => request("PUT", path, { ...options, json });
 
-export async function logIn(username, password) {
+export async function logIn(username, password, displayName = null) {
   const answer = await request("POST", "auth/token", { form: { username, password } });
   const claims = claimsOf(answer.access_token);
-  setSession({ token: answer.access_token, userId: claims.sub, role: claims.role, name: username });
-  try {
-    const user = await get(`users/${claims.sub}`);
-    setSession({ ...session, name: user.username });
-  } catch {
-    // the name is only for display
+  let name = displayName || username;
+  if (!displayName) {
+    try {
+      const headers = { Authorization: `Bearer ${answer.access_token}` };
+      name = (await request("GET", `users/${claims.sub}`, { headers })).username;
+    } catch {
+      // the name is only for display
+    }
   }
+  // Set once: every change of the session redraws the page, which would lose what is being typed.
+  setSession({ token: answer.access_token, userId: claims.sub, role: claims.role, name });
   return session;
 }
 
 export async function signUp(email, username, password) {
   await request("POST", "users", { json: { email, username, password } });
-  return logIn(email, password);
+  return logIn(email, password, username);
 }
 
 export function logOut() {
