@@ -187,6 +187,44 @@ class OrderCommand:
     reason: str | None = None
 
 
+# The order's own steps, one typed input each (the sagas before them sent an OrderCommand to the one
+# `order_command` activity; it stays registered for their histories).
+
+
+@dataclass
+class CreateOrder:
+    """The saga's first step: the order exists (POST /orders wrote it); the saga marks it started."""
+
+    order_id: str
+
+
+@dataclass
+class AwaitReview:
+    order_id: str
+    # The authorisation the reviewer's decision will capture or void; recorded on the order.
+    payment_id: str | None = None
+
+
+@dataclass
+class ConfirmOrder:
+    """The pivot's second half: the priced lines and the captured payment."""
+
+    order_id: str
+    priced_lines: list[PricedLine]
+    total_cents: int
+    currency: str
+    payment_id: str
+
+
+@dataclass
+class CancelOrder:
+    """The create step's compensation: cancel the order with the saga's reason."""
+
+    order_id: str
+    reason: str | None
+    payment_id: str | None = None
+
+
 @dataclass
 class OrderSnapshot:
     order_id: str

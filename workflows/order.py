@@ -29,10 +29,14 @@ with workflow.unsafe.imports_passed_through():
         ORDER_STATUS,
         STEP_NAMES,
         AbandonCompensations,
+        AwaitReview,
+        CancelOrder,
         CancelRequest,
         Charge,
         ChargeRequest,
         CompensationState,
+        ConfirmOrder,
+        CreateOrder,
         CustomerContact,
         Notice,
         OrderCommand,
@@ -50,6 +54,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.failures import STEP_ERRORS, StepFailed, attempts_from_error, describe, reason_for
     from workflows.saga import Saga
+
+# Sagas started before this patch sent every order command through the one `order_command` activity,
+# their create sending the order's lines back to the orders service; since, each order step has its
+# own activity and input type, and create_order only marks the saga started on the order POST /orders
+# wrote. Asked once, before the saga's first command, so a saga keeps one shape throughout.
+TYPED_ORDER_ACTIVITIES = "typed-order-activities"
 
 # Sagas started before this patch reviewed first and then charged in one call (`charge_payment`);
 # they keep that plan when they replay on this code. See tests/replay/histories/v1-charge-before-review.
@@ -82,6 +92,7 @@ class OrderWorkflow:
         self._reservation: Reservation | None = None
         self._payment_id: str | None = None
         self._charged_in_one_call = False
+        self._typed_orders = False
 
     # ---- the saga -------------------------------------------------------------------------
 
@@ -111,6 +122,7 @@ class OrderWorkflow:
         return result
 
     async def _run_saga(self, order: OrderInput) -> OrderResult:
+        self._typed_orders = workflow.patched(TYPED_ORDER_ACTIVITIES)
         policy = await workflow.execute_local_activity_method(
             PolicyActivities.saga_policy, start_to_close_timeout=policies.POLICY_LOOKUP
         )
@@ -118,7 +130,7 @@ class OrderWorkflow:
         contact: CustomerContact | None = None
         try:
             self._saga.register("create_order", lambda: self._cancel_order(order, policy))
-            await self._step("create_order", lambda: self._order_command(order, "create", "create_order"))
+            await self._step("create_order", lambda: self._create_order(order))
 
             contact = await self._step(
                 "validate_user",
@@ -250,11 +262,7 @@ class OrderWorkflow:
         if reservation.total_cents < policy.review_threshold_cents:
             step.status = "skipped"
             return
-        await self._step(
-            "review",
-            lambda: self._order_command(order, "await_review", "review", payment_id=self._payment_id),
-            finish=False,
-        )
+        await self._step("review", lambda: self._await_review(order), finish=False)
         self._set_status("AWAITING_REVIEW")
         self._awaiting_review = True
         decided = True
@@ -306,6 +314,20 @@ class OrderWorkflow:
                     options=policies.PIVOT,
                     summary="commit stock",
                 )
+            summary = f"confirm {reservation.total_cents} {reservation.currency}"
+            if self._typed_orders:
+                return await self._short_call(
+                    OrderActivities.confirm_order,
+                    ConfirmOrder(
+                        order_id=order.order_id,
+                        priced_lines=reservation.lines,
+                        total_cents=reservation.total_cents,
+                        currency=reservation.currency,
+                        payment_id=charge.payment_id,
+                    ),
+                    options=policies.PIVOT,
+                    summary=summary,
+                )
             return await self._short_call(
                 OrderActivities.order_command,
                 OrderCommand(
@@ -318,7 +340,7 @@ class OrderWorkflow:
                     payment_id=charge.payment_id,
                 ),
                 options=policies.PIVOT,
-                summary=f"confirm {reservation.total_cents} {reservation.currency}",
+                summary=summary,
             )
 
         await self._step("confirm_order", pivot, interruptible=False)
@@ -455,22 +477,51 @@ class OrderWorkflow:
             currency=reserved.currency,
         )
 
-    async def _order_command(
-        self, order: OrderInput, kind: str, step: str, *, payment_id: str | None = None
-    ) -> Any:
-        return await self._short_call(
-            OrderActivities.order_command,
+    async def _create_order(self, order: OrderInput) -> OrderSnapshot:
+        if self._typed_orders:
+            return await self._short_call(
+                OrderActivities.create_order,
+                CreateOrder(order_id=order.order_id),
+                options=policies.FORWARD,
+                summary="mark saga started",
+            )
+        return await self._order_command(
             OrderCommand(
                 order_id=order.order_id,
-                step=step,
-                type=kind,  # type: ignore[arg-type]
+                step="create_order",
+                type="create",
                 user_id=order.user_id,
                 payment_method_id=order.payment_method_id,
                 lines=order.lines,
-                payment_id=payment_id,
             ),
-            options=policies.FORWARD,
-            summary=f"{kind.replace('_', ' ')} order",
+            "create order",
+        )
+
+    async def _await_review(self, order: OrderInput) -> OrderSnapshot:
+        if self._typed_orders:
+            return await self._short_call(
+                OrderActivities.await_review,
+                AwaitReview(order_id=order.order_id, payment_id=self._payment_id),
+                options=policies.FORWARD,
+                summary="await review order",
+            )
+        return await self._order_command(
+            OrderCommand(
+                order_id=order.order_id,
+                step="review",
+                type="await_review",
+                user_id=order.user_id,
+                payment_method_id=order.payment_method_id,
+                lines=order.lines,
+                payment_id=self._payment_id,
+            ),
+            "await review order",
+        )
+
+    async def _order_command(self, command: OrderCommand, summary: str) -> OrderSnapshot:
+        """The plan of sagas started before TYPED_ORDER_ACTIVITIES: one activity for every command."""
+        return await self._short_call(
+            OrderActivities.order_command, command, options=policies.FORWARD, summary=summary
         )
 
     def _short_call(
@@ -497,18 +548,28 @@ class OrderWorkflow:
         )
 
     async def _cancel_order(self, order: OrderInput, policy: SagaPolicy) -> int:
-        snapshot: OrderSnapshot = await workflow.execute_activity_method(
-            OrderActivities.order_command,
-            OrderCommand(
-                order_id=order.order_id,
-                step="cancel_order",
-                type="cancel",
-                reason=self._cancel_reason,
-                payment_id=self._payment_id,
-            ),
-            **_options(policies.compensation(policy)),
-            summary=f"cancel order ({self._cancel_reason})",
-        )
+        options = _options(policies.compensation(policy))
+        summary = f"cancel order ({self._cancel_reason})"
+        if self._typed_orders:
+            snapshot = await workflow.execute_activity_method(
+                OrderActivities.cancel_order,
+                CancelOrder(order_id=order.order_id, reason=self._cancel_reason, payment_id=self._payment_id),
+                **options,
+                summary=summary,
+            )
+        else:
+            snapshot = await workflow.execute_activity_method(
+                OrderActivities.order_command,
+                OrderCommand(
+                    order_id=order.order_id,
+                    step="cancel_order",
+                    type="cancel",
+                    reason=self._cancel_reason,
+                    payment_id=self._payment_id,
+                ),
+                **options,
+                summary=summary,
+            )
         return int(snapshot.attempts)
 
     async def _compensate_with(

@@ -46,6 +46,7 @@ from services.orders.schemas import (
     OrderOut,
     OrdersPage,
     PlaceOrderIn,
+    StartCommand,
     StatusChangeIn,
     UnfinishedOrderOut,
     UnfinishedOrdersOut,
@@ -319,7 +320,10 @@ async def apply_command(
     session: SessionDep,
     request: Request,
 ) -> OrderOut:
+    if isinstance(command, StartCommand):
+        return order_out(await store.mark_saga_started(session, order_id, command.command_id))
     if isinstance(command, CreateCommand):
+        # Only sagas started before the typed order activities send this (their lines come back).
         lines = [line.to_line() for line in command.items]
         store.reject_repeated_products(lines)
         order = await store.create_by_command(

@@ -102,6 +102,12 @@ class CreateCommand(_Command):
     payment_method_id: uuid.UUID
 
 
+class StartCommand(_Command):
+    """The saga's first step: its workflow runs for this order (written by POST /orders)."""
+
+    type: Literal["start"]
+
+
 class AwaitReviewCommand(_Command):
     type: Literal["await_review"]
     # The payment the saga authorised before the review; recorded on the order when given.
@@ -145,6 +151,12 @@ class UnfinishedOrdersOut(BaseModel):
 
 
 OrderCommandIn = Annotated[
-    CreateCommand | AwaitReviewCommand | ConfirmCommand | CancelCommand | ShipCommand | DeliverCommand,
+    CreateCommand
+    | StartCommand
+    | AwaitReviewCommand
+    | ConfirmCommand
+    | CancelCommand
+    | ShipCommand
+    | DeliverCommand,
     Field(discriminator="type"),
 ]

@@ -168,8 +168,12 @@ async def place_order(
     return existing, False
 
 
+# The saga's first command since the typed order activities: no event, the order is not changed.
+SAGA_START = "start"
+
+
 async def _replayed(
-    session: AsyncSession, order_id: uuid.UUID, command: CommandType, command_id: str | None
+    session: AsyncSession, order_id: uuid.UUID, command: CommandType | str, command_id: str | None
 ) -> Order | None:
     """The order as it is now when `command_id` was already applied; 422 when it named another command."""
     if command_id is None:
@@ -177,7 +181,7 @@ async def _replayed(
     prior = await session.get(OrderCommand, command_id, populate_existing=True)
     if prior is None:
         return None
-    if prior.type != command.value or prior.order_id != order_id:
+    if prior.type != str(command) or prior.order_id != order_id:
         raise Problem(
             422,
             "command_id_reused",
@@ -189,6 +193,33 @@ async def _replayed(
     return order
 
 
+async def mark_saga_started(session: AsyncSession, order_id: uuid.UUID, command_id: str) -> Order:
+    """The saga's `start`: its workflow runs for the order POST /orders wrote, so the start sweeper
+    skips it. Idempotent on `command_id`; 404 for an order that was never placed."""
+    for _ in range(3):
+        try:
+            async with session.begin():
+                replay = await _replayed(session, order_id, SAGA_START, command_id)
+                if replay is not None:
+                    return replay
+                order = await load_order(session, order_id)
+                if order is None:
+                    raise order_not_found(order_id)
+                session.add(
+                    OrderCommand(
+                        command_id=command_id, order_id=order_id, type=SAGA_START, version=order.version
+                    )
+                )
+                await _note_saga_running(session, order_id)
+                await session.flush()
+                started = await load_order(session, order_id)  # with saga_started_at as written
+                assert started is not None
+                return started
+        except IntegrityError:
+            continue  # the same command, retried concurrently: the next pass sees it
+    raise version_conflict()
+
+
 async def create_by_command(
     session: AsyncSession,
     *,
@@ -198,7 +229,8 @@ async def create_by_command(
     payment_method_id: uuid.UUID,
     command_id: str,
 ) -> Order:
-    """The saga's `create`: idempotent on the order id; an existing order is returned unchanged."""
+    """The `create` of sagas started before the typed order activities (their histories still run):
+    idempotent on the order id; an existing order, the usual case, is returned unchanged."""
     for _ in range(3):
         try:
             async with session.begin():

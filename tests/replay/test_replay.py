@@ -11,8 +11,8 @@ from temporalio import workflow
 
 from ordersaga.replay import load_history_file, replay_histories
 from tests.support.processes import VENV_BIN
-from workflows.order import OrderWorkflow
 from workflows.contract import OrderInput, OrderResult
+from workflows.order import OrderWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 # Recorded on the current plan (authorise, review, capture), by tests/saga with ORDERSAGA_RECORD_HISTORIES=1.
@@ -20,6 +20,26 @@ CURRENT = HISTORIES / "current"
 # Sagas recorded on the plan before it (review, then one charge), in both call shapes: still in flight
 # somewhere when the new code rolls out, so they must keep replaying (workflow.patched).
 V1 = HISTORIES / "v1-charge-before-review"
+# Recorded on the plan with typed order activities (workflow.patched "typed-order-activities"): each
+# order step its own activity, create_order marking the saga started. Recorded by tests/workflows on
+# stand-in activities with ORDERSAGA_RECORD_HISTORIES=1; the corpora above are all before the patch.
+TYPED = HISTORIES / "typed-order-activities"
+TYPED_PATHS = {
+    "success",
+    "success_local",
+    "create_order_refused",
+    "validate_user_refused",
+    "reserve_stock_refused",
+    "authorize_payment_refused",
+    "capture_payment_refused",
+    "pivot_retried",
+    "review_approved",
+    "review_rejected",
+    "customer_cancelled_in_review",
+    "operator_cancelled_in_review",
+    "review_timeout",
+    "compensation_failed_retried",
+}
 V1_PATHS = {
     "success",
     "user_invalid",
@@ -57,8 +77,9 @@ def recorded() -> list[Path]:
         (CURRENT, CURRENT_PATHS),
         (V1 / "local-activities", V1_PATHS),
         (V1 / "regular-activities", V1_PATHS),
+        (TYPED, TYPED_PATHS),
     ],
-    ids=["current", "v1-local-activities", "v1-regular-activities"],
+    ids=["current", "v1-local-activities", "v1-regular-activities", "typed-order-activities"],
 )
 def test_corpus_covers_every_saga_path(corpus: Path, paths: set[str]) -> None:
     assert {path.stem for path in corpus.glob("*.json")} >= paths

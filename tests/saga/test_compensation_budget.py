@@ -45,6 +45,7 @@ async def test_a_compensation_refused_past_the_default_budget_waits_for_a_retry(
     )
     assert settings.compensation_budget_seconds == 600, "the shipped default"
     order_id = str(uuid.uuid4())
+    await driver.record_order(order_id, customer, [(product, 2)])
     try:
         async with (
             await WorkflowEnvironment.start_time_skipping(

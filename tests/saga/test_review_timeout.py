@@ -36,13 +36,14 @@ async def test_unreviewed_order_times_out_after_24_hours_and_compensates(
         review_timeout_seconds=24 * 3600,
     )
     order_id = str(uuid.uuid4())
+    await driver.record_order(order_id, customer, [(product, 2)])
     async with (
         await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=str(VENV_BIN / "temporal-test-server")
         ) as env,
         running_worker(env.client, settings, task_queue="orders-timeskip"),
     ):
-        # The saga's own create_order step records the order, so no other server runs a saga for it.
+        # The order is written without a saga, so no other server runs one for it.
         # Started without search attributes (the test server cannot define custom ones), the saga
         # keeps none up to date.
         result: OrderResult = await env.client.execute_workflow(

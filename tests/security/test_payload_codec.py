@@ -116,6 +116,7 @@ async def test_stored_history_holds_only_ciphertext_and_the_codec_server_decrypt
     )
     encrypted = await Client.connect(stack.temporal_address, data_converter=data_converter(settings))
     order_id = str(uuid.uuid4())
+    await driver.record_order(order_id, customer, [(product, 2)])  # the saga marks it started
     async with running_worker(encrypted, worker_settings, task_queue="orders-codec"):
         result: OrderResult = await encrypted.execute_workflow(
             OrderWorkflow.run,

@@ -8,11 +8,13 @@ as a 5xx becomes), or a hold until the test lets the call go.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from temporalio import activity
@@ -21,8 +23,12 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from workflows.contract import (
+    AwaitReview,
+    CancelOrder,
     Charge,
     ChargeRequest,
+    ConfirmOrder,
+    CreateOrder,
     CustomerContact,
     Notice,
     NoticeResult,
@@ -56,6 +62,7 @@ class StandIns:
     holds: dict[str, asyncio.Event] = field(default_factory=dict)
     reached: dict[str, asyncio.Event] = field(default_factory=dict)
     notices: list[Notice] = field(default_factory=list)
+    cancel_reasons: list[str | None] = field(default_factory=list)
 
     def hold(self, name: str) -> None:
         self.holds[name] = asyncio.Event()
@@ -93,10 +100,33 @@ class StandIns:
     async def saga_policy(self) -> SagaPolicy:
         return self.policy
 
+    # The one order activity of sagas before the typed ones (their histories replay in tests/replay).
     @activity.defn(name="order_command")
     async def order_command(self, command: OrderCommand) -> OrderSnapshot:
         attempts = await self._answer(f"order_command:{command.type}")
         return OrderSnapshot(command.order_id, command.type, 1, attempts)
+
+    @activity.defn(name="create_order")
+    async def create_order(self, command: CreateOrder) -> OrderSnapshot:
+        attempts = await self._answer("create_order")
+        return OrderSnapshot(command.order_id, "PENDING", 1, attempts)
+
+    @activity.defn(name="await_review")
+    async def await_review(self, command: AwaitReview) -> OrderSnapshot:
+        assert command.payment_id is not None, "the authorisation comes before the review"
+        attempts = await self._answer("await_review")
+        return OrderSnapshot(command.order_id, "AWAITING_REVIEW", 2, attempts)
+
+    @activity.defn(name="confirm_order")
+    async def confirm_order(self, command: ConfirmOrder) -> OrderSnapshot:
+        attempts = await self._answer("confirm_order")
+        return OrderSnapshot(command.order_id, "CONFIRMED", 3, attempts)
+
+    @activity.defn(name="cancel_order")
+    async def cancel_order(self, command: CancelOrder) -> OrderSnapshot:
+        self.cancel_reasons.append(command.reason)
+        attempts = await self._answer("cancel_order")
+        return OrderSnapshot(command.order_id, "CANCELLED", 3, attempts)
 
     @activity.defn(name="validate_user")
     async def validate_user(self, user_id: str) -> CustomerContact:
@@ -160,6 +190,10 @@ class StandIns:
         return [
             self.saga_policy,
             self.order_command,
+            self.create_order,
+            self.await_review,
+            self.confirm_order,
+            self.cancel_order,
             self.validate_user,
             self.lookup_contact,
             self.reserve_stock,
@@ -179,9 +213,14 @@ def order_input(quantity: int = 2) -> OrderInput:
     return OrderInput(str(uuid.uuid4()), "user-1", "pm-1", [OrderLine("sku-1", quantity)])
 
 
+# ORDERSAGA_RECORD_HISTORIES=1 writes the history of each saga given a `record` name here, for the
+# replay corpus (tests/replay): the plan with typed order activities, on the stand-ins.
+RECORDED = Path(__file__).parents[1] / "replay" / "histories" / "typed-order-activities"
+
+
 @asynccontextmanager
 async def saga(
-    client: Client, services: StandIns, order: OrderInput | None = None
+    client: Client, services: StandIns, order: OrderInput | None = None, *, record: str | None = None
 ) -> AsyncIterator[WorkflowHandle[Any, Any]]:
     """A worker with the stand-ins on a queue of its own, and one OrderWorkflow started on it."""
     queue = f"workflow-tests-{uuid.uuid4()}"
@@ -199,6 +238,9 @@ async def saga(
         )
         try:
             yield handle
+            if record and os.environ.get("ORDERSAGA_RECORD_HISTORIES"):
+                RECORDED.mkdir(parents=True, exist_ok=True)
+                (RECORDED / f"{record}.json").write_text((await handle.fetch_history()).to_json())
         finally:
             services.release_all()
 

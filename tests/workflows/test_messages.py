@@ -49,7 +49,8 @@ async def test_an_order_above_the_threshold_waits_for_its_review(
     dev_client: Client, approve: bool, status: str, reason: str | None
 ) -> None:
     services = StandIns(**REVIEWED)
-    async with saga(dev_client, services, order_input(REVIEWED_QUANTITY)) as handle:
+    record = "review_approved" if approve else "review_rejected"
+    async with saga(dev_client, services, order_input(REVIEWED_QUANTITY), record=record) as handle:
         view = await awaiting_review(handle)
         assert steps(view)["authorize_payment"] == "done", "the money is held before anyone reviews"
         assert (steps(view)["review"], steps(view)["capture_payment"]) == ("running", "pending")
@@ -62,14 +63,14 @@ async def test_an_order_above_the_threshold_waits_for_its_review(
         view = await handle.query(OrderWorkflow.status)
 
     assert (result.status, result.cancel_reason) == (status, reason)
-    assert "order_command:await_review" in services.calls
+    assert "await_review" in services.calls
     if approve:
         assert steps(view)["review"] == "done"
-        assert services.calls.index("capture_payment") > services.calls.index("order_command:await_review")
+        assert services.calls.index("capture_payment") > services.calls.index("await_review")
     else:
         assert (step(view, "review").status, step(view, "review").error) == ("failed", "review_rejected")
         assert "capture_payment" not in services.calls
-        assert services.calls[-4:-1] == ["void_payment", "release_stock", "order_command:cancel"]
+        assert services.calls[-4:-1] == ["void_payment", "release_stock", "cancel_order"]
 
 
 async def test_a_review_before_the_order_awaits_one_is_refused(dev_client: Client) -> None:
@@ -110,7 +111,8 @@ async def test_a_cancel_during_a_step_interrupts_it_and_compensates(dev_client: 
 
 async def test_a_cancel_during_review_ends_the_wait(dev_client: Client) -> None:
     services = StandIns(**REVIEWED)
-    async with saga(dev_client, services, order_input(REVIEWED_QUANTITY)) as handle:
+    order = order_input(REVIEWED_QUANTITY)
+    async with saga(dev_client, services, order, record="customer_cancelled_in_review") as handle:
         await awaiting_review(handle)
         assert await handle.execute_update(OrderWorkflow.cancel, CancelRequest()) == "AWAITING_REVIEW"
         result: OrderResult = await handle.result()
@@ -118,7 +120,7 @@ async def test_a_cancel_during_review_ends_the_wait(dev_client: Client) -> None:
 
     assert (result.status, result.cancel_reason) == ("CANCELLED", "customer_cancelled")
     assert (step(view, "review").status, step(view, "review").error) == ("failed", "customer_cancelled")
-    assert services.calls[-4:-1] == ["void_payment", "release_stock", "order_command:cancel"]
+    assert services.calls[-4:-1] == ["void_payment", "release_stock", "cancel_order"]
 
 
 async def test_a_cancel_once_the_pivot_started_is_refused_and_the_order_confirms(dev_client: Client) -> None:
@@ -138,7 +140,8 @@ async def test_a_temporal_cancellation_in_review_compensates_and_closes_as_cance
     dev_client: Client,
 ) -> None:
     services = StandIns(**REVIEWED)
-    async with saga(dev_client, services, order_input(REVIEWED_QUANTITY)) as handle:
+    order = order_input(REVIEWED_QUANTITY)
+    async with saga(dev_client, services, order, record="operator_cancelled_in_review") as handle:
         await awaiting_review(handle)
         await handle.cancel()
         with pytest.raises(WorkflowFailureError) as closed:
@@ -151,7 +154,7 @@ async def test_a_temporal_cancellation_in_review_compensates_and_closes_as_cance
         "operator_cancelled",
         "compensated",
     )
-    assert services.calls[-4:-1] == ["void_payment", "release_stock", "order_command:cancel"]
+    assert services.calls[-4:-1] == ["void_payment", "release_stock", "cancel_order"]
     assert services.notices[0].data["reason"] == "operator_cancelled"
 
 
@@ -166,7 +169,7 @@ async def test_a_temporal_cancellation_during_the_pivot_lets_the_order_confirm(d
         result: OrderResult = await handle.result()
 
     assert (result.status, result.cancel_reason) == ("CONFIRMED", None)
-    assert "order_command:cancel" not in services.calls
+    assert "cancel_order" not in services.calls
 
 
 async def test_compensation_updates_are_refused_while_nothing_failed(dev_client: Client) -> None:

@@ -12,19 +12,21 @@ from workflows.order import OrderWorkflow
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 HAPPY_CALLS = [
-    "order_command:create",
+    "create_order",
     "validate_user",
     "reserve_stock",
     "authorize_payment",
     "capture_payment",
     "commit_stock",
-    "order_command:confirm",
+    "confirm_order",
     "notify_customer",
 ]
 
 
-async def run(client: Client, services: StandIns, quantity: int = 2) -> tuple[OrderResult, SagaView]:
-    async with saga(client, services, order_input(quantity)) as handle:
+async def run(
+    client: Client, services: StandIns, quantity: int = 2, record: str | None = None
+) -> tuple[OrderResult, SagaView]:
+    async with saga(client, services, order_input(quantity), record=record) as handle:
         result: OrderResult = await handle.result()
         view: SagaView = await handle.query(OrderWorkflow.status)
     return result, view
@@ -35,11 +37,11 @@ async def test_an_order_below_the_threshold_is_confirmed_without_review(
     dev_client: Client, local: bool
 ) -> None:
     services = StandIns(policy=SagaPolicy(local_activities=local))
-    result, view = await run(dev_client, services)
+    result, view = await run(dev_client, services, record="success_local" if local else "success")
 
     assert (result.status, result.cancel_reason, result.total_cents) == ("CONFIRMED", None, 5_000)
     assert result.payment_id is not None
-    assert services.calls == HAPPY_CALLS
+    assert services.calls == HAPPY_CALLS, "typed order activities; the one order_command is not called"
     assert (view.status, view.order_status, view.cancel_reason) == ("completed", "CONFIRMED", None)
     assert [s.name for s in view.steps] == list(STEP_NAMES)
     assert steps(view) == {name: "done" for name in STEP_NAMES} | {"review": "skipped"}
@@ -50,35 +52,30 @@ async def test_an_order_below_the_threshold_is_confirmed_without_review(
 # The failing call, the reason the order is cancelled with, and the compensations, newest first.
 FAILURES = [
     pytest.param(
-        "order_command:create", "upstream_rejected", "internal_error", ["order_command:cancel"],
+        "create_order", "upstream_rejected", "internal_error", ["cancel_order"],
         id="create_order",
     ),
     pytest.param(
-        "validate_user", "user_invalid", "user_invalid", ["order_command:cancel"], id="validate_user"
+        "validate_user", "user_invalid", "user_invalid", ["cancel_order"], id="validate_user"
     ),
     pytest.param(
-        "reserve_stock", "out_of_stock", "out_of_stock", ["release_stock", "order_command:cancel"],
+        "reserve_stock", "out_of_stock", "out_of_stock", ["release_stock", "cancel_order"],
         id="reserve_stock",
     ),
     pytest.param(
         "authorize_payment", "payment_declined", "payment_declined",
-        ["void_payment", "release_stock", "order_command:cancel"],
+        ["void_payment", "release_stock", "cancel_order"],
         id="authorize_payment",
     ),
     pytest.param(
         "capture_payment", "payment_failed", "payment_failed",
-        ["refund_capture", "void_payment", "release_stock", "order_command:cancel"],
+        ["refund_capture", "void_payment", "release_stock", "cancel_order"],
         id="capture_payment",
     ),
 ]  # fmt: skip
 
 
-def failed_step(call: str) -> str:
-    """The step a refused call belongs to (the order's create command is the create_order step)."""
-    return "create_order" if call == "order_command:create" else call
-
-
-COMPENSATIONS = {"order_command:cancel", "release_stock", "void_payment", "refund_capture"}
+COMPENSATIONS = {"cancel_order", "release_stock", "void_payment", "refund_capture"}
 
 
 @pytest.mark.parametrize(("call", "refusal", "reason", "compensations"), FAILURES)
@@ -86,13 +83,13 @@ async def test_a_refused_step_is_compensated_newest_first(
     dev_client: Client, call: str, refusal: str, reason: str, compensations: list[str]
 ) -> None:
     services = StandIns(refusals={call: refusal})
-    result, view = await run(dev_client, services)
+    result, view = await run(dev_client, services, record=f"{call}_refused")
 
     assert (result.status, result.cancel_reason, result.payment_id) == ("CANCELLED", reason, None)
     assert [c for c in services.calls if c in COMPENSATIONS] == compensations
-    assert "commit_stock" not in services.calls and "order_command:confirm" not in services.calls
+    assert "commit_stock" not in services.calls and "confirm_order" not in services.calls
     assert (view.status, view.order_status, view.cancel_reason) == ("compensated", "CANCELLED", reason)
-    failed = step(view, failed_step(call))
+    failed = step(view, call)  # each refused call is its step's activity
     assert failed.status == "failed", "the failing step stays failed even though it was compensated"
     assert failed.error is not None and failed.error.startswith(refusal)
     assert failed.compensation is None or failed.compensation.status == "done"
@@ -110,6 +107,7 @@ async def test_a_refused_step_is_compensated_newest_first(
             assert s.status == "skipped", s
     assert services.notices[0].template == "order_cancelled"
     assert services.notices[0].data["reason"] == reason
+    assert services.cancel_reasons == [reason], "the order is cancelled with the saga's reason"
 
 
 async def test_a_payment_outage_within_the_budget_is_retried_and_shows_its_attempts(
@@ -138,11 +136,11 @@ async def test_a_payment_outage_past_its_attempts_cancels_as_payment_failed(dev_
 
 
 async def test_the_pivot_is_retried_until_it_confirms(dev_client: Client) -> None:
-    services = StandIns(outages={"order_command:confirm": 2})
-    result, view = await run(dev_client, services)
+    services = StandIns(outages={"confirm_order": 2})
+    result, view = await run(dev_client, services, record="pivot_retried")
 
     assert result.status == "CONFIRMED"
-    assert services.count("order_command:confirm") == 3
+    assert services.count("confirm_order") == 3
     assert (step(view, "confirm_order").status, step(view, "confirm_order").attempts) == ("done", 3)
     assert not COMPENSATIONS & set(services.calls)
 

@@ -38,7 +38,7 @@ async def skip_until(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any],
 async def test_an_unreviewed_order_is_cancelled_after_24_hours(skipping_env: WorkflowEnvironment) -> None:
     services = shipped()
     services.unit_price_cents = 60_000
-    async with saga(skipping_env.client, services, order_input(2)) as handle:
+    async with saga(skipping_env.client, services, order_input(2), record="review_timeout") as handle:
         started = await skipping_env.get_current_time()
         result: OrderResult = await handle.result()
         waited = await skipping_env.get_current_time() - started
@@ -47,7 +47,7 @@ async def test_an_unreviewed_order_is_cancelled_after_24_hours(skipping_env: Wor
     assert (result.status, result.cancel_reason) == ("CANCELLED", "review_timeout")
     assert timedelta(hours=24) <= waited < timedelta(hours=25)
     assert (step(view, "review").status, step(view, "review").error) == ("failed", "review_timeout")
-    assert services.calls[-4:-1] == ["void_payment", "release_stock", "order_command:cancel"]
+    assert services.calls[-4:-1] == ["void_payment", "release_stock", "cancel_order"]
     assert "capture_payment" not in services.calls
 
 
@@ -57,7 +57,7 @@ async def test_a_compensation_failing_past_its_budget_waits_for_an_admin_retry(
     services = shipped()
     services.refusals["authorize_payment"] = "payment_declined"
     services.outages["release_stock"] = FOREVER
-    async with saga(skipping_env.client, services) as handle:
+    async with saga(skipping_env.client, services, record="compensation_failed_retried") as handle:
         view = await skip_until(skipping_env, handle, "compensation_failed")
         reserve = step(view, "reserve_stock")
         assert reserve.status == "compensation_failed"
@@ -66,7 +66,7 @@ async def test_a_compensation_failing_past_its_budget_waits_for_an_admin_retry(
         assert reserve.compensation.error is not None
         assert reserve.compensation.error.startswith("upstream_unavailable")
         assert (view.order_status, steps(view)["create_order"]) == ("CANCELLED", "compensated"), "others ran"
-        assert "order_command:cancel" in services.calls
+        assert "cancel_order" in services.calls
         assert not services.notices or services.notices[0].template == "order_cancelled"
 
         services.heal("release_stock")
@@ -84,7 +84,7 @@ async def test_failed_compensations_given_up_end_the_saga_with_them_failed(
 ) -> None:
     services = shipped()
     services.refusals["reserve_stock"] = "out_of_stock"
-    services.outages["order_command:cancel"] = FOREVER
+    services.outages["cancel_order"] = FOREVER
     async with saga(skipping_env.client, services) as handle:
         await skip_until(skipping_env, handle, "compensation_failed")
         with pytest.raises(WorkflowUpdateFailedError) as blank:
