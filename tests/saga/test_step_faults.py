@@ -70,7 +70,7 @@ class Boundary:
 
 
 BOUNDARIES = (
-    Boundary("create_order", order_command("create"), "create_order"),
+    Boundary("create_order", order_command("start"), "create_order"),
     Boundary("validate_user", Match("users", "GET", r"/internal/users/[^/]+"), "validate_user"),
     Boundary("reserve_stock", Match("inventory", "POST", r"/reservations"), "reserve_stock"),
     Boundary(
