@@ -36,13 +36,14 @@ dev: $(STAMP)
 	$(BIN)/ordersaga up
 
 # Two workers (pytest-xdist): in-process service tests spread over both cores while each real-process
-# stack keeps to one worker (tests/conftest.py groups them). Capacity tests (`serial`) run alone after.
-# `make test TEST_WORKERS=0` runs everything in one process; exit status 5 (nothing selected) is fine.
+# stack keeps to one worker (tests/conftest.py groups them, longest first: hence no reorder by size).
+# Capacity tests (`serial`) run alone after. `make test TEST_WORKERS=0` runs everything in one process;
+# exit status 5 (nothing selected) is fine. ORDERSAGA_TEST_FULL=1 adds the long variants (marker full).
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
 test: $(TEST_STAMP)
 	@parallel=0; serial=0; \
-	$(PYTEST) -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart=0 -m "not serial" $(PYTEST_ARGS) || parallel=$$?; \
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --max-worker-restart=0 -m "not serial" $(PYTEST_ARGS) || parallel=$$?; \
 	$(PYTEST) -m serial $(PYTEST_ARGS) || serial=$$?; \
 	for status in $$parallel $$serial; do [ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status; done
 

@@ -135,11 +135,33 @@ SKIP_UNLESS_FULL = pytest.mark.skip(
     reason="long variant of a scenario family whose gating test runs; ORDERSAGA_TEST_FULL=1 runs it"
 )
 
-# Seconds each long xdist group took in `--durations=0` (setup and teardown included), so that the
-# longest start first and the short ones fill in behind them: the last group to finish decides the
-# wall time. A figure gone stale costs balance, never coverage; a group not listed counts as
-# UNLISTED_GROUP_SECONDS, and tests in no group (in-process, any worker) go last as filler.
-GROUP_SECONDS: dict[str, float] = {}
+# Seconds each long xdist group took in `--durations=0` (setup, call and teardown, long variants left
+# out; 2026-12-02, a loaded machine, so only their ranks matter), so that the longest start first and
+# the short ones fill in behind them: the last group to finish decides the wall time. A figure gone
+# stale costs balance, never coverage; a group not listed counts as UNLISTED_GROUP_SECONDS, and tests
+# in no group (in-process, any worker) go last as filler.
+GROUP_SECONDS: dict[str, float] = {
+    "saga/test_saga_paths.py": 620,
+    "saga/test_saga_faults.py": 460,
+    "saga/test_saga_review_cancel.py": 265,
+    "saga/test_operator_actions.py": 200,
+    "saga/test_step_faults.py": 200,
+    "e2e/test_up.py": 155,
+    "topology/test_replicas.py": 150,
+    "hostile/test_schemathesis.py": 130,
+    "outages/test_database_down.py": 120,
+    "observability": 115,
+    "events": 105,
+    "saga/test_replay_live.py": 100,
+    "security/test_token_revocation.py": 90,
+    "outages/test_temporal_down.py": 90,
+    "replay/test_replay.py": 90,
+    "gateway/test_gateway_edge.py": 75,
+    "rollout/test_rollout.py": 75,
+    "gateway/test_gateway_stack.py": 40,
+    "replicas/test_replicas.py": 35,
+    "outages/test_nats_down.py": 35,
+}
 UNLISTED_GROUP_SECONDS = 20.0
 
 
@@ -156,10 +178,11 @@ def _xdist_group(item: pytest.Item) -> str | None:
     return "/".join(parts)  # any other directory, a new one too: each file its own group
 
 
-def _group_seconds(group: str | None) -> float:
-    if group is None:
-        return 0.0
-    return GROUP_SECONDS.get(group, UNLISTED_GROUP_SECONDS)
+def _group_seconds(item: pytest.Item, group: str | None) -> float:
+    if group is not None:
+        return GROUP_SECONDS.get(group, UNLISTED_GROUP_SECONDS)
+    # A slow test in no group must not be the last one left at the tail.
+    return UNLISTED_GROUP_SECONDS if item.get_closest_marker("slow") is not None else 0.0
 
 
 def _pin_to_group(item: pytest.Item, group: str) -> None:
@@ -187,7 +210,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if loadgroup:
         # The controller queues the groups in the order of their first test here (the Makefile
         # passes --no-loadscope-reorder, which would otherwise order them by their number of tests).
-        items.sort(key=lambda item: -_group_seconds(groups[id(item)]))
+        items.sort(key=lambda item: -_group_seconds(item, groups[id(item)]))
 
 
 @pytest.hookimpl(tryfirst=True)
