@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -314,33 +314,28 @@ class OrderWorkflow:
                     options=policies.PIVOT,
                     summary="commit stock",
                 )
-            summary = f"confirm {reservation.total_cents} {reservation.currency}"
-            if self._typed_orders:
-                return await self._short_call(
-                    OrderActivities.confirm_order,
-                    ConfirmOrder(
-                        order_id=order.order_id,
-                        priced_lines=reservation.lines,
-                        total_cents=reservation.total_cents,
-                        currency=reservation.currency,
-                        payment_id=charge.payment_id,
-                    ),
-                    options=policies.PIVOT,
-                    summary=summary,
-                )
-            return await self._short_call(
-                OrderActivities.order_command,
-                OrderCommand(
-                    order_id=order.order_id,
-                    step="confirm_order",
-                    type="confirm",
-                    priced_lines=reservation.lines,
-                    total_cents=reservation.total_cents,
-                    currency=reservation.currency,
-                    payment_id=charge.payment_id,
-                ),
+            typed = ConfirmOrder(
+                order_id=order.order_id,
+                priced_lines=reservation.lines,
+                total_cents=reservation.total_cents,
+                currency=reservation.currency,
+                payment_id=charge.payment_id,
+            )
+            legacy = OrderCommand(
+                order_id=order.order_id,
+                step="confirm_order",
+                type="confirm",
+                priced_lines=typed.priced_lines,
+                total_cents=typed.total_cents,
+                currency=typed.currency,
+                payment_id=typed.payment_id,
+            )
+            return await self._order_step(
+                OrderActivities.confirm_order,
+                typed,
+                legacy,
+                f"confirm {reservation.total_cents} {reservation.currency}",
                 options=policies.PIVOT,
-                summary=summary,
             )
 
         await self._step("confirm_order", pivot, interruptible=False)
@@ -478,51 +473,28 @@ class OrderWorkflow:
         )
 
     async def _create_order(self, order: OrderInput) -> OrderSnapshot:
-        if self._typed_orders:
-            return await self._short_call(
-                OrderActivities.create_order,
-                CreateOrder(order_id=order.order_id),
-                options=policies.FORWARD,
-                summary="mark saga started",
-            )
-        return await self._order_command(
-            OrderCommand(
-                order_id=order.order_id,
-                step="create_order",
-                type="create",
-                user_id=order.user_id,
-                payment_method_id=order.payment_method_id,
-                lines=order.lines,
-            ),
-            "create order",
+        legacy = _legacy_command(order, "create_order", "create")
+        return await self._order_step(
+            OrderActivities.create_order, CreateOrder(order.order_id), legacy, "mark saga started"
         )
 
     async def _await_review(self, order: OrderInput) -> OrderSnapshot:
-        if self._typed_orders:
-            return await self._short_call(
-                OrderActivities.await_review,
-                AwaitReview(order_id=order.order_id, payment_id=self._payment_id),
-                options=policies.FORWARD,
-                summary="await review order",
-            )
-        return await self._order_command(
-            OrderCommand(
-                order_id=order.order_id,
-                step="review",
-                type="await_review",
-                user_id=order.user_id,
-                payment_method_id=order.payment_method_id,
-                lines=order.lines,
-                payment_id=self._payment_id,
-            ),
-            "await review order",
-        )
+        typed = AwaitReview(order_id=order.order_id, payment_id=self._payment_id)
+        legacy = _legacy_command(order, "review", "await_review", payment_id=self._payment_id)
+        return await self._order_step(OrderActivities.await_review, typed, legacy, "await review order")
 
-    async def _order_command(self, command: OrderCommand, summary: str) -> OrderSnapshot:
-        """The plan of sagas started before TYPED_ORDER_ACTIVITIES: one activity for every command."""
-        return await self._short_call(
-            OrderActivities.order_command, command, options=policies.FORWARD, summary=summary
-        )
+    async def _order_step(
+        self,
+        activity_method: Callable[[Any, Any], Awaitable[OrderSnapshot]],
+        command: Any,
+        legacy: OrderCommand,
+        summary: str,
+        options: policies.ActivityOptions = policies.FORWARD,
+    ) -> OrderSnapshot:
+        """An order step's typed activity; the one `order_command` for sagas before TYPED_ORDER_ACTIVITIES."""
+        if self._typed_orders:
+            return await self._short_call(activity_method, command, options=options, summary=summary)
+        return await self._short_call(OrderActivities.order_command, legacy, options=options, summary=summary)
 
     def _short_call(
         self,
@@ -658,6 +630,21 @@ class OrderWorkflow:
             raise ApplicationError("no failed compensation to give up on", type="illegal_transition")
         if not request.reason.strip():
             raise ApplicationError("giving up needs a reason", type="invalid_request")
+
+
+def _legacy_command(
+    order: OrderInput, step: str, kind: Literal["create", "await_review"], payment_id: str | None = None
+) -> OrderCommand:
+    """The OrderCommand the sagas before TYPED_ORDER_ACTIVITIES sent, lines and all."""
+    return OrderCommand(
+        order_id=order.order_id,
+        step=step,
+        type=kind,
+        user_id=order.user_id,
+        payment_method_id=order.payment_method_id,
+        lines=order.lines,
+        payment_id=payment_id,
+    )
 
 
 def _payment_call(

@@ -15,13 +15,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, FastAPI, Header, Request
 from prometheus_client import Gauge
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, StrictBool
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -30,9 +29,9 @@ from services.kit.errors import RETRY_AFTER_SECONDS, Problem, problem_responses
 from services.kit.identity import AdminDep, CallerDep
 from services.orders.routes import _visible_order, order_out
 from services.orders.saga import SagaPort
+from services.orders.saga_view import SagaViewOut
 from services.orders.schemas import OrderOut
 from services.orders.settings import Settings
-from workflows.contract import CompensationStatus, SagaStatus, StepStatus
 
 log = structlog.get_logger(__name__)
 
@@ -46,36 +45,6 @@ CANCELLABLE = ("PENDING", "AWAITING_REVIEW")
 class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     approve: StrictBool
-
-
-# The statuses are the workflow's own (workflows/payloads.py), so the view cannot drift from them.
-class CompensationOut(BaseModel):
-    status: CompensationStatus
-    attempts: int
-    error: str | None = None
-
-
-class SagaStepOut(BaseModel):
-    # Any name: workflows/payloads.py STEP_NAMES today, and the older names of sagas still running.
-    name: str
-    status: StepStatus
-    attempts: int
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    error: str | None = None
-    compensation: CompensationOut | None = None
-
-
-class SagaViewOut(BaseModel):
-    order_id: uuid.UUID
-    workflow_id: str
-    status: SagaStatus
-    order_status: str
-    cancel_reason: str | None = None
-    steps: list[SagaStepOut]
-    trace_id: str | None = Field(
-        default=None, description="The trace of the request that placed the order, when tracing is on."
-    )
 
 
 def _saga(request: Request) -> SagaPort:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from services.orders.saga_routes import CompensationOut, SagaStepOut, SagaViewOut
+from services.orders.saga_view import CompensationOut, SagaStepOut, SagaViewOut
 from services.orders.temporal_saga import not_started_view
 from workflows import contract
 
