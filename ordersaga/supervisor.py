@@ -281,9 +281,15 @@ class Supervisor:
         return f"Its last log lines ({child.log_file}):\n{lines}"
 
     def stop_all(self) -> None:
-        """Stop in reverse start order: SIGTERM, then SIGKILL after the child's grace period."""
+        """Stop in reverse start order: SIGTERM, then SIGKILL after the child's grace period. The
+        replicas of one part (`orders-1`, `orders-2`) stop together: none waits for another."""
+        batch: list[Child] = []
         for child in reversed(self.children):
-            self._terminate(child)
+            if batch and _part(batch[0].name) != _part(child.name):
+                self._terminate_together(batch)
+                batch = []
+            batch.append(child)
+        self._terminate_together(batch)
         self.children.clear()
 
     def stop(self, child: Child) -> None:
@@ -301,6 +307,22 @@ class Supervisor:
             self.children.remove(child)
         self.start(child)
         self.wait_ready(child, timeout)
+
+    def _terminate_together(self, children: Sequence[Child]) -> None:
+        running = [c for c in children if c.proc is not None and c.proc.poll() is None]
+        for child in running:
+            assert child.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGTERM)
+        started = time.monotonic()
+        for child in running:
+            assert child.proc is not None
+            try:
+                child.proc.wait(timeout=max(0.0, started + child.stop_timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait(timeout=5)
 
     def _terminate(self, child: Child) -> None:
         proc = child.proc
@@ -477,6 +499,11 @@ def _answer(request: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) 
     request.send_header("Content-Length", str(len(data)))
     request.end_headers()
     request.wfile.write(data)
+
+
+def _part(name: str) -> str:
+    """`orders-2` → `orders`: the part a replica's process belongs to (ordersaga.up.process_names)."""
+    return re.sub(r"-\d+$", "", name)
 
 
 def rotate_logs(logs: Path) -> None:
