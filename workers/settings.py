@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Literal, Self
@@ -113,12 +114,6 @@ class WorkerSettings(SecretGuardedSettings):
         return self.build_id or workflow_code_build_id()
 
     def saga_policy(self) -> SagaPolicy:
-        return SagaPolicy(
-            review_threshold_cents=self.review_threshold_cents,
-            review_timeout_seconds=self.review_timeout_seconds,
-            payment_max_attempts=self.payment_max_attempts,
-            payment_initial_interval_seconds=self.payment_initial_interval_seconds,
-            payment_budget_seconds=self.payment_budget_seconds,
-            local_activities=self.local_activities,
-            compensation_budget_seconds=self.compensation_budget_seconds,
-        )
+        """The contract's SagaPolicy from the settings of the same names (each validated above)."""
+        names = [field.name for field in dataclasses.fields(SagaPolicy)]
+        return SagaPolicy(**{name: getattr(self, name) for name in names})

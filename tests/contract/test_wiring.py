@@ -12,7 +12,7 @@ from services.registry import DATA_SERVICES, SERVICES
 from tests.workflows.standins import StandIns
 from workers.main import SERVICE_ACTIVITIES, build_activities
 from workers.settings import WorkerSettings
-from workflows.contract import ChargeRequest
+from workflows.contract import REVIEW_THRESHOLD_CENTS, ChargeRequest
 
 
 def names(methods: object) -> set[str]:
@@ -53,3 +53,11 @@ async def test_the_link_to_payments_spreads_over_every_replica() -> None:
             await activities["authorize_payment"](request)
     assert sorted(set(hosts)) == ["payments-a", "payments-b"]
     assert hosts.count("payments-a") == 2
+
+
+def test_the_saga_policy_is_the_workers_settings_of_the_same_names() -> None:
+    settings = WorkerSettings(review_threshold_cents=5, compensation_budget_seconds=7, local_activities=False)
+    policy = settings.saga_policy()
+    assert (policy.review_threshold_cents, policy.compensation_budget_seconds) == (5, 7)
+    assert policy.local_activities is False
+    assert WorkerSettings().saga_policy().review_threshold_cents == REVIEW_THRESHOLD_CENTS
