@@ -6,26 +6,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
 from tests.e2e.conftest import UpProcess, start_up
-from tests.support.prerequisites import chromium_path, missing
-
-try:
-    from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
-except ImportError:  # pragma: no cover - the test extra installs it
-    sync_playwright = None
+from tests.support.prerequisites import chromium_path
 
 # Sagas on a loaded machine (two cores shared by other stacks) take seconds, not milliseconds.
 SAGA_TIMEOUT_MS = 120_000
 UI_TIMEOUT_MS = 30_000
-if sync_playwright is not None:
-    # Every wait of a page, not only the sagas': a click's answer can take seconds under load.
-    expect.set_options(timeout=UI_TIMEOUT_MS)
+# Every wait of a page, not only the sagas': a click's answer can take seconds under load.
+expect.set_options(timeout=UI_TIMEOUT_MS)
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
@@ -49,8 +44,6 @@ def base_url(stack: UpProcess) -> str:
 
 @pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Browser]:
-    if sync_playwright is None:
-        missing("playwright is not installed: `pip install -r requirements-test.lock`")
     with sync_playwright() as playwright:
         yield launch(playwright, chromium)
 
@@ -121,6 +114,3 @@ def api_token(base_url: str, username: str, password: str) -> str:
     answer = httpx.post(f"{base_url}/api/v1/auth/token", data={"username": username, "password": password})
     answer.raise_for_status()
     return str(answer.json()["access_token"])
-
-
-Shooter = Callable[[Page, str], Path]

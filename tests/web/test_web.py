@@ -256,6 +256,10 @@ def test_worker_killed_from_the_demo_controls_mid_saga_and_the_timeline_complete
     demo.get_by_role("button", name="Restart worker").click()
     expect(worker).to_have_attribute("data-state", "running", timeout=SAGA_TIMEOUT_MS)
     assert _worker_pid(stack) != pid_before
+    builds = _worker_builds(stack)
+    # A saga is pinned to its worker's build (README, "Rollouts"): if workflows/ changed on disk
+    # during the test, the restarted worker is another version and this saga waits for the old one.
+    assert len(set(builds)) == 1, f"workflow code changed during the test: builds {builds}"
     approve(operator, order_id)
     expect(customer.locator("#saga-state")).to_have_attribute(
         "data-status", "completed", timeout=SAGA_TIMEOUT_MS
@@ -273,6 +277,11 @@ def _worker_pid(stack: UpProcess) -> int:
             return int(state["children"]["worker"])
         time.sleep(0.5)
     raise AssertionError("no worker in up.json")
+
+
+def _worker_builds(stack: UpProcess) -> list[str]:
+    log = (stack.data_dir / "logs" / "worker.log").read_text(errors="replace")
+    return re.findall(r'"build_id": "([0-9a-f]+)", "event": "worker_started"', log)
 
 
 def test_the_pages_on_a_phone_and_their_security_headers(pages: Pages, base_url: str) -> None:
