@@ -11,13 +11,14 @@ from tests.support.driver import Driver
 from tests.support.identity import INTERNAL_TOKEN
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok, stop_together
 from tests.support.temporal import dev_server
+from workflows.contract import REVIEW_THRESHOLD_CENTS
 
 # Short retry budgets so failure paths finish in seconds; production defaults are in WorkerSettings.
 TEST_WORKER_ENV = {
     "WORKER_PAYMENT_MAX_ATTEMPTS": "4",
     "WORKER_PAYMENT_INITIAL_INTERVAL_SECONDS": "0.2",
     "WORKER_PAYMENT_BUDGET_SECONDS": "20",
-    "WORKER_REVIEW_THRESHOLD_CENTS": "100000",
+    "WORKER_REVIEW_THRESHOLD_CENTS": str(REVIEW_THRESHOLD_CENTS),
     "WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2",
 }
 
