@@ -14,7 +14,17 @@ import re
 from collections import Counter
 from pathlib import Path
 
-_IDLE = ("select (selectors.py", "_run_once (asyncio/base_events.py", "wait (threading.py")
+# Top frames that mean waiting (py-spy --nonblocking reports a thread blocked in C under its last
+# Python frame): the event loop in epoll, aiosqlite's worker thread on its queue, a condition.
+_IDLE = (
+    "select (selectors.py",
+    "_run_once (asyncio/base_events.py",
+    "Runner.run (asyncio/runners.py",
+    "_connection_worker_thread (aiosqlite/core.py",
+    "Condition.wait (threading.py",
+    "wait (threading.py",
+    "_worker (concurrent/futures/thread.py",
+)
 _FRAME = re.compile(r"^(?P<name>.+?) \((?P<file>[^:)]+)(?::\d+)?\)$")
 
 
