@@ -135,32 +135,37 @@ SKIP_UNLESS_FULL = pytest.mark.skip(
     reason="long variant of a scenario family whose gating test runs; ORDERSAGA_TEST_FULL=1 runs it"
 )
 
-# Seconds each long xdist group took in `--durations=0` (setup, call and teardown, long variants left
-# out; 2026-12-02, a loaded machine, so only their ranks matter), so that the longest start first and
+# Seconds each long xdist group took (setup, call and teardown, long variants left out; one process
+# per directory, 2026-12-02, on a loaded machine, so only their ranks matter), so that the longest start first and
 # the short ones fill in behind them: the last group to finish decides the wall time. A figure gone
 # stale costs balance, never coverage; a group not listed counts as UNLISTED_GROUP_SECONDS, and tests
 # in no group (in-process, any worker) go last as filler.
 GROUP_SECONDS: dict[str, float] = {
-    "saga/test_saga_paths.py": 620,
-    "saga/test_saga_faults.py": 460,
-    "saga/test_saga_review_cancel.py": 265,
-    "saga/test_operator_actions.py": 200,
-    "saga/test_step_faults.py": 200,
+    "security/test_token_revocation.py": 191,
+    "saga/test_step_faults.py": 167,
     "e2e/test_up.py": 155,
-    "topology/test_replicas.py": 150,
+    "topology/test_replicas.py": 130,
     "hostile/test_schemathesis.py": 130,
+    "saga/test_operator_actions.py": 123,
+    "saga/test_saga_faults.py": 121,
     "outages/test_database_down.py": 120,
     "observability": 115,
+    "saga/test_replay_live.py": 108,
     "events": 105,
-    "saga/test_replay_live.py": 100,
-    "security/test_token_revocation.py": 90,
     "outages/test_temporal_down.py": 90,
     "replay/test_replay.py": 90,
     "gateway/test_gateway_edge.py": 75,
     "rollout/test_rollout.py": 75,
+    "security/test_production_secrets.py": 63,
+    "security/test_internal_credential.py": 57,
+    "saga/test_saga_paths.py": 45,
+    "saga/test_compensation_budget.py": 45,
+    "saga/test_saga_review_cancel.py": 40,
     "gateway/test_gateway_stack.py": 40,
+    "security/test_codec_auth.py": 38,
     "replicas/test_replicas.py": 35,
     "outages/test_nats_down.py": 35,
+    "security/test_ownership.py": 30,
 }
 UNLISTED_GROUP_SECONDS = 20.0
 
