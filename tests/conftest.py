@@ -138,9 +138,8 @@ SKIP_UNLESS_FULL = pytest.mark.skip(
 # Seconds each long xdist group took (setup, call and teardown, long variants left out; one process
 # per directory, 2026-12-02, on a loaded machine, so only their ranks matter), so that the longest
 # start first and the short ones fill in behind them: the last group to finish decides the wall time.
-# A figure gone
-# stale costs balance, never coverage; a group not listed counts as UNLISTED_GROUP_SECONDS, and tests
-# in no group (in-process, any worker) go last as filler.
+# A figure gone stale costs balance, never coverage; a group not listed counts as
+# UNLISTED_GROUP_SECONDS, and tests in no group (in-process, any worker) go last as filler.
 GROUP_SECONDS: dict[str, float] = {
     "security/test_token_revocation.py": 191,
     "saga/test_step_faults.py": 167,
