@@ -115,11 +115,11 @@ class Sender:
         for notification_id in await self._due_ids(now):
             if self._stopping:
                 break
-            token = await self._claim(notification_id, now)
-            if token is None:
+            won = await self._claim(notification_id, now)
+            if won is None:
                 continue  # another sender holds it
             claimed += 1
-            await self._deliver(notification_id, token)
+            await self._deliver(notification_id, won[0], loaded=won[1])
         return claimed
 
     async def run(self) -> None:
@@ -184,7 +184,10 @@ class Sender:
             )
         return notification_id, token
 
-    async def _claim(self, notification_id: uuid.UUID, now: datetime) -> uuid.UUID | None:
+    async def _claim(
+        self, notification_id: uuid.UUID, now: datetime
+    ) -> tuple[uuid.UUID, Notification | None] | None:
+        """(token, the row as claimed) if this sender won the claim, read in the same transaction."""
         token = uuid.uuid4()
         lease = now + timedelta(seconds=self.settings.claim_lease_seconds)
         # The WHERE repeats the due condition: whoever updates first wins, the other matches no row.
@@ -197,12 +200,19 @@ class Sender:
         )
         async with self.db.session() as session, session.begin():
             result = await session.exec(statement)
-            return token if result.rowcount == 1 else None
+            if result.rowcount != 1:
+                return None
+            # Read here rather than in a transaction of its own: one transaction less per notice.
+            return token, await session.get(Notification, notification_id)
 
-    async def _deliver(self, notification_id: uuid.UUID, token: uuid.UUID) -> None:
-        async with self.db.session() as session:
-            notification = await session.get(Notification, notification_id)
-            await session.commit()
+    async def _deliver(
+        self, notification_id: uuid.UUID, token: uuid.UUID, *, loaded: Notification | None = None
+    ) -> None:
+        notification = loaded
+        if notification is None:
+            async with self.db.session() as session:
+                notification = await session.get(Notification, notification_id)
+                await session.commit()
         if notification is None:
             return
         bound = log.bind(
