@@ -30,6 +30,8 @@ from workflows.payloads import SagaFacts, StrandedOrder, workflow_id_for
 # Enough to describe a page of orders quickly without flooding the frontend.
 DESCRIBE_CONCURRENCY = 16
 PAGE_SIZE = 500
+# The server's answer to a query on a workflow closed before any workflow task started.
+NEVER_RAN = "closed before WorkflowTaskStarted"
 # How far back final orders are checked for loose ends. Each sweep looks again, so a loose end is
 # tidied within two sweeps; one left while the reconciler was away for longer than this stays.
 LOOSE_END_WINDOW_SECONDS = 6 * 3600.0
@@ -209,7 +211,15 @@ class ReconcilerActivities:
     async def saga_facts(self, order_id: str) -> SagaFacts:
         """Asked of the closed workflow: Temporal answers a query on it by replaying its history."""
         handle = self._client.get_workflow_handle(workflow_id_for(order_id))
-        return await handle.query("facts", result_type=SagaFacts)
+        try:
+            return await handle.query("facts", result_type=SagaFacts)
+        except RPCError as err:
+            # Terminated before its first workflow task: the server has no state to answer from,
+            # and no step ran, so there is nothing to undo but the order itself.
+            if NEVER_RAN not in err.message:
+                raise
+            activity.logger.warning("saga_closed_before_it_ran", extra={"order_id": order_id})
+            return SagaFacts(order_id=order_id, pivot_started=False, order_status="PENDING")
 
     async def _workflow_status(self, order_id: str) -> WorkflowExecutionStatus | None:
         return await self._status_of(workflow_id_for(order_id))

@@ -9,6 +9,7 @@ checks what a customer and the stock would show.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -192,3 +193,29 @@ async def test_a_running_saga_is_left_to_send_its_own_notice(
     status = await wait_closed(temporal_client, f"order-{order_id}", timeout=90)
     assert status is WorkflowExecutionStatus.COMPLETED
     assert await outcome_notices(driver, customer, order_id) == [("order_confirmed", "email")]
+
+
+async def test_a_saga_terminated_before_its_first_workflow_task_is_repaired(
+    proxied: ProxiedStack, driver: Driver, temporal_client: Client
+) -> None:
+    """Found by the PostgreSQL gating run: the operator's terminate came before any worker had
+    picked up the saga's first task, so the repair's query of the closed saga can never be answered
+    ("closed before WorkflowTaskStarted"); the repair rolls back what nothing did and cancels."""
+    customer = await driver.customer()
+    product = await driver.product(stock=STOCK)
+    worker = proxied.stack.processes["worker"]
+    worker.signal(signal.SIGSTOP)  # the first workflow task is scheduled, never started
+    try:
+        accepted = await driver.place_order(customer, [(product, 2)])
+        assert accepted.status_code == 202, accepted.text
+        order_id = accepted.json()["id"]
+        proxied.temporal("workflow", "terminate", "--workflow-id", f"order-{order_id}", "--reason", "test")
+    finally:
+        worker.signal(signal.SIGCONT)
+    assert (await driver.order(order_id))["status"] == "PENDING"
+
+    assert order_id in await sweep(temporal_client)
+    await asyncio.wait_for(temporal_client.get_workflow_handle(f"repair-{order_id}").result(), 120)
+    order = await driver.order(order_id)
+    assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "saga_terminated")
+    await driver.assert_invariants(order, {product: STOCK})
