@@ -24,7 +24,8 @@ BIG_PRICE = 60_000
 # `authorize-before-review`): the capture is a second activity task with its own workflow task, the
 # pivot's first call (commit stock) is a regular activity (workflows/order.py `_confirm` says why),
 # and the patch adds a marker and an upsert of TemporalChangeVersion (19 → 32 local, 49 → 57 regular).
-SUCCESS_HISTORY_EVENTS = {"local": 32, "regular": 57}
+# The typed-order-activities patch adds its marker and one more step marker (32 → 34, 57 → 59).
+SUCCESS_HISTORY_EVENTS = {"local": 34, "regular": 59}
 SUCCESS_WORKFLOW_TASKS = {"local": 4, "regular": 9}
 
 
