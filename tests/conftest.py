@@ -125,7 +125,7 @@ SERIAL_DIRECTORIES = frozenset({"load", "chaos"})
 
 
 # Directories whose conftest starts a stack once per session for all their files.
-SESSION_STACK_DIRECTORIES = frozenset({"events", "observability"})
+SESSION_STACK_DIRECTORIES = frozenset({"events", "observability", "web"})
 
 # `make test` is the gating run a contributor waits for before a push: the long variants of the
 # real-process scenario families (marker `full`) skip, each family keeping a gating test that runs.

@@ -1,5 +1,6 @@
 """Browser tests of the web pages: Playwright for Python driving Debian's chromium (launched by
-`executable_path`, never a downloaded browser) against one real `ordersaga up` stack per module."""
+`executable_path`, never a downloaded browser) against one real `ordersaga up` stack that every file
+here shares (tests/conftest.py keeps the directory on one xdist worker)."""
 
 from __future__ import annotations
 
@@ -24,25 +25,31 @@ expect.set_options(timeout=UI_TIMEOUT_MS)
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
+# A compensation refused for longer than this is marked compensation_failed (the worker's
+# WORKER_COMPENSATION_BUDGET_SECONDS, 600 s by default): the console's retry test waits it out.
+COMPENSATION_BUDGET_SECONDS = "15"
+
+
+@pytest.fixture(scope="session")
 def chromium() -> str:
     return chromium_path()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
-    running = start_up(tmp_path_factory.mktemp("web-up"))
+    budget = {"WORKER_COMPENSATION_BUDGET_SECONDS": COMPENSATION_BUDGET_SECONDS}
+    running = start_up(tmp_path_factory.mktemp("web-up"), budget)
     yield running
     if running.proc is not None and running.proc.poll() is None:
         running.interrupt()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def base_url(stack: UpProcess) -> str:
     return f"http://127.0.0.1:{stack.ports['gateway']}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(chromium: str) -> Iterator[Browser]:
     with sync_playwright() as playwright:
         yield launch(playwright, chromium)
