@@ -12,10 +12,12 @@ compensations); docs/saga-stream.md has the reasons and the measured cost.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from typing import Annotated, Protocol, runtime_checkable
 
 import structlog
 from fastapi import APIRouter, FastAPI, Header, Request
@@ -32,6 +34,7 @@ from services.orders.saga import SagaPort
 from services.orders.saga_view import SagaViewOut
 from services.orders.schemas import OrderOut
 from services.orders.settings import Settings
+from workflows import contract
 
 log = structlog.get_logger(__name__)
 
@@ -132,8 +135,21 @@ STREAM_DESCRIPTION = (
     "has ended, one last `event: end` with the final view, and the stream closes. A `: keep-alive` "
     "comment comes after 15 s without an event (`ORDERS_SAGA_STREAM_KEEPALIVE_SECONDS`). A client "
     "that reconnects with `Last-Event-ID` gets the current view at once, numbered after it. Past "
-    "`ORDERS_SAGA_STREAM_MAX_OPEN` open streams: 503 `overloaded` with Retry-After."
+    "`ORDERS_SAGA_STREAM_MAX_OPEN` open streams: 503 `overloaded` with Retry-After. A saga whose "
+    "workflow was closed from outside (terminated, cancelled, timed out or failed in Temporal) "
+    "ends its stream too, within the quiet poll interval: the `end` event's view is the last one the "
+    "workflow answered, with `workflow_status` added (Temporal's close status, e.g. `TERMINATED`)."
 )
+
+
+@runtime_checkable
+class ClosedWorkflows(Protocol):
+    """A saga port that can tell a workflow closed from outside, whose query answers the same view
+    for ever (a terminated saga's last state): the stream's only way to see that it is over."""
+
+    async def closed_status(self, order_id: uuid.UUID) -> str | None:
+        """The workflow's close status (TERMINATED, CANCELED, ...) once it has closed; else None."""
+        ...
 
 
 def saga_has_ended(view: SagaViewOut) -> bool:
@@ -213,6 +229,10 @@ async def saga_events(
                 log.info("saga_stream_view_unavailable", order_id=str(order_id), reason=problem.detail)
                 view = None
             data = view.model_dump_json().encode() if view is not None else sent
+            if (view is None or data == sent) and (closed := await _closed(saga, order_id)):
+                number += 1
+                yield _event(number, "end", _closed_view(data, order_id, closed))
+                return
             if view is not None and (saga_has_ended(view) or data != sent):
                 number += 1
                 if saga_has_ended(view):
@@ -227,6 +247,26 @@ async def saga_events(
             yield b": keep-alive\n\n"
             quiet_since = time.monotonic()
         await asyncio.sleep(max(0.0, min(next_poll, quiet_since + keepalive) - time.monotonic()))
+
+
+async def _closed(saga: SagaPort, order_id: uuid.UUID) -> str | None:
+    """Asked only when the view did not change (or could not be read): a saga that runs changes
+    its view, one closed from outside never does again, so a quiet poll costs one more call."""
+    if not isinstance(saga, ClosedWorkflows):
+        return None
+    try:
+        return await saga.closed_status(order_id)
+    except Problem as problem:
+        log.info("saga_stream_close_status_unavailable", order_id=str(order_id), reason=problem.detail)
+        return None
+
+
+def _closed_view(sent: bytes, order_id: uuid.UUID, workflow_status: str) -> bytes:
+    # Terminated before its first workflow task, the workflow never answered a view: every step
+    # is as it was when the order was accepted.
+    view = json.loads(sent) if sent else dataclasses.asdict(contract.not_started_view(str(order_id)))
+    view["workflow_status"] = workflow_status
+    return json.dumps(view, separators=(",", ":")).encode()
 
 
 def _last_event_id(raw: str | None) -> int:

@@ -11,7 +11,12 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -167,6 +172,24 @@ class TemporalSaga:
                 return not_started_view(order_id)
             raise saga_unavailable() from err
         return dataclasses.asdict(view)
+
+    async def closed_status(self, order_id: uuid.UUID) -> str | None:
+        """The saga workflow's close status (`TERMINATED`, `CANCELED`, `TIMED_OUT`, `FAILED`,
+        `COMPLETED`) once it has closed; None while it runs or before it has started."""
+        client = await self.client()
+        handle = client.get_workflow_handle(workflow_id_for(str(order_id)))
+        try:
+            async with _within(self._rpc_timeout):
+                described = await handle.describe(rpc_timeout=self._rpc_timeout)
+        except TimeoutError as err:
+            raise saga_unavailable() from err
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise saga_unavailable() from err
+        if described.status in (None, WorkflowExecutionStatus.RUNNING):
+            return None
+        return described.status.name
 
     async def _update(self, order_id: uuid.UUID, name: str, argument: Any) -> None:
         client = await self.client()

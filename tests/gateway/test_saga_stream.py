@@ -249,6 +249,38 @@ async def test_a_client_that_reconnects_gets_the_current_view_at_once(
     assert after[0].data == last.data
 
 
+async def test_a_saga_terminated_in_temporal_ends_its_stream_promptly(
+    api: httpx.AsyncClient, tokens: Tokens, stack: Stack
+) -> None:
+    """An operator's `temporal workflow terminate` (the Web UI's Terminate): the workflow's query
+    answers its last view for ever, and the stream ends anyway, not at its one-hour limit."""
+    _, auth, card = await customer_with_card(api)
+    order_id = await awaiting_review(api, tokens, auth, card)
+    async with saga_stream(api, order_id, auth) as stream:
+        first = await stream.next()
+        assert first is not None and first.kind == "saga"
+        argv = [str(VENV_BIN / "temporal"), "workflow", "terminate", "--address", stack.temporal_address]
+        argv += ["--workflow-id", f"order-{order_id}", "--reason", "test: an operator's terminate"]
+        terminated = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output, _ = await terminated.communicate()
+        assert terminated.returncode == 0, output.decode()
+        at = time.monotonic()
+        rest = await stream.until_end(timeout=30)
+    end = rest[-1]
+    # Within the quiet poll interval (4 s by default), with room for a loaded machine.
+    assert end.at - at < 15, f"the end came {end.at - at:.1f} s after the terminate"
+    assert end.data is not None and end.data["workflow_status"] == "TERMINATED"
+    assert end.data["order_id"] == order_id
+    assert end.data["order_status"] == "AWAITING_REVIEW"  # the last view the workflow answered
+    # A reconnect after it gets the end at once too.
+    async with saga_stream(api, order_id, auth, last_event_id=end.id) as stream:
+        after = await stream.until_end(timeout=20)
+    assert after[-1].kind == "end" and after[-1].data is not None
+    assert after[-1].data["workflow_status"] == "TERMINATED"
+
+
 async def test_a_client_that_leaves_releases_its_stream_at_the_gateway_and_upstream(
     api: httpx.AsyncClient, tokens: Tokens, gateway: RunningGateway, stack: Stack
 ) -> None:

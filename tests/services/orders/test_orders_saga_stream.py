@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+from services.kit.errors import Problem
 from services.orders.saga_routes import StreamSlots
 from tests.services.orders.conftest import RecordingSaga, place_ok
 from tests.support.identity import as_admin, as_customer
@@ -96,6 +97,49 @@ async def test_events_come_on_change_and_the_stream_ends_with_the_saga(service_c
         # The same JSON as GET /orders/{id}/saga would give for that view.
         saga_view = await orders.get(f"/orders/{order_id}/saga", headers=as_customer(customer))
         assert saga_view.json() == got[-1]["data"]
+
+
+class ClosedSaga(ScriptedSaga):
+    """A workflow closed from outside: its query answers the same view for ever, or fails when it
+    was terminated before its first workflow task (`views` empty)."""
+
+    def __init__(self, views: list[dict[str, Any]], closed_after: int) -> None:
+        super().__init__(views)
+        self.closed_after = closed_after  # `status` queries answered while it still ran
+        self.status_checks = 0
+
+    async def describe(self, order_id: uuid.UUID) -> dict[str, Any]:
+        if not self.script:
+            raise Problem(503, "saga_unavailable", "The query failed.")
+        return await super().describe(order_id)
+
+    async def closed_status(self, order_id: uuid.UUID) -> str | None:
+        self.status_checks += 1
+        return "TERMINATED" if self.queries >= self.closed_after else None
+
+
+async def test_a_workflow_closed_from_outside_ends_the_stream_with_its_last_view(
+    service_client: Any,
+) -> None:
+    customer = uuid.uuid4()
+    async with service_client("orders", saga_stream_poll_seconds=0.01) as orders:
+        order_id = await place_ok(orders, customer)
+        saga = ClosedSaga([view(order_id, "running"), view(order_id, "running", "create_order")], 3)
+        orders.app.state.saga = saga
+        response = await orders.get(f"/orders/{order_id}/saga/stream", headers=as_customer(customer))
+        got = events(response.text)
+        assert [e["event"] for e in got] == ["saga", "saga", "end"]
+        assert got[-1]["data"] == {**got[-2]["data"], "workflow_status": "TERMINATED"}
+        # Asked only when the view stayed the same: a changing view costs no second call.
+        assert saga.status_checks <= saga.queries - 1
+
+        # Terminated before its first task: no view was ever answered, every step is pending.
+        orders.app.state.saga = ClosedSaga([], 0)
+        response = await orders.get(f"/orders/{order_id}/saga/stream", headers=as_customer(customer))
+        got = events(response.text)
+        assert [e["event"] for e in got] == ["end"]
+        assert got[0]["data"]["workflow_status"] == "TERMINATED"
+        assert {step["status"] for step in got[0]["data"]["steps"]} == {"pending"}
 
 
 async def test_a_reconnecting_client_gets_the_current_view_numbered_after_its_last(

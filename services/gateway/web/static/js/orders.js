@@ -159,8 +159,11 @@ export async function renderOrder({ view, config, setCleanup }, orderId) {
     (sagaView) => {
       const before = lastView;
       lastView = sagaView;
-      sagaState.textContent = `Saga ${sagaView.status}; order ${sagaView.order_status}${sagaView.cancel_reason ? ` (${sagaView.cancel_reason})` : ""}`;
+      // workflow_status: the workflow was closed from outside (terminated in Temporal, ...).
+      const closed = sagaView.workflow_status ? ` when its workflow was closed (${sagaView.workflow_status})` : "";
+      sagaState.textContent = `Saga ${sagaView.status}${closed}; order ${sagaView.order_status}${sagaView.cancel_reason ? ` (${sagaView.cancel_reason})` : ""}`;
       sagaState.dataset.status = sagaView.status;
+      if (sagaView.workflow_status) sagaState.dataset.workflowStatus = sagaView.workflow_status;
       drawSteps(steps, sagaView);
       const changed = sagaView.steps.filter((s, i) => !before || JSON.stringify(before.steps[i]) !== JSON.stringify(s));
       if (changed.length) changes.textContent = changed.map((s) => `${s.name}: ${s.status}`).join("; ");
