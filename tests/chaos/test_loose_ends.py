@@ -21,6 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from services.kit.temporal import TemporalSettings, connect
 from services.registry import DATA_SERVICES
+from tests.saga.conftest import history_recorder
 from tests.support.driver import Customer, Driver
 from tests.support.fault_proxy import FaultProxies, Match
 from tests.support.identity import as_service
@@ -80,10 +81,10 @@ async def temporal_client(proxied: ProxiedStack) -> Client:
     return await connect(TemporalSettings(address=proxied.stack.temporal_address))
 
 
-async def sweep(client: Client) -> list[str]:
+async def sweep(client: Client, workflow_id: str | None = None) -> list[str]:
     """One reconciler sweep over every order (older than 0 s), as the Schedule's are."""
     result: list[str] = await client.execute_workflow(
-        ReconcileWorkflow.run, 0.0, id=f"reconcile-test-{uuid.uuid4()}", task_queue=TASK_QUEUE
+        ReconcileWorkflow.run, 0.0, id=workflow_id or f"reconcile-test-{uuid.uuid4()}", task_queue=TASK_QUEUE
     )
     return result
 
@@ -139,7 +140,8 @@ async def test_a_reservation_made_by_a_lost_attempt_of_a_closed_saga_is_released
     assert lost.status_code == 201, lost.text
     assert (await driver.availability(product))["reserved"] == 2
 
-    await sweep(temporal_client)
+    sweep_id = f"reconcile-test-{uuid.uuid4()}"
+    await sweep(temporal_client, sweep_id)
     order = await driver.order(order_id)
     assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "operator_cancelled")
     await driver.assert_invariants(order, {product: STOCK})
@@ -149,6 +151,8 @@ async def test_a_reservation_made_by_a_lost_attempt_of_a_closed_saga_is_released
     assert reservation.json()["status"] == "released", reservation.text
     # The customer was never told either; the sweep sends the cancellation once.
     assert await outcome_notices(driver, customer, order_id) == [("order_cancelled", "email")]
+    # The sweep's history (behind workflow.patched("reconcile-loose-ends")) for the replay corpus.
+    history_recorder(proxied.stack.temporal_address)(order_id, "reconcile_loose_ends", workflow_id=sweep_id)
 
 
 async def test_a_saga_terminated_before_its_notice_gets_the_notice_once(

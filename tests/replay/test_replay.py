@@ -64,6 +64,9 @@ CURRENT_PATHS = V1_PATHS | {
     "compensation_failed",
     "compensation_failed_retried",
     "reset_confirmed",
+    # The reconciler's sweep that tidied a closed saga's loose ends (workflow.patched
+    # "reconcile-loose-ends"), recorded by tests/chaos/test_loose_ends.py with ORDERSAGA_RECORD_HISTORIES=1.
+    "reconcile_loose_ends",
 }
 
 
