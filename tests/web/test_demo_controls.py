@@ -6,15 +6,19 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from rich.console import Console
 
 from ordersaga.supervisor import Child, ControlServer, Supervisor
 from services.gateway.app import create_app
 from services.gateway.settings import Settings
+from services.users.tokens import TokenIssuer
+from tests.gateway.conftest import Scripted, in_process_gateway, scripted  # noqa: F401 - a fixture
 
 
 def _sleeper(tmp_path: Path, name: str) -> Child:
@@ -86,3 +90,34 @@ def test_production_refuses_demo_controls() -> None:
     with pytest.raises(ValueError, match="GATEWAY_DEMO_CONTROL_URL"):
         Settings(environment="production", demo_control_url="http://127.0.0.1:9999", **strong)
     assert Settings(environment="production", **strong).demo_control_url == ""
+
+
+async def test_the_gateways_demo_routes_answer_a_malformed_name_with_a_problem(
+    tmp_path: Path,
+    scripted: Scripted,  # noqa: F811 - the fixture imported above
+) -> None:
+    """Found by hand beside the schemathesis run (the demo routes are in no OpenAPI document): a
+    NUL or newline in the name made the relay's URL invalid, a 500; `..` walked to another path."""
+    key = TokenIssuer(rsa.generate_private_key(public_exponent=65537, key_size=2048), 900)
+    scripted.jwks = key.jwks()
+    admin = {"Authorization": f"Bearer {key.issue(uuid.uuid4(), 'admin').access_token}"}
+    supervisor = Supervisor(Console(file=open(os.devnull, "w")))  # noqa: SIM115 - closed with the process
+    supervisor.start(_sleeper(tmp_path, "worker"))
+    control = ControlServer(supervisor, "t0ken", lambda: ["worker"])
+    control.start()
+    try:
+        async with in_process_gateway(
+            users_url=scripted.url, demo_control_url=control.url, demo_control_token="t0ken"
+        ) as gateway:
+            for name in ("%00", "a%0Ab", "%2E%2E", "x" * 300, "Worker"):
+                answer = await gateway.post(f"/demo/processes/{name}/kill", headers=admin)
+                assert answer.status_code == 404, (name, answer.text)
+                assert answer.headers["content-type"] == "application/problem+json"
+                assert answer.json()["code"] in ("unknown_process", "not_found"), name
+            listed = await gateway.get("/demo/processes", headers=admin)
+            assert [p["state"] for p in listed.json()["items"]] == ["running"]
+            wrong = await gateway.post("/demo/processes/worker/explode", headers=admin)
+            assert (wrong.status_code, wrong.json()["code"]) == (422, "validation_error")
+    finally:
+        control.close()
+        supervisor.stop_all()

@@ -8,6 +8,7 @@ of the public API and never in its OpenAPI document.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Literal
 
 import httpx
@@ -18,6 +19,12 @@ from services.kit.errors import Problem, problem_response
 
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
+
+
+# The supervisor's children: `worker`, `inventory`, `orders-2`... Anything else (a NUL, a newline,
+# `..`) is no process, and must not reach the relayed URL, where it would be refused (a 500) or
+# walk to another of the supervisor's paths.
+PROCESS_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 def install_demo_controls(ops: FastAPI, gateway: Gateway) -> None:
@@ -53,4 +60,6 @@ def install_demo_controls(ops: FastAPI, gateway: Gateway) -> None:
     @ops.post("/demo/processes/{name}/{action}", include_in_schema=False)
     async def act(request: Request, name: str, action: Literal["kill", "restart"]) -> JSONResponse:
         await admin_only(request)
+        if not PROCESS_NAME.fullmatch(name):
+            return problem_response(404, "unknown_process", "No controllable process of that name.")
         return await relay("POST", f"/processes/{name}/{action}")
