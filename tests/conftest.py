@@ -20,6 +20,7 @@ from tests.support.databases import (
     SqliteDatabases,
     postgres_admin_url,
     postgres_reachable,
+    run_in_thread,
 )
 from tests.support.driver import Driver
 from tests.support.identity import INTERNAL_TOKEN
@@ -56,19 +57,27 @@ DatabaseFactory = Callable[[str], Any]
 @pytest.fixture
 def fresh_database(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, sqlite_databases: SqliteDatabases
-) -> DatabaseFactory:
-    """`await fresh_database("users")` → the URL of a new, migrated database on this test's backend."""
+) -> Iterator[DatabaseFactory]:
+    """`await fresh_database("users")` → the URL of an empty, migrated database on this test's
+    backend (on PostgreSQL one the pool has emptied, see tests/support/databases.py)."""
     # Resolved here, in sync setup, so that an unreachable PostgreSQL skips (or fails under CI) early.
     postgres: PostgresDatabases | None = (
         request.getfixturevalue("postgres_databases") if backend == "postgres" else None
     )
 
-    async def make(service: str) -> str:
-        if postgres is not None:
-            return await postgres.fresh(service)
-        return await sqlite_databases.fresh(service, tmp_path)
+    lent: list[tuple[str, str]] = []
 
-    return make
+    async def make(service: str) -> str:
+        if postgres is None:
+            return await sqlite_databases.fresh(service, tmp_path)
+        url = await postgres.lend(service)
+        lent.append((service, url))
+        return url
+
+    yield make
+    if postgres is not None:
+        for service, url in lent:
+            run_in_thread(postgres.give_back(service, url))
 
 
 ServiceClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
