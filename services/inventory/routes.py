@@ -26,7 +26,7 @@ from services.kit.identity import AdminDep, ServiceDep
 from services.kit.pagination import Page, PageDep
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

@@ -3,6 +3,10 @@
 The gateway verifies the user's JWT, strips any identity headers the client sent, and forwards
 `X-Ordersaga-User-Id` and `X-Ordersaga-Role` together with the shared internal credential
 `X-Ordersaga-Internal-Token`. A service ignores identity headers that arrive without that credential.
+
+The dependencies are `async def` although they never wait: FastAPI runs a plain `def` dependency in
+a worker thread, a thread hop per dependency per request for a header read. The same holds for the
+services' other dependencies that only read `app.state` or a parameter.
 """
 
 from __future__ import annotations
@@ -68,31 +72,31 @@ def read_identity(request: Request) -> Identity | None:
     return Identity(role=role, user_id=user_id)
 
 
-def optional_identity(request: Request) -> Identity | None:
+async def optional_identity(request: Request) -> Identity | None:
     return read_identity(request)
 
 
-def require_identity(request: Request) -> Identity:
+async def require_identity(request: Request) -> Identity:
     identity = read_identity(request)
     if identity is None:
         raise Problem(401, "unauthenticated", "Authentication is required.")
     return identity
 
 
-def require_admin(identity: Annotated[Identity, Depends(require_identity)]) -> Identity:
+async def require_admin(identity: Annotated[Identity, Depends(require_identity)]) -> Identity:
     if not identity.is_privileged:
         raise Problem(403, "forbidden", "This action needs the admin role.")
     return identity
 
 
-def require_service(identity: Annotated[Identity, Depends(require_identity)]) -> Identity:
+async def require_service(identity: Annotated[Identity, Depends(require_identity)]) -> Identity:
     """Saga-only endpoints: charge, refund, reserve, release, commit, order commands."""
     if identity.role != "service":
         raise Problem(403, "forbidden", "Only the order saga may call this endpoint.")
     return identity
 
 
-def require_customer(identity: Annotated[Identity, Depends(require_identity)]) -> Identity:
+async def require_customer(identity: Annotated[Identity, Depends(require_identity)]) -> Identity:
     if identity.role != "customer" or identity.user_id is None:
         raise Problem(403, "forbidden", "This action is for customers.")
     return identity

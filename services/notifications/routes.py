@@ -19,7 +19,7 @@ from services.notifications.sender import Sender
 router = APIRouter(tags=["notifications"])
 
 
-def get_sender(request: Request) -> Sender:
+async def get_sender(request: Request) -> Sender:
     sender: Sender = request.app.state.sender
     return sender
 

@@ -17,7 +17,7 @@ IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:/-]{1,200}$"
 _VALID_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
-def get_provider(request: Request) -> CardProvider:
+async def get_provider(request: Request) -> CardProvider:
     provider: CardProvider = request.app.state.provider
     return provider
 
@@ -25,7 +25,7 @@ def get_provider(request: Request) -> CardProvider:
 ProviderDep = Annotated[CardProvider, Depends(get_provider)]
 
 
-def get_ledger(request: Request, session: SessionDep, provider: ProviderDep) -> PaymentLedger:
+async def get_ledger(request: Request, session: SessionDep, provider: ProviderDep) -> PaymentLedger:
     settings: Settings = request.app.state.settings
     return PaymentLedger(
         session,
@@ -38,7 +38,7 @@ def get_ledger(request: Request, session: SessionDep, provider: ProviderDep) -> 
 LedgerDep = Annotated[PaymentLedger, Depends(get_ledger)]
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[
         str | None,
         Header(

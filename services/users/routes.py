@@ -30,22 +30,22 @@ from services.users.tokens import TokenIssuer
 log = structlog.get_logger(__name__)
 
 
-def _passwords(request: Request) -> Passwords:
+async def _passwords(request: Request) -> Passwords:
     passwords: Passwords = request.app.state.passwords
     return passwords
 
 
-def _tokens(request: Request) -> TokenIssuer:
+async def _tokens(request: Request) -> TokenIssuer:
     tokens: TokenIssuer = request.app.state.tokens
     return tokens
 
 
-def _throttle(request: Request) -> LoginThrottle:
+async def _throttle(request: Request) -> LoginThrottle:
     throttle: LoginThrottle = request.app.state.login_throttle
     return throttle
 
 
-def _revocations(request: Request) -> Revocations:
+async def _revocations(request: Request) -> Revocations:
     revocations: Revocations = request.app.state.revocations
     return revocations
 
