@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import Update, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -90,15 +91,10 @@ async def _load(session: AsyncSession, order_id: uuid.UUID) -> ReservationOut | 
             .order_by(col(InventoryReservationLine.product_id))
         )
     ).all()
-    return ReservationOut(
-        order_id=header.order_id,
-        status=ReservationStatus(header.status).value,
-        lines=[
-            ReservationLineOut(
-                product_id=line.product_id, quantity=line.quantity, unit_price_cents=line.unit_price_cents
-            )
-            for line in lines
-        ],
+    return _reservation_out(
+        header.order_id,
+        header.status,
+        [(line.product_id, line.quantity, line.unit_price_cents) for line in lines],
         total_cents=header.total_cents,
         currency=header.currency,
         created_at=header.created_at,
@@ -120,8 +116,8 @@ async def reserve(
     ensure_distinct_products(request.lines)
     try:
         async with session.begin():
-            await _hold_all(session, request, low_threshold)
-            created = await _load(session, request.order_id)
+            # Built from what this transaction wrote: reading it back would be two more statements.
+            created = await _hold_all(session, request, low_threshold)
     except _OrderIdTaken:
         async with session.begin():
             existing = await _load(session, request.order_id)
@@ -131,7 +127,6 @@ async def reserve(
             raise _released(request.order_id) from None
         log.info("reservation_repeated", order_id=str(request.order_id), status=existing.status)
         return existing, False
-    assert created is not None
     log.info(
         "reservation_created",
         order_id=str(request.order_id),
@@ -141,7 +136,7 @@ async def reserve(
     return created, True
 
 
-async def _hold_all(session: AsyncSession, request: ReservationCreate, low_threshold: int) -> None:
+async def _hold_all(session: AsyncSession, request: ReservationCreate, low_threshold: int) -> ReservationOut:
     header = InventoryReservation(order_id=request.order_id, status=ReservationStatus.RESERVED.value)
     session.add(header)
     try:
@@ -206,11 +201,47 @@ async def _hold_all(session: AsyncSession, request: ReservationCreate, low_thres
         data={"order_id": str(request.order_id), "total_cents": total_cents, "currency": header.currency},
     )
     await session.flush()
+    return _reservation_out(
+        header.order_id,
+        header.status,
+        [(line.product_id, line.quantity, products[line.product_id].price_cents) for line in lines],
+        total_cents=total_cents,
+        currency=header.currency,
+        created_at=header.created_at,
+    )
+
+
+def _reservation_out(
+    order_id: uuid.UUID,
+    status: str,
+    lines: Sequence[tuple[uuid.UUID, int, int]],
+    *,
+    total_cents: int,
+    currency: str | None,
+    created_at: datetime,
+) -> ReservationOut:
+    """The reservation as the API shows it; `lines` are (product id, quantity, unit price) by product id."""
+    return ReservationOut(
+        order_id=order_id,
+        status=ReservationStatus(status).value,
+        lines=[
+            ReservationLineOut(product_id=product_id, quantity=quantity, unit_price_cents=unit_price_cents)
+            for product_id, quantity, unit_price_cents in lines
+        ],
+        total_cents=total_cents,
+        currency=currency,
+        created_at=created_at,
+    )
 
 
 async def _transition(session: AsyncSession, order_id: uuid.UUID, target: ReservationStatus) -> bool:
     """Move a `reserved` reservation to `target`; False when it was not `reserved` (or is unknown)."""
-    result = await session.exec(
+    result = await session.exec(_transition_statement(order_id, target))
+    return result.rowcount == 1
+
+
+def _transition_statement(order_id: uuid.UUID, target: ReservationStatus) -> Update:
+    return (
         update(InventoryReservation)
         .where(
             col(InventoryReservation.order_id) == order_id,
@@ -219,7 +250,6 @@ async def _transition(session: AsyncSession, order_id: uuid.UUID, target: Reserv
         .values(status=target.value, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
 
 
 async def _held_lines(session: AsyncSession, order_id: uuid.UUID) -> Sequence[InventoryReservationLine]:
@@ -285,8 +315,18 @@ async def _release_once(session: AsyncSession, order_id: uuid.UUID, low_threshol
 
 async def commit(session: AsyncSession, order_id: uuid.UUID, *, low_threshold: int) -> ReservationOut:
     async with session.begin():
-        if await _transition(session, order_id, ReservationStatus.COMMITTED):
-            for line in await _held_lines(session, order_id):
+        header = (
+            await session.exec(
+                _transition_statement(order_id, ReservationStatus.COMMITTED).returning(
+                    col(InventoryReservation.total_cents),
+                    col(InventoryReservation.currency),
+                    col(InventoryReservation.created_at),
+                )
+            )
+        ).first()
+        if header is not None:
+            lines = await _held_lines(session, order_id)
+            for line in lines:
                 level = await stock.ship_out(session, line.product_id, line.quantity)
                 stock.stage_stock_events(
                     session, level, available_before=level.available, low_threshold=low_threshold
@@ -299,12 +339,21 @@ async def commit(session: AsyncSession, order_id: uuid.UUID, *, low_threshold: i
                 data={"order_id": str(order_id)},
             )
             log.info("reservation_committed", order_id=str(order_id))
-        else:
-            status = await _current_status(session, order_id)
-            if status is None:
-                raise _not_found(order_id)
-            if status is ReservationStatus.RELEASED:
-                raise _released(order_id)
+            # The header's row came back from the update and the lines are read: no reading back.
+            total_cents, currency, created_at = header
+            return _reservation_out(
+                order_id,
+                ReservationStatus.COMMITTED.value,
+                [(line.product_id, line.quantity, line.unit_price_cents) for line in lines],
+                total_cents=total_cents,
+                currency=currency,
+                created_at=created_at,
+            )
+        status = await _current_status(session, order_id)
+        if status is None:
+            raise _not_found(order_id)
+        if status is ReservationStatus.RELEASED:
+            raise _released(order_id)
         reservation = await _load(session, order_id)
     assert reservation is not None
     return reservation
