@@ -18,13 +18,14 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from fastapi import Response
 from sqlalchemy import case, or_, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -215,8 +216,9 @@ class PaymentLedger:
             created = await self._record_authorization(payment, outcome)
         else:
             created = await self._record_capture(payment, outcome.provider_ref)
-        async with self._session.begin():
-            payment = await self._reload(payment.id)
+        if not created:  # another request recorded the outcome: read what it wrote
+            async with self._session.begin():
+                payment = await self._reload(payment.id)
         # Raises the 402 of a decline; an outcome recorded by someone else replays as 200.
         answer = _settled_answer(payment, payment.request_hash or "")
         if answer is None:
@@ -283,11 +285,18 @@ class PaymentLedger:
         False when another request moved it first (the conditional update matched nothing).
         """
         session = self._session
+        written = {
+            "status": status,
+            "lease_owner": None,
+            "lease_until": None,
+            "updated_at": utcnow(),
+            **columns,
+        }
         async with session.begin():
             result = await session.exec(
                 update(Payment)
                 .where(col(Payment.id) == payment.id, col(Payment.status) == from_status)
-                .values(status=status, lease_owner=None, lease_until=None, updated_at=utcnow(), **columns)
+                .values(**written)
             )
             if result.rowcount != 1:
                 return False
@@ -301,6 +310,12 @@ class PaymentLedger:
                 type=f"payment.{status}",
                 subject=str(payment.id),
                 data={**_event_base(payment), **event_data},
+            )
+        # The row now holds exactly what this update wrote: the caller's copy takes it as loaded, so
+        # the answer needs no reading back (and the session sees nothing to flush).
+        for name, value in written.items():
+            set_committed_value(
+                payment, name, value.astimezone(UTC) if isinstance(value, datetime) else value
             )
         return True
 
@@ -317,18 +332,19 @@ class PaymentLedger:
             # The provider decides, under its row lock, whether a void (or the expiry) came first.
             outcome = await self._provider.capture(key, utcnow())
             if isinstance(outcome, Captured):
-                await self._record_capture(
+                settled = await self._record_capture(
                     payment, outcome.provider_ref, from_status="authorized", kind="capture"
                 )
             elif isinstance(outcome, Voided):
-                await self._record_authorization_void(payment)  # a void whose answer was lost
+                settled = await self._record_authorization_void(payment)  # a void whose answer was lost
             elif isinstance(outcome, Expired):
                 log.info("authorization_expired", charge_key=key, payment_id=str(payment.id))
                 raise _authorization_expired()
             else:
                 raise LookupError("the provider holds no authorisation for an authorized payment")
-            async with session.begin():
-                payment = await self._reload(payment.id)
+            if not settled:  # another request recorded the outcome first: read what it wrote
+                async with session.begin():
+                    payment = await self._reload(payment.id)
         return _capture_answer(payment)
 
     async def void(self, key: str) -> Payment:
