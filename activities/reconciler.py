@@ -73,8 +73,8 @@ class ReconcilerActivities:
         self,
         client: Client,
         orders: ServiceCaller,
-        inventory: ServiceCaller | None = None,
-        notifications: ServiceCaller | None = None,
+        inventory: ServiceCaller,
+        notifications: ServiceCaller,
     ) -> None:
         self._client = client
         self._orders = orders
@@ -103,7 +103,7 @@ class ReconcilerActivities:
         return stranded + await self._loose_ends(older_than_seconds, gate)
 
     async def _loose_ends(self, older_than_seconds: float, gate: asyncio.Semaphore) -> list[FoundOrder]:
-        inventory, notifications = self._peers()
+        inventory, notifications = self._inventory, self._notifications
         window = max(LOOSE_END_WINDOW_SECONDS, older_than_seconds * 4)
         candidates: list[FoundOrder] = []
         cursor: str | None = None
@@ -177,21 +177,6 @@ class ReconcilerActivities:
                     )
                 )
         return untidy
-
-    def _peers(self) -> tuple[ServiceCaller, ServiceCaller]:
-        """Inventory and notifications; read from the worker's settings when not handed in."""
-        if self._inventory is None or self._notifications is None:
-            from workers.settings import WorkerSettings  # the worker's own settings, read once
-
-            settings = WorkerSettings()
-            http = self._orders.http_client
-            self._inventory = self._inventory or ServiceCaller(
-                http, settings.inventory_url, settings.internal_token
-            )
-            self._notifications = self._notifications or ServiceCaller(
-                http, settings.notifications_url, settings.internal_token
-            )
-        return self._inventory, self._notifications
 
     async def _unfinished(self, older_than_seconds: float) -> list[dict[str, str]]:
         """Every unfinished order, page by page: orders in review must not hide a stranded one."""

@@ -85,7 +85,7 @@ def build_activities(client: Client, http: httpx.AsyncClient, settings: WorkerSe
     # Not a service's: the worker's own settings, and the reconciler, which asks Temporal too.
     instances += [
         PolicyActivities(settings.saga_policy()),
-        ReconcilerActivities(client, caller("orders")),
+        ReconcilerActivities(client, caller("orders"), caller("inventory"), caller("notifications")),
     ]
     return [method for instance in instances for method in activity_methods(instance)]
 
