@@ -28,6 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import proc_cpu
 from services.kit.identity import identity_headers
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok, tcp_open
 
@@ -36,8 +37,7 @@ TOKEN = "benchmark-internal-token"
 
 def cpu_seconds(process: ManagedProcess) -> float:
     assert process.proc is not None
-    fields = Path(f"/proc/{process.proc.pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return proc_cpu.cpu_seconds(process.proc.pid)
 
 
 def start(directory: Path, *, bare_relay: bool = False) -> tuple[dict[str, ManagedProcess], dict[str, str]]:

@@ -26,20 +26,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.proc_cpu import cpu_by_process, tree_cpu
 from ordersaga.up import PORT_SETTINGS
 from tests.support.processes import VENV_BIN, free_port
 
 SERVICES = ("users", "inventory", "payments", "notifications", "orders", "gateway")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a live process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
 
 
 def _name(pid: int) -> str:
@@ -59,23 +50,6 @@ def _name(pid: int) -> str:
     if "worker" in words:
         return "worker"
     return Path(words[0]).name if words else "?"
-
-
-def tree_cpu(root: int) -> dict[int, tuple[str, float]]:
-    """Every descendant of `root` (and itself): pid → (name, CPU seconds)."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            parents[int(entry.name)], cpu[int(entry.name)] = stat
-    members, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in members:
-                members.add(pid)
-                frontier.append(pid)
-    return {pid: (_name(pid), cpu[pid]) for pid in members if pid in cpu}
 
 
 def free_port_env() -> dict[str, str]:
@@ -127,18 +101,7 @@ class UpStack:
     ready_after: float
 
     def cpu(self) -> dict[int, tuple[str, float]]:
-        return tree_cpu(self.process.pid)
-
-
-def cpu_by_process(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
-) -> dict[str, float]:
-    """CPU seconds spent between two `tree_cpu` samples, by process name (processes in both)."""
-    spent: dict[str, float] = {}
-    for pid, (name, seconds) in after.items():
-        if pid in before:
-            spent[name] = spent.get(name, 0.0) + seconds - before[pid][1]
-    return spent
+        return tree_cpu(self.process.pid, _name)
 
 
 def measure(tree: Path, settle: float, window: float) -> dict[str, Any]:

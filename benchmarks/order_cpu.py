@@ -33,7 +33,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.idle_cpu import UpStack, cpu_by_process, up_stack
+from benchmarks.idle_cpu import UpStack, up_stack
+from benchmarks.proc_cpu import cpu_by_process
 from tests.support.processes import VENV_BIN
 
 SERVICES = ("users", "inventory", "payments", "orders", "notifications")

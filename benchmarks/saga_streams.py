@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,49 +31,17 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.proc_cpu import cpu_seconds, descendants
 from services.users.tokens import KEY_FILE_NAME, TokenIssuer, load_private_key
 from tests.support.processes import VENV_BIN, ManagedProcess, free_port, http_ok
 from tests.support.stack import Stack
 
 PASSWORD = "correct-horse-battery"
-CLOCK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-
-
-def tree(roots: Iterable[int]) -> set[int]:
-    """The roots and every live descendant (a wrapper's child does the work, say)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
-            parents[int(entry.name)] = int(fields[1])
-    found = set(roots)
-    grew = True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return found
-
-
-def cpu_seconds(pids: Iterable[int]) -> float:
-    total = 0
-    for pid in pids:
-        if (fields := _stat(pid)) is not None:
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / CLOCK
 
 
 def per_process(processes: dict[str, ManagedProcess]) -> dict[str, float]:
     return {
-        name: cpu_seconds(tree([process.proc.pid]))
+        name: sum(cpu_seconds(pid) for pid in descendants([process.proc.pid]))
         for name, process in processes.items()
         if process.proc is not None
     }

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from temporal_ceiling import closed_loop, open_loop, running_ceiling
 
+from benchmarks.proc_cpu import cpu_seconds
 from ordersaga import audit
 from ordersaga.chaos import use_free_ports
 from ordersaga.supervisor import StartupError
@@ -212,7 +213,7 @@ class OrdersagaRuns:
 
     def _cpu_seconds(self) -> dict[str, float]:
         seconds = {
-            child.name: process_cpu_seconds(child.proc.pid)
+            child.name: cpu_seconds(child.proc.pid)
             for child in self.stack.supervisor.children
             if child.proc is not None and child.proc.poll() is None
         }
@@ -270,15 +271,6 @@ class OrdersagaRuns:
             f"accept p50 {report['accept_latency_ms']['p50']} ms"
         )
         return report
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process, from /proc (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_reservation_one_charge(data_dir: Path, base: audit.Baseline, lines: int) -> dict[str, Any]:
