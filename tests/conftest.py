@@ -129,8 +129,9 @@ async def driver(stack: Stack) -> AsyncIterator[Driver]:
 
 TESTS = Path(__file__).parent
 # Tests that measure what the machine can take (a crowd of logins, the chaos run's throughput) run
-# alone after the parallel part, so a neighbour's load does not decide their result.
-SERIAL_DIRECTORIES = frozenset({"load", "chaos"})
+# alone after the parallel part, so a neighbour's load does not decide their result. The rest of
+# tests/chaos (the audit's breaks, the loose ends, the fault proxy) measures nothing and spreads.
+SERIAL_PATHS = ("load/", "chaos/test_chaos.py")
 
 
 # Directories whose conftest starts a stack once per session for all their files.
@@ -212,7 +213,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     loadgroup = bool(getattr(config.option, "loadgroup", False))  # set on xdist's workers
     groups: dict[int, str | None] = {}
     for item in items:
-        if item.path.relative_to(TESTS).parts[0] in SERIAL_DIRECTORIES:
+        if item.path.relative_to(TESTS).as_posix().startswith(SERIAL_PATHS):
             item.add_marker(pytest.mark.serial)
         if not FULL_RUN and item.get_closest_marker("full") is not None:
             item.add_marker(SKIP_UNLESS_FULL)
