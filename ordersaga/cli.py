@@ -483,6 +483,15 @@ def _register_audit() -> None:
 _register_audit()
 
 
+def _register_orders() -> None:
+    from ordersaga.orders_cli import cli as orders_cli
+
+    app.add_typer(orders_cli, name="orders", help="The orders' event log and its projection: rebuild, check.")
+
+
+_register_orders()
+
+
 @app.command("codec-server", epilog=_examples("ORDERSAGA_PAYLOAD_KEYS=... ordersaga codec-server"))
 def codec_server() -> None:
     """Serve the payload codec for the Temporal Web UI (needs ORDERSAGA_PAYLOAD_KEYS)."""

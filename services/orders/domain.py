@@ -1,14 +1,16 @@
-"""Order rules without I/O: statuses, commands, the state machine, event types, pricing checks."""
+"""Order rules without I/O: statuses, commands, the state machine, event types, pricing checks, and
+the fold of an order's events into its state (the aggregate's LoadFromHistory)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from workflows.contract import CancelReason, workflow_id_for
 
@@ -154,10 +156,10 @@ class Confirmation:
 
 @dataclass(frozen=True)
 class Decision:
-    """What a command does to an order: its new status, the read-model fields, the event's data."""
+    """What a command does to an order: its new status and the data of the event that records it
+    (what that does to each column is `OrderState.apply`'s, the one place it is said)."""
 
     status: OrderStatus
-    fields: dict[str, Any]
     event_data: dict[str, Any]
 
 
@@ -172,28 +174,122 @@ def decide(
 ) -> Decision:
     """`payment_id` (await_review, cancel) records the payment the saga authorised; None leaves it be."""
     status = next_status(current, command)
-    fields: dict[str, Any] = {}
     data: dict[str, Any] = {}
     if command is CommandType.CONFIRM:
         if confirmation is None:
             raise ValueError("confirm needs a confirmation")
         priced = [line.to_json() for line in price_lines(lines, confirmation.lines, confirmation.total_cents)]
-        fields = {
+        data = {
             "items": priced,
             "total_cents": confirmation.total_cents,
             "currency": confirmation.currency,
-            "payment_id": confirmation.payment_id,
+            "payment_id": str(confirmation.payment_id),
         }
-        data = {**fields, "payment_id": str(confirmation.payment_id)}
-        return Decision(status, fields, data)
+        return Decision(status, data)
     if command is CommandType.CANCEL:
         if reason is None:
             raise ValueError("cancel needs a reason")
-        fields["cancel_reason"] = reason.value
         data["reason"] = reason.value
     if payment_id is not None:
         if command not in _CARRIES_PAYMENT:
             raise ValueError(f"{command} does not carry a payment_id")
-        fields["payment_id"] = payment_id
         data["payment_id"] = str(payment_id)
-    return Decision(status, fields, data)
+    return Decision(status, data)
+
+
+# event type → the command that wrote it
+_COMMAND_OF_EVENT: dict[str, CommandType] = {event: command for command, event in EVENT_TYPES.items()}
+
+
+class RecordedEvent(Protocol):
+    """One entry of an order's event log, as stored (an `OrderEvent` row, or one about to be)."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+
+
+class CorruptHistory(Exception):
+    """The events do not form one order's history: no creation first, a gap, or an unknown type."""
+
+
+@dataclass(frozen=True)
+class OrderState:
+    """An order as its events add up to: every column of the `orders` projection but the saga's
+    start (`saga_started_at`, the start sweeper's bookkeeping, kept in `order_saga_starts`)."""
+
+    order_id: uuid.UUID
+    user_id: uuid.UUID
+    status: OrderStatus
+    items: list[dict[str, Any]]
+    payment_method_id: uuid.UUID
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    total_cents: int | None = None
+    currency: str | None = None
+    payment_id: uuid.UUID | None = None
+    cancel_reason: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+    @classmethod
+    def created(cls, order_id: uuid.UUID, event: RecordedEvent) -> OrderState:
+        if event.type != EVENT_TYPES[CommandType.CREATE] or event.version != 1:
+            raise CorruptHistory(f"order {order_id}: the first event is {event.type} v{event.version}")
+        data = event.data
+        return cls(
+            order_id=order_id,
+            user_id=uuid.UUID(data["user_id"]),
+            status=OrderStatus.PENDING,
+            items=list(data["items"]),
+            payment_method_id=uuid.UUID(data["payment_method_id"]),
+            version=1,
+            created_at=event.occurred_at,
+            updated_at=event.occurred_at,
+            idempotency_key=data.get("idempotency_key"),
+            request_hash=data.get("request_hash"),
+        )
+
+    @classmethod
+    def from_history(cls, order_id: uuid.UUID, events: Iterable[RecordedEvent]) -> OrderState:
+        """Fold the order's events, oldest first, into its state."""
+        ordered = iter(events)
+        first = next(ordered, None)
+        if first is None:
+            raise CorruptHistory(f"order {order_id} has no events")
+        state = cls.created(order_id, first)
+        for event in ordered:
+            state = state.apply(event)
+        return state
+
+    def apply(self, event: RecordedEvent) -> OrderState:
+        """The state after one more event; pure, so the live write path and a rebuild agree."""
+        command = _COMMAND_OF_EVENT.get(event.type)
+        if command is None or command is CommandType.CREATE or event.version != self.version + 1:
+            raise CorruptHistory(
+                f"order {self.order_id}: {event.type} v{event.version} cannot follow v{self.version}"
+            )
+        data = event.data
+        changes: dict[str, Any] = {
+            "status": TRANSITIONS[command][1],
+            "version": event.version,
+            "updated_at": event.occurred_at,
+        }
+        if command is CommandType.CONFIRM:
+            changes.update(
+                items=list(data["items"]), total_cents=data["total_cents"], currency=data["currency"]
+            )
+        if command is CommandType.CANCEL:
+            changes["cancel_reason"] = data["reason"]
+        if data.get("payment_id") is not None:
+            changes["payment_id"] = uuid.UUID(data["payment_id"])
+        return replace(self, **changes)
+
+    def lines(self) -> list[Line]:
+        return [Line.from_json(raw) for raw in self.items]

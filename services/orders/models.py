@@ -1,4 +1,8 @@
-"""Tables: the order read model, its append-only event log, and the record of applied commands."""
+"""Tables: the order's append-only event log (the truth), the `orders` projection folded from it, the
+record of applied commands, and when each order's saga was first known to run.
+
+The log and the command record do not reference the projection by foreign key, so that the projection
+can be dropped and rebuilt from the events (`ordersaga orders rebuild`)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from services.kit.models import UTCDateTime, new_id, utcnow
 
 
 class Order(SQLModel, table=True):
-    """The read model: the state the event log adds up to, updated in the same transaction."""
+    """The projection: the state the event log adds up to (`OrderState`), moved in the same
+    transaction as each event by `services.orders.projection`, and what every read uses."""
 
     __tablename__ = "orders"
     __table_args__ = (
@@ -50,7 +55,7 @@ class OrderEvent(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("order_id", "version", name="uq_order_events_order_version"),)
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
-    order_id: uuid.UUID = Field(foreign_key="orders.id", nullable=False)
+    order_id: uuid.UUID = Field(nullable=False)
     version: int = Field(nullable=False)
     type: str = Field(max_length=64)
     data: dict[str, Any] = Field(sa_type=JSON, nullable=False)
@@ -65,6 +70,16 @@ class OrderCommand(SQLModel, table=True):
     __tablename__ = "order_commands"
 
     command_id: str = Field(primary_key=True, max_length=200)
-    order_id: uuid.UUID = Field(foreign_key="orders.id", nullable=False)
+    order_id: uuid.UUID = Field(nullable=False)
     type: str = Field(max_length=32)
     version: int = Field(nullable=False)
+
+
+class OrderSagaStart(SQLModel, table=True):
+    """When the order's saga was first known to run: the start sweeper's bookkeeping, not an event of
+    the order (it changes neither its status nor its version); the projection's `saga_started_at`."""
+
+    __tablename__ = "order_saga_starts"
+
+    order_id: uuid.UUID = Field(primary_key=True)
+    started_at: datetime = Field(sa_type=UTCDateTime, nullable=False)

@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -22,6 +21,7 @@ from services.kit.errors import Problem
 from services.kit.identity import Identity
 from services.kit.models import utcnow
 from services.orders.models import Order
+from services.orders.projection import note_saga_started
 
 log = structlog.get_logger(__name__)
 
@@ -127,13 +127,7 @@ async def mark_saga_started(session: AsyncSession, order_id: uuid.UUID) -> bool:
     Commits its own transaction unless the caller already holds one.
     """
     async with _transaction(session):
-        result = await session.exec(
-            update(Order)
-            .where(col(Order.id) == order_id, col(Order.saga_started_at).is_(None))
-            .values(saga_started_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount)
+        return await note_saga_started(session, order_id, utcnow())
 
 
 async def start_saga(session: AsyncSession, saga: SagaPort, order: OrderStart) -> bool:

@@ -1,8 +1,11 @@
-"""The write side: every change appends an event, moves the read model and stages the outbox row at once.
+"""The write side: the order's events are the truth. A command folds the order's history into its
+state (`OrderState.from_history`), decides against it, and appends one event at the next version; in
+the same transaction the `orders` projection moves to the new state (`services.orders.projection.row`,
+the projector a rebuild uses too) and the outbox row is staged.
 
-Concurrency is settled by the database, never by reading first: the read model moves only through
-`UPDATE ... WHERE version = :expected` (rowcount 0 means another writer won), and the unique
-`(order_id, version)` of the event log refuses a second event at the same version.
+Concurrency is settled by the database, never by reading first: the unique `(order_id, version)` of
+the event log refuses a second event at the same version (a stale writer gets 409 version_conflict,
+or decides again), and the projection moves only through `UPDATE ... WHERE version = :expected`.
 """
 
 from __future__ import annotations
@@ -13,16 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, func, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.errors import Problem
-from services.kit.models import UTCDateTime, utcnow
+from services.kit.models import new_id, utcnow
 from services.kit.outbox import add_event
-from services.orders import domain
-from services.orders.domain import CancelReason, CommandType, Confirmation, Line, OrderStatus
+from services.orders import domain, projection
+from services.orders.domain import CancelReason, CommandType, Confirmation, Line, OrderState
 from services.orders.models import Order, OrderCommand, OrderEvent
 
 log = structlog.get_logger(__name__)
@@ -60,55 +62,72 @@ def order_lines(order: Order) -> list[Line]:
     return [Line.from_json(raw) for raw in order.items]
 
 
-def _append(
-    session: AsyncSession,
-    order_id: uuid.UUID,
-    user_id: uuid.UUID,
-    *,
-    command: CommandType,
-    version: int,
-    status: OrderStatus,
-    data: dict[str, Any],
-    command_id: str | None,
-) -> None:
+# Kept in the creation event for the projection, not published: they are the caller's request keys.
+_UNPUBLISHED = frozenset({"idempotency_key", "request_hash"})
+
+
+def _append(session: AsyncSession, event: OrderEvent, state: OrderState, command: CommandType) -> None:
     """The event, the command record and the outbox row of one change, in the caller's transaction."""
-    now = utcnow()
-    event_type = domain.EVENT_TYPES[command]
-    session.add(
-        OrderEvent(
-            order_id=order_id,
-            version=version,
-            type=event_type,
-            data=data,
-            occurred_at=now,
-            command_id=command_id,
-        )
-    )
-    if command_id is not None:
+    session.add(event)
+    if event.command_id is not None:
         session.add(
-            OrderCommand(command_id=command_id, order_id=order_id, type=command.value, version=version)
+            OrderCommand(
+                command_id=event.command_id,
+                order_id=event.order_id,
+                type=command.value,
+                version=event.version,
+            )
         )
     add_event(
         session,
         source=SOURCE,
-        type=event_type,
-        subject=str(order_id),
+        type=event.type,
+        subject=str(event.order_id),
         data={
-            "order_id": str(order_id),
-            "user_id": str(user_id),
-            "status": status.value,
-            "version": version,
-            **data,
+            "order_id": str(event.order_id),
+            "user_id": str(state.user_id),
+            "status": state.status.value,
+            "version": event.version,
+            **{key: value for key, value in event.data.items() if key not in _UNPUBLISHED},
         },
     )
 
 
-def _created_data(user_id: uuid.UUID, lines: Sequence[Line], payment_method_id: uuid.UUID) -> dict[str, Any]:
-    return {
+def _creation(
+    order_id: uuid.UUID,
+    user_id: uuid.UUID,
+    lines: Sequence[Line],
+    payment_method_id: uuid.UUID,
+    *,
+    command_id: str | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> tuple[OrderEvent, OrderState]:
+    data: dict[str, Any] = {
         "user_id": str(user_id),
         "items": [line.to_json() for line in lines],
         "payment_method_id": str(payment_method_id),
     }
+    if idempotency_key is not None or request_hash is not None:
+        data.update(idempotency_key=idempotency_key, request_hash=request_hash)
+    event = OrderEvent(
+        order_id=order_id,
+        version=1,
+        type=domain.EVENT_TYPES[CommandType.CREATE],
+        data=data,
+        occurred_at=utcnow(),
+        command_id=command_id,
+    )
+    return event, OrderState.created(order_id, event)
+
+
+async def _create(session: AsyncSession, event: OrderEvent, state: OrderState) -> Order:
+    await projection.insert_new(session, state)
+    _append(session, event, state, CommandType.CREATE)
+    await session.flush()
+    created = await load_order(session, state.order_id)
+    assert created is not None
+    return created
 
 
 async def place_order(
@@ -121,32 +140,17 @@ async def place_order(
 ) -> tuple[Order, bool]:
     """Record a new PENDING order → (order, created); a repeated idempotency key returns the first one."""
     request_hash = domain.request_fingerprint(lines, payment_method_id)
-    now = utcnow()
-    order = Order(
-        user_id=user_id,
-        status=OrderStatus.PENDING.value,
-        items=[line.to_json() for line in lines],
-        payment_method_id=payment_method_id,
-        version=1,
-        created_at=now,
-        updated_at=now,
+    event, state = _creation(
+        new_id(),
+        user_id,
+        lines,
+        payment_method_id,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
     try:
         async with session.begin():
-            session.add(order)
-            await session.flush()
-            _append(
-                session,
-                order.id,
-                user_id,
-                command=CommandType.CREATE,
-                version=1,
-                status=OrderStatus.PENDING,
-                data=_created_data(user_id, lines, payment_method_id),
-                command_id=None,
-            )
+            order = await _create(session, event, state)
         log.info("order_placed", order_id=str(order.id), user_id=str(user_id))
         return order, True
     except IntegrityError:
@@ -188,7 +192,7 @@ async def _replayed(
             f"command_id was already used for '{prior.type}' on another order or with another type.",
         )
     order = await load_order(session, order_id)
-    if order is None:  # unreachable: the command row references the order
+    if order is None:  # unreachable: a command is recorded with the order's event or for an existing one
         raise order_not_found(order_id)
     return order
 
@@ -210,7 +214,7 @@ async def mark_saga_started(session: AsyncSession, order_id: uuid.UUID, command_
                         command_id=command_id, order_id=order_id, type=SAGA_START, version=order.version
                     )
                 )
-                await _note_saga_running(session, order_id)
+                await projection.note_saga_started(session, order_id, utcnow())
                 await session.flush()
                 started = await load_order(session, order_id)  # with saga_started_at as written
                 assert started is not None
@@ -247,50 +251,19 @@ async def create_by_command(
                             version=existing.version,
                         )
                     )
-                    await _note_saga_running(session, order_id)
+                    await projection.note_saga_started(session, order_id, utcnow())
                     return existing
-                now = utcnow()
+                event, state = _creation(order_id, user_id, lines, payment_method_id, command_id=command_id)
+                order = await _create(session, event, state)
                 # The saga itself creates it, so there is nothing for the start sweeper to do.
-                order = Order(
-                    id=order_id,
-                    user_id=user_id,
-                    status=OrderStatus.PENDING.value,
-                    items=[line.to_json() for line in lines],
-                    payment_method_id=payment_method_id,
-                    version=1,
-                    created_at=now,
-                    updated_at=now,
-                    saga_started_at=now,
-                )
-                session.add(order)
-                await session.flush()
-                _append(
-                    session,
-                    order_id,
-                    user_id,
-                    command=CommandType.CREATE,
-                    version=1,
-                    status=OrderStatus.PENDING,
-                    data=_created_data(user_id, lines, payment_method_id),
-                    command_id=command_id,
-                )
-                await session.flush()
+                await projection.note_saga_started(session, order_id, event.occurred_at)
+                order = await load_order(session, order_id) or order
                 log.info("order_created_by_saga", order_id=str(order_id), command_id=command_id)
                 return order
         except IntegrityError:
             # A concurrent create of the same order or the same command id; the next pass sees it.
             continue
     raise version_conflict()
-
-
-async def _note_saga_running(session: AsyncSession, order_id: uuid.UUID) -> None:
-    """A command from the saga proves its workflow runs, so the start sweeper can skip the order."""
-    await session.exec(
-        update(Order)
-        .where(col(Order.id) == order_id, col(Order.saga_started_at).is_(None))
-        .values(saga_started_at=bindparam("now", utcnow(), type_=UTCDateTime))
-        .execution_options(synchronize_session=False)
-    )
 
 
 @dataclass(frozen=True)
@@ -347,16 +320,17 @@ async def _transition_once(
     replay = await _replayed(session, order_id, transition.command, command_id)
     if replay is not None:
         return replay
-    order = await load_order(session, order_id)
-    if order is None:
+    events = await projection.history(session, order_id)
+    if not events:
         raise order_not_found(order_id)
-    expected = order.version if expected_version is None else expected_version
-    if expected != order.version:
+    state = OrderState.from_history(order_id, events)
+    expected = state.version if expected_version is None else expected_version
+    if expected != state.version:
         raise _LostRace
     try:
         decision = domain.decide(
-            OrderStatus(order.status),
-            order_lines(order),
+            state.status,
+            state.lines(),
             transition.command,
             reason=transition.reason,
             confirmation=transition.confirmation,
@@ -364,51 +338,35 @@ async def _transition_once(
         )
     except domain.IllegalTransition as exc:
         # The same command, retried concurrently, may have committed between our look for it and our
-        # read of the order (READ COMMITTED): then this is its replay, not an illegal transition.
+        # read of the history (READ COMMITTED): then this is its replay, not an illegal transition.
         replay = await _replayed(session, order_id, transition.command, command_id)
         if replay is not None:
             return replay
-        raise Problem(409, "illegal_transition", str(exc), status_now=order.status) from None
+        raise Problem(409, "illegal_transition", str(exc), status_now=state.status.value) from None
     except domain.ConfirmationMismatch as exc:
         raise Problem(422, "confirmation_mismatch", str(exc)) from None
-    now = utcnow()
-    new_version = expected + 1
-    values: dict[str, Any] = {
-        **decision.fields,
-        "status": decision.status.value,
-        "version": new_version,
-        "updated_at": now,
-    }
-    if from_saga:
-        values["saga_started_at"] = func.coalesce(
-            col(Order.saga_started_at), bindparam("saga_now", now, type_=UTCDateTime)
-        )
-    result = await session.exec(
-        update(Order)
-        .where(col(Order.id) == order_id, col(Order.version) == expected)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        raise _LostRace
-    _append(
-        session,
-        order_id,
-        order.user_id,
-        command=transition.command,
-        version=new_version,
-        status=decision.status,
+    event = OrderEvent(
+        order_id=order_id,
+        version=expected + 1,
+        type=domain.EVENT_TYPES[transition.command],
         data=decision.event_data,
+        occurred_at=utcnow(),
         command_id=command_id,
     )
-    await session.flush()
+    moved = state.apply(event)
+    _append(session, event, moved, transition.command)
+    await session.flush()  # a stale writer stops here: (order_id, version) is taken
+    if not await projection.move(session, moved, from_version=expected):
+        raise _LostRace
+    if from_saga:
+        await projection.note_saga_started(session, order_id, event.occurred_at)
     updated = await load_order(session, order_id)
     assert updated is not None
     log.info(
         "order_transition",
         order_id=str(order_id),
         command=transition.command.value,
-        status=decision.status.value,
-        version=new_version,
+        status=moved.status.value,
+        version=moved.version,
     )
     return updated

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -10,8 +13,10 @@ from services.orders.domain import (
     CancelReason,
     CommandType,
     ConfirmationMismatch,
+    CorruptHistory,
     IllegalTransition,
     Line,
+    OrderState,
     OrderStatus,
     decide,
     next_status,
@@ -72,11 +77,7 @@ def test_await_review_and_cancel_may_name_the_payment() -> None:
     lines = [Line(uuid.uuid4(), 1)]
     payment = uuid.uuid4()
     review = decide(OrderStatus.PENDING, lines, CommandType.AWAIT_REVIEW, payment_id=payment)
-    assert (review.status, review.fields, review.event_data) == (
-        OrderStatus.AWAITING_REVIEW,
-        {"payment_id": payment},
-        {"payment_id": str(payment)},
-    )
+    assert (review.status, review.event_data) == (OrderStatus.AWAITING_REVIEW, {"payment_id": str(payment)})
     cancel = decide(
         OrderStatus.AWAITING_REVIEW,
         lines,
@@ -84,9 +85,66 @@ def test_await_review_and_cancel_may_name_the_payment() -> None:
         reason=CancelReason.SAGA_TERMINATED,
         payment_id=payment,
     )
-    assert cancel.fields == {"cancel_reason": "saga_terminated", "payment_id": payment}
     assert cancel.event_data == {"reason": "saga_terminated", "payment_id": str(payment)}
     # Without one, the decision leaves the order's payment_id alone.
-    assert decide(OrderStatus.PENDING, lines, CommandType.AWAIT_REVIEW).fields == {}
+    assert decide(OrderStatus.PENDING, lines, CommandType.AWAIT_REVIEW).event_data == {}
     with pytest.raises(ValueError, match="payment_id"):
         decide(OrderStatus.CONFIRMED, lines, CommandType.SHIP, payment_id=payment)
+
+
+@dataclass(frozen=True)
+class _Event:
+    version: int
+    type: str
+    data: dict[str, Any]
+    occurred_at: datetime
+
+
+def test_the_state_is_the_fold_of_the_events_and_a_broken_history_is_refused() -> None:
+    order_id, user, card, payment, product = (uuid.uuid4() for _ in range(5))
+    at = [datetime(2026, 12, 4, 1, minute, tzinfo=UTC) for minute in range(5)]
+    item = {"product_id": str(product), "quantity": 2, "unit_price_cents": None}
+    priced = {**item, "unit_price_cents": 450}
+    history = [
+        _Event(
+            1, "order.created", {"user_id": str(user), "items": [item], "payment_method_id": str(card)}, at[0]
+        ),
+        _Event(2, "order.awaiting_review", {"payment_id": str(payment)}, at[1]),
+        _Event(
+            3,
+            "order.confirmed",
+            {"items": [priced], "total_cents": 900, "currency": "EUR", "payment_id": str(payment)},
+            at[2],
+        ),
+        _Event(4, "order.shipped", {}, at[3]),
+    ]
+    state = OrderState.from_history(order_id, history)
+    assert (state.status, state.version, state.items, state.total_cents, state.currency) == (
+        OrderStatus.SHIPPED,
+        4,
+        [priced],
+        900,
+        "EUR",
+    )
+    assert (state.user_id, state.payment_method_id, state.payment_id) == (user, card, payment)
+    assert (state.created_at, state.updated_at, state.cancel_reason) == (at[0], at[3], None)
+    # Each prefix of the history is the state of then: the live path applies one event at a time.
+    assert OrderState.from_history(order_id, history[:3]) == OrderState.from_history(
+        order_id, history[:2]
+    ).apply(history[2])
+    cancelled = OrderState.from_history(order_id, history[:1]).apply(
+        _Event(2, "order.cancelled", {"reason": "out_of_stock"}, at[4])
+    )
+    assert (cancelled.status, cancelled.cancel_reason, cancelled.payment_id) == (
+        OrderStatus.CANCELLED,
+        "out_of_stock",
+        None,
+    )
+    for broken in (
+        [],
+        history[1:],
+        [history[0], history[2]],
+        [history[0], _Event(2, "order.lost", {}, at[1])],
+    ):
+        with pytest.raises(CorruptHistory):
+            OrderState.from_history(order_id, broken)

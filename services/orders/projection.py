@@ -1,0 +1,159 @@
+"""The `orders` projection: one row per order, every column folded from its events.
+
+`row` is the one projector: the live write path (`services.orders.store`) writes what it returns for
+the state after each new event, in the event's transaction, and `rebuild` writes what it returns for
+the state folded from the whole log; so the two cannot drift. The saga's start time is not an event
+of the order: it comes from `order_saga_starts`, written beside the projection's column.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Text, bindparam, cast, delete, insert, text, update
+from sqlalchemy import select as select_columns
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.kit.models import UTCDateTime
+from services.orders.domain import OrderState
+from services.orders.models import Order, OrderEvent, OrderSagaStart
+
+_TABLE = Order.__table__  # type: ignore[attr-defined]
+
+
+def row(state: OrderState) -> dict[str, Any]:
+    """The projection's columns for `state`, all but `saga_started_at`."""
+    return {
+        "id": state.order_id,
+        "user_id": state.user_id,
+        "status": state.status.value,
+        "items": state.items,
+        "payment_method_id": state.payment_method_id,
+        "total_cents": state.total_cents,
+        "currency": state.currency,
+        "payment_id": state.payment_id,
+        "cancel_reason": state.cancel_reason,
+        "version": state.version,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "idempotency_key": state.idempotency_key,
+        "request_hash": state.request_hash,
+    }
+
+
+async def history(session: AsyncSession, order_id: uuid.UUID) -> list[OrderEvent]:
+    statement = (
+        select(OrderEvent)
+        .where(col(OrderEvent.order_id) == order_id)
+        .order_by(col(OrderEvent.version))
+        .execution_options(populate_existing=True)
+    )
+    return list((await session.exec(statement)).all())
+
+
+async def insert_new(session: AsyncSession, state: OrderState) -> None:
+    """The projection of a new order (its creation event is added beside it)."""
+    await session.exec(insert(Order).values(**row(state)))
+
+
+async def move(session: AsyncSession, state: OrderState, *, from_version: int) -> bool:
+    """Move the projection to `state`; False when its row is no longer at `from_version` (lost race)."""
+    values = row(state)
+    del values["id"]
+    result = await session.exec(
+        update(Order)
+        .where(col(Order.id) == state.order_id, col(Order.version) == from_version)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)
+
+
+async def note_saga_started(session: AsyncSession, order_id: uuid.UUID, now: datetime) -> bool:
+    """Record the first sign that the order's saga runs, once; True when this call recorded it.
+
+    The projection's row is moved first: its row lock (or SQLite's write lock) makes a concurrent
+    second call see the time already set, so `order_saga_starts` gets one row, and none for an order
+    that does not exist.
+    """
+    result = await session.exec(
+        update(Order)
+        .where(col(Order.id) == order_id, col(Order.saga_started_at).is_(None))
+        .values(saga_started_at=bindparam("now", now, type_=UTCDateTime))
+        .execution_options(synchronize_session=False)
+    )
+    if not result.rowcount:
+        return False
+    session.add(OrderSagaStart(order_id=order_id, started_at=now))
+    await session.flush()
+    return True
+
+
+@dataclass
+class RebuildReport:
+    orders: int = 0
+    # order id → {column: (before, after)}, each value as the database spells it in text
+    differing: dict[str, dict[str, tuple[str | None, str | None]]] = field(default_factory=dict)
+
+
+async def rebuild(session: AsyncSession, *, check: bool) -> RebuildReport:
+    """Delete every row of the projection and write it again from the events, in one transaction.
+
+    The rows before and after are compared column by column as the database's own text (`CAST(... AS
+    TEXT)`: the JSON as stored, the timestamps to the microsecond). With `check` the transaction is
+    rolled back, so nothing changes. Writers wait for it: on PostgreSQL the tables are locked, on
+    SQLite the kit's `BEGIN IMMEDIATE` holds the write lock from the start.
+    """
+    transaction = await session.begin()
+    try:
+        if session.get_bind().dialect.name == "postgresql":
+            await session.exec(text("LOCK TABLE orders, order_events, order_saga_starts IN EXCLUSIVE MODE"))  # type: ignore[call-overload]
+        before = await _snapshot(session)
+        events: dict[uuid.UUID, list[OrderEvent]] = defaultdict(list)
+        in_order = select(OrderEvent).order_by(col(OrderEvent.order_id), col(OrderEvent.version))
+        for event in (await session.exec(in_order)).all():
+            events[event.order_id].append(event)
+        starts = {
+            start.order_id: start.started_at for start in (await session.exec(select(OrderSagaStart))).all()
+        }
+        await session.exec(delete(Order))
+        rows = [
+            {**row(OrderState.from_history(order_id, log)), "saga_started_at": starts.get(order_id)}
+            for order_id, log in events.items()
+        ]
+        for start in range(0, len(rows), 500):
+            await session.exec(insert(Order), params=rows[start : start + 500])
+        after = await _snapshot(session)
+        report = RebuildReport(orders=len(rows), differing=_differences(before, after))
+    except BaseException:
+        await transaction.rollback()
+        raise
+    if check:
+        await transaction.rollback()
+    else:
+        await transaction.commit()
+    return report
+
+
+async def _snapshot(session: AsyncSession) -> dict[str, dict[str, str | None]]:
+    columns = [column.name for column in _TABLE.columns]
+    statement = select_columns(*[cast(_TABLE.c[name], Text).label(name) for name in columns])
+    rows = (await session.exec(statement)).all()  # type: ignore[call-overload]
+    return {values.id: dict(zip(columns, values, strict=True)) for values in rows}
+
+
+def _differences(
+    before: dict[str, dict[str, str | None]], after: dict[str, dict[str, str | None]]
+) -> dict[str, dict[str, tuple[str | None, str | None]]]:
+    differing: dict[str, dict[str, tuple[str | None, str | None]]] = {}
+    for order_id in sorted(before.keys() | after.keys()):
+        old, new = before.get(order_id, {}), after.get(order_id, {})
+        columns = {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
+        if columns:
+            differing[order_id] = {name: (old.get(name), new.get(name)) for name in sorted(columns)}
+    return differing
