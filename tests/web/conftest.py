@@ -49,7 +49,9 @@ def base_url(stack: UpProcess) -> str:
     return f"http://127.0.0.1:{stack.ports['gateway']}"
 
 
-@pytest.fixture(scope="session")
+# Per module, unlike the stack: while Playwright's sync API is open its event loop runs in this
+# thread, and the async tests of another file here (pytest-asyncio) could not start theirs.
+@pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Browser]:
     with sync_playwright() as playwright:
         yield launch(playwright, chromium)
