@@ -151,6 +151,7 @@ SKIP_UNLESS_FULL = pytest.mark.skip(
 # A figure gone stale costs balance, never coverage; a group not listed counts as
 # UNLISTED_GROUP_SECONDS, and tests in no group (in-process, any worker) go last as filler.
 GROUP_SECONDS: dict[str, float] = {
+    "web": 302,  # both browser files on one stack, 2026-12-04, load ~20
     "security/test_token_revocation.py": 191,
     "saga/test_step_faults.py": 167,
     "e2e/test_up.py": 155,
