@@ -1,0 +1,153 @@
+"""CPU per saga call of the inventory and payments services, in-process, for source trees side by side.
+
+    git worktree add /tmp/before <commit>
+    .venv/bin/python benchmarks/service_calls.py /tmp/before . [--calls 300] [--rounds 4] [--json out.json]
+
+`order_cpu.py` measures a whole stack, where a cut of a millisecond or two per call drowns in the
+drift of a shared machine (the Temporal server and the worker move by 10-20 % between two runs).
+This runs only the service's own code: each tree in a fresh process (its code first on PYTHONPATH),
+the app in-process over httpx's ASGI transport on a migrated SQLite file, and the saga's calls made
+one after another: reserve then commit (inventory), authorise then capture (payments). CPU time is
+the process's (every thread: aiosqlite's too) divided by the pairs made. The outbox relay is off (no
+NATS), so the publishing of the rows is not counted; the client's side of each call is.
+The trees alternate round by round, so that a machine whose speed drifts meets both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+TOKEN = "benchmark-internal-token"
+WARM_UP = 30
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _measure(calls: int) -> dict[str, float]:
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from services.kit.identity import identity_headers
+    from services.registry import SERVICES
+
+    service = identity_headers(TOKEN, "service")
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="service-calls-") as tmp:
+        for name in ("inventory", "payments"):
+            spec = SERVICES[name]
+            settings = spec.settings(
+                database_url=f"sqlite+aiosqlite:///{tmp}/{name}.db",
+                internal_token=TOKEN,
+                data_dir=Path(tmp) / "data",
+                nats_url="",
+            )
+            app = spec.create_app(settings)
+            async with LifespanManager(app, startup_timeout=60) as manager:
+                transport = httpx.ASGITransport(app=manager.app)
+                async with httpx.AsyncClient(transport=transport, base_url=f"http://{name}") as client:
+                    pair = await (
+                        _inventory_pair(client, service)
+                        if name == "inventory"
+                        else _payments_pair(client, service)
+                    )
+                    for _ in range(WARM_UP):
+                        await pair()
+                    started = _cpu()
+                    for _ in range(calls):
+                        await pair()
+                    results[name] = round(1000 * (_cpu() - started) / calls, 3)
+    return results
+
+
+async def _inventory_pair(client: Any, service: dict[str, str]) -> Callable[[], Awaitable[None]]:
+    admin = {**service, "x-ordersaga-role": "admin", "x-ordersaga-user-id": str(uuid.uuid4())}
+    body = {"sku": "SKU-BENCH", "name": "Widget", "price_cents": 1250, "currency": "EUR", "stock": 1_000_000}
+    product = (await client.post("/products", json=body, headers=admin)).json()
+
+    async def pair() -> None:
+        order_id = str(uuid.uuid4())
+        lines = [{"product_id": product["id"], "quantity": 1}]
+        reserved = await client.post(
+            "/reservations", json={"order_id": order_id, "lines": lines}, headers=service
+        )
+        committed = await client.post(f"/reservations/{order_id}/commit", headers=service)
+        if reserved.status_code != 201 or committed.status_code != 200:
+            raise RuntimeError(f"reserve {reserved.status_code}, commit {committed.status_code}")
+
+    return pair
+
+
+async def _payments_pair(client: Any, service: dict[str, str]) -> Callable[[], Awaitable[None]]:
+    user = str(uuid.uuid4())
+    customer = {**service, "x-ordersaga-role": "customer", "x-ordersaga-user-id": user}
+    card = {"card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}
+    method = (await client.post("/payment-methods", json=card, headers=customer)).json()
+
+    async def pair() -> None:
+        key = f"order-{uuid.uuid4()}:authorize"
+        body = {
+            "order_id": str(uuid.uuid4()),
+            "user_id": user,
+            "payment_method_id": method["id"],
+            "amount_cents": 1250,
+            "currency": "EUR",
+        }
+        authorised = await client.post(
+            "/authorizations", json=body, headers={**service, "Idempotency-Key": key}
+        )
+        captured = await client.post(f"/authorizations/{key}/capture", headers=service)
+        if authorised.status_code != 201 or captured.status_code != 200:
+            raise RuntimeError(f"authorise {authorised.status_code}, capture {captured.status_code}")
+
+    return pair
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("trees", nargs="*", type=Path)
+    parser.add_argument("--calls", type=int, default=300, help="pairs of calls measured per service")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:  # one tree, in this process
+        print(json.dumps(asyncio.run(_measure(args.calls))))
+        return 0
+    results: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        for tree in args.trees if round_ % 2 == 0 else list(reversed(args.trees)):
+            env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+            done = subprocess.run(  # noqa: S603
+                [sys.executable, __file__, "--inner", "--calls", str(args.calls)],
+                env=env, cwd=tree, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            entry = {
+                "tree": str(tree),
+                "round": round_,
+                "cpu_ms_per_pair": json.loads(done.stdout.splitlines()[-1]),
+            }
+            print(json.dumps(entry), flush=True)
+            results.append(entry)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
