@@ -68,6 +68,8 @@ def test_a_failed_compensation_is_listed_and_its_retry_finishes_the_saga(
     expect(customer.locator("#order-status")).to_have_text("CANCELLED")
     expect(customer.locator("#order-reason")).to_have_text("review_rejected")
     pages.shoot(customer, "customer-compensation-failed")
+    # The shop's catalogue refresh stopped when the customer left the shop: no word of it here.
+    expect(customer.locator("#notice")).not_to_contain_text("catalogue")
 
     failed = operator.locator("#console-compensations")
     failed.get_by_role("button", name="Check the latest 50 cancelled orders").click()

@@ -1,7 +1,7 @@
 // The single page: a hash router over the shop, my orders, an order and the operator console.
 
 import { currentSession, get, logOut, onSessionChange } from "./api.js";
-import { h, replace } from "./dom.js";
+import { dropPageError, h, replace } from "./dom.js";
 import { renderShop } from "./shop.js";
 import { renderOrders, renderOrder } from "./orders.js";
 import { renderConsole } from "./console.js";
@@ -26,9 +26,13 @@ function header() {
   }
 }
 
+let generation = 0; // which route() drew the current page
+
 async function route() {
   if (cleanup) cleanup();
   cleanup = null;
+  dropPageError();
+  const mine = ++generation;
   const hash = location.hash || "#/shop";
   const [, page, id] = hash.split("/");
   for (const link of document.querySelectorAll("[data-nav]")) {
@@ -36,7 +40,13 @@ async function route() {
     else link.removeAttribute("aria-current");
   }
   replace(view);
-  const context = { view, config, setCleanup: (fn) => (cleanup = fn) };
+  // A page left while it was still loading registers its timers after the next page came: stop
+  // them at once rather than let them run (and speak) under another page.
+  const setCleanup = (fn) => {
+    if (mine === generation) cleanup = fn;
+    else fn();
+  };
+  const context = { view, config, setCleanup };
   if (page === "orders" && id) await renderOrder(context, id);
   else if (page === "orders") await renderOrders(context);
   else if (page === "console") await renderConsole(context);

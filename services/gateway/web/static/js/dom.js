@@ -53,6 +53,16 @@ export function announce(message, kind = "info") {
   region.textContent = message;
 }
 
+// An error belongs to the page that met it: leaving the page takes it away, while a confirmation
+// ("order placed") stays to greet the next page.
+export function dropPageError() {
+  const region = document.getElementById("notice");
+  if (region && region.classList.contains("error")) {
+    region.className = "notice";
+    region.textContent = "";
+  }
+}
+
 export function errorText(error) {
   if (error && error.code) return `${error.message} (${error.code})`;
   return String(error?.message || error);

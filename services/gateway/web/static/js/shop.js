@@ -38,14 +38,16 @@ export async function renderShop({ view, setCleanup }) {
     ),
   );
   let products = [];
+  let left = false; // a refresh still in flight when the visitor leaves must not speak on the next page
   const drawBasket = () => renderBasket(basketBox, products, session);
   async function refreshCatalogue() {
     try {
       products = await allPages("products?limit=100");
     } catch (error) {
-      announce(`The catalogue could not be loaded: ${errorText(error)}`, "error");
+      if (!left) announce(`The catalogue could not be loaded: ${errorText(error)}`, "error");
       return;
     }
+    if (left) return;
     renderCatalogue(catalogue, products, drawBasket);
   }
   await refreshCatalogue();
@@ -53,7 +55,10 @@ export async function renderShop({ view, setCleanup }) {
   drawBasket();
   // Live availability: stock moves as others order; only the numbers are redrawn.
   const timer = setInterval(refreshCatalogue, AVAILABILITY_MS);
-  setCleanup(() => clearInterval(timer));
+  setCleanup(() => {
+    left = true;
+    clearInterval(timer);
+  });
 }
 
 function accountForms() {
