@@ -125,9 +125,9 @@ async def _create(session: AsyncSession, event: OrderEvent, state: OrderState) -
     await projection.insert_new(session, state)
     _append(session, event, state, CommandType.CREATE)
     await session.flush()
-    created = await load_order(session, state.order_id)
-    assert created is not None
-    return created
+    # The row just written, without reading it back: the unique key's lock is held until commit, and
+    # concurrent placements with the same Idempotency-Key wait on it.
+    return Order(**projection.row(state))
 
 
 async def place_order(
