@@ -40,7 +40,7 @@ from temporalio.service import RPCError
 from ordersaga import audit
 from ordersaga.faults.postgres import OwnPostgres
 from ordersaga.faults.proxy import FaultProxy, Mode, Watch
-from ordersaga.load import LoadPlan, LoadRun, OrderRecord
+from ordersaga.load import Customer, LoadPlan, LoadRun, OrderRecord
 from ordersaga.report import measures_table
 from ordersaga.supervisor import Child, StartupError, Supervisor
 from ordersaga.up import PORT_SETTINGS, Stack, UpSettings
@@ -62,7 +62,9 @@ OPERATOR_ACTIONS = (CANCEL, TERMINATE)
 PROCESS_KILLS = ("worker", "nats")
 LATENCY_RANGE = (0.2, 0.8)
 RESTART_ATTEMPTS = 3
-PREPARE_ATTEMPTS = 4
+# The preparation signs up and logs in the customers at once; on a starved CPU the users service
+# sheds password hashing (503 `overloaded`, by design) for longer than a few tries span.
+PREPARE_BUDGET_SECONDS = 120.0
 # Answers worth repeating with the same Idempotency-Key: the request may not have been seen, or a
 # process on its path was down. Any other 4xx is the client's fault and repeating cannot help.
 RETRYABLE = {408, 409, 425, 429}
@@ -108,16 +110,19 @@ class ChaosLoadRun(LoadRun):
 
     async def prepare(self) -> None:
         # Before any fault, a loaded machine may still answer 503 while the pools warm up: the
-        # preparation (customers, cards, stock) is tried again from the start a few times.
-        for attempt in range(1, PREPARE_ATTEMPTS + 1):
+        # preparation (customers, cards, stock) is tried again from the start, within its budget.
+        give_up = time.monotonic() + PREPARE_BUDGET_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await super().prepare()
                 break
             except httpx.HTTPError as err:
-                if attempt == PREPARE_ATTEMPTS:
+                if time.monotonic() > give_up:
                     raise
                 self.console.print(f"[yellow]preparation failed ({type(err).__name__}); trying again[/]")
-                await asyncio.sleep(2.0 * attempt)
+                await asyncio.sleep(min(2.0 * attempt, 10.0))
         # A scarce hot product, so that some orders are cancelled for stock while others race for it.
         assert self.hot is not None and self.plan.admin_email and self.plan.admin_password
         token = await self._login(self.plan.admin_email, self.plan.admin_password)
@@ -128,6 +133,24 @@ class ChaosLoadRun(LoadRun):
         )
         response.raise_for_status()
         self.prepared.set()
+
+    async def _customer(self) -> Customer:
+        # A sign-up or login shed with 503 (password hashing over its queue timeout, by design on a
+        # starved CPU) is tried again alone, as a client would; retrying the whole preparation instead
+        # signs up every customer again and, on a loaded machine, loses one of twelve each time.
+        give_up = time.monotonic() + PREPARE_BUDGET_SECONDS
+        delay = 1.0
+        while True:
+            try:
+                return await super()._customer()
+            except httpx.HTTPStatusError as err:
+                if err.response.status_code != 503 or time.monotonic() > give_up:
+                    raise
+            except httpx.TransportError:
+                if time.monotonic() > give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
     async def _send_one(self) -> OrderRecord:
         customer = self.random.choice(self.customers)
@@ -301,23 +324,32 @@ class FaultInjector:
             began = time.monotonic()
             try:
                 self._one(fault, random.Random(f"{self.seed}:{index}"))
-                if fault.recovery is None and fault.watch is None and fault.kind not in OPERATOR_ACTIONS:
-                    fault.recovery = time.monotonic() - began
             except Exception as err:  # a failed restart is a finding to report, not a crash
                 fault.error = f"{type(err).__name__}: {str(err)[:300]}"
-            if fault.healed_at is None:
-                fault.healed_at = time.perf_counter()
-            what = fault.kind + (f" {fault.target}" if fault.target else "")
-            outcome = (
-                f"[red]{fault.error}[/]"
-                if fault.error
-                else fault.note
-                if fault.note
-                else "healed"
-                if fault.recovery is None
-                else f"recovered in {fault.recovery:.1f}s"
-            )
-            self.console.print(f"[yellow]fault[/] {what} at {fault.injected_at:.1f}s → {outcome}")
+            self._finish(fault, began)
+
+    def _finish(self, fault: Fault, began: float) -> None:
+        """Time the fault's recovery, once it is healed or restarted (or failed), and say so."""
+        if (
+            fault.error is None
+            and fault.recovery is None
+            and fault.watch is None
+            and fault.kind not in OPERATOR_ACTIONS
+        ):
+            fault.recovery = time.monotonic() - began
+        if fault.healed_at is None:
+            fault.healed_at = time.perf_counter()
+        what = fault.kind + (f" {fault.target}" if fault.target else "")
+        outcome = (
+            f"[red]{fault.error}[/]"
+            if fault.error
+            else fault.note
+            if fault.note
+            else "healed"
+            if fault.recovery is None
+            else f"recovered in {fault.recovery:.1f}s"
+        )
+        self.console.print(f"[yellow]fault[/] {what} at {fault.injected_at:.1f}s → {outcome}")
 
     def _one(self, fault: Fault, rng: random.Random) -> None:
         if fault.kind == PAUSE:
@@ -346,11 +378,18 @@ class FaultInjector:
         return next(c for c in self.stack.supervisor.children if c.name == name)
 
     def _kill_and_restart(self, name: str) -> None:
+        self._restart(self._kill(name))
+
+    def _kill(self, name: str) -> Child:
         child = self.child(name)
         assert child.proc is not None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.proc.pid, signal.SIGKILL)
         child.proc.wait(timeout=10)
+        return child
+
+    def _restart(self, child: Child) -> None:
+        name = child.name
         # Same argv, env and health check as `Stack.start` built; the old log lines must not count
         # as the new process's readiness (the worker is ready when it logs `worker_started`).
         child.recent.clear()
@@ -630,6 +669,10 @@ def run_chaos(
     rng = random.Random(seed)
     schedule = plan_faults(rng, kinds or available, faults, window=orders / rate, links=links.names())
     began = time.monotonic()
+    # Start-up (own PostgreSQL, the stack, its seed data), orders (the load and its faults),
+    # quiescence (and the operator actions' sagas looked up), audit.
+    phases: dict[str, float] = {}
+    load_at_start = [round(v, 2) for v in os.getloadavg()]
     injector: FaultInjector | None = None
     summary: dict[str, Any] = {}
     violations: list[str] = []
@@ -640,6 +683,7 @@ def run_chaos(
             stack.supervisor.wait_ready(child, 60)
         stack.start()
         stack.seed()
+        phases["startup"] = time.monotonic() - began
         base_orders = audit.baseline(where)
         plan = LoadPlan(
             api=",".join(url + "/api/v1" for url in stack.urls("gateway")),  # every gateway, spread over
@@ -656,8 +700,11 @@ def run_chaos(
         )
         load = ChaosLoadRun(plan, console, hot_stock=hot_stock, retry_for=quiesce_timeout)
         injector = FaultInjector(stack, schedule, console, links, seed, postgres)
+        mark = time.monotonic()
         report = asyncio.run(_drive(load, injector, where, base_orders))
         injector.done.wait(timeout=300)
+        phases["orders"] = time.monotonic() - mark
+        mark = time.monotonic()
         with _status(console, "waiting for the stack to settle (quiescence)"):
             quiet, state, waited = audit.wait_quiescent(where, report["baseline"], quiesce_timeout)
         try:
@@ -665,7 +712,10 @@ def run_chaos(
         except RPCError as err:
             console.print(f"[red]could not look up the operator actions' sagas:[/] {err}")
         _time_recoveries(schedule, load.records)
+        phases["quiescence"] = time.monotonic() - mark
+        mark = time.monotonic()
         violations = audit.audit(where, report["baseline"], set(load.keys))
+        phases["audit"] = time.monotonic() - mark
         if not quiet:
             violations.append(f"not quiescent after {waited:.0f}s: {state}")
         violations += [f"fault {f.kind} at {f.at:.1f}s failed: {f.error}" for f in schedule if f.error]
@@ -684,6 +734,9 @@ def run_chaos(
             "gateways": gateways,
         }
         summary = _summary(where, report, schedule, violations, waited, time.monotonic() - began, topology)
+        # Where the wall time went, and how busy the machine was (a shared one makes every figure noisy).
+        summary["phase_seconds"] = {name: round(seconds, 1) for name, seconds in phases.items()}
+        summary["load_average"] = {"start": load_at_start, "end": [round(v, 2) for v in os.getloadavg()]}
     except StartupError as err:
         console.print(f"[red bold]ordersaga chaos could not start the stack:[/] {err}")
         return 1
@@ -828,6 +881,12 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         "notifications": summary["notifications"],
     }
     table = measures_table("ordersaga chaos", summary, keys, counts)
+    for phase, seconds in summary.get("phase_seconds", {}).items():
+        table.add_row(f"{phase} seconds", str(seconds))
+    if load_average := summary.get("load_average"):
+        table.add_row(
+            "load average (1 min) at start, end", f"{load_average['start'][0]}, {load_average['end'][0]}"
+        )
     for kind, recoveries in sorted(summary["faults_by_kind"].items()):
         shown = ", ".join("failed" if r is None else f"{r}s" for r in recoveries)
         table.add_row(f"fault {kind} x{len(recoveries)}", f"recovered in {shown}")
