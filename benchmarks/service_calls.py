@@ -98,7 +98,7 @@ async def _payments_pair(client: Any, service: dict[str, str]) -> Callable[[], A
     method = (await client.post("/payment-methods", json=card, headers=customer)).json()
 
     async def pair() -> None:
-        key = f"order-{uuid.uuid4()}:authorize"
+        key = f"bench-{uuid.uuid4().hex}"  # any Idempotency-Key; not a saga step's
         body = {
             "order_id": str(uuid.uuid4()),
             "user_id": user,
