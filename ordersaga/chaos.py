@@ -42,7 +42,7 @@ from ordersaga.faults.postgres import OwnPostgres
 from ordersaga.faults.proxy import FaultProxy, Mode, Watch
 from ordersaga.load import Customer, LoadPlan, LoadRun, OrderRecord
 from ordersaga.report import measures_table
-from ordersaga.supervisor import Child, StartupError, Supervisor
+from ordersaga.supervisor import Child, StartupError, Supervisor, free_port
 from ordersaga.up import PORT_SETTINGS, Stack, UpSettings
 from services.kit.temporal import TemporalSettings, connect
 from services.registry import DATA_SERVICES, SERVICES
@@ -579,12 +579,6 @@ def plan_faults(
             fault.duration = 2 + rng.random() * 3
         schedule.append(fault)
     return schedule
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def use_free_ports() -> None:

@@ -13,6 +13,7 @@ import ctypes
 import hmac
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -197,11 +198,34 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+# Ports for the stack's processes come from just below the kernel's ephemeral range: a port the
+# kernel hands out for `bind(0)` lies inside that range, where any outgoing connection (the Temporal
+# dev server makes many to itself) may take it as its source port before our server binds it.
+_PORT_SPAN = 2000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now (another process may still take it before it is bound)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, outside the ephemeral range (another process may still take
+    it before it is bound, but no outgoing connection will)."""
+    high = _ephemeral_low()
+    low = max(1024, high - _PORT_SPAN)
+    start = random.randrange(low, high)
+    for offset in range(high - low):
+        port = low + (start - low + offset) % (high - low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise StartupError(f"no free port between {low} and {high - 1} on {host}")
 
 
 def _die_with_parent() -> None:

@@ -13,13 +13,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from ordersaga.supervisor import Child, Supervisor
+from ordersaga.supervisor import Child, Supervisor, free_port
 
 
 def server_bin() -> Path | None:
@@ -38,12 +37,6 @@ def _run_as() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class OwnPostgres:
     def __init__(self, logs: Path, directory: Path | None = None) -> None:
         """A new server, or (`directory`) the one a run kept, to be started again on a new port."""
@@ -57,7 +50,7 @@ class OwnPostgres:
         if self.prefix and directory is None:
             shutil.chown(self.directory, "postgres", "postgres")
         self.data = self.directory / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.logs = logs
 
     @property
