@@ -118,16 +118,21 @@ async def connect(url: str, *, name: str) -> NatsClient:
     )
 
 
+# How long shutdown waits for each of the task and the connection: with the server gone, a
+# connection that is reconnecting can hold `close()` for ever, and a stop must not hang on it.
+CLOSE_SECONDS = 5.0
+
+
 async def close_connection_task(task: asyncio.Task[Any] | None, nc: NatsClient | None) -> None:
     """Stop a background task that owns a NATS connection, then close the connection; on shutdown
-    neither may raise (the server may be gone already)."""
+    neither may raise nor hang (the server may be gone already)."""
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+            await asyncio.wait_for(asyncio.shield(task), CLOSE_SECONDS)
     if nc is not None:
         with contextlib.suppress(Exception):
-            await nc.close()
+            await asyncio.wait_for(nc.close(), CLOSE_SECONDS)
 
 
 async def ensure_stream(js: JetStreamContext) -> None:

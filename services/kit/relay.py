@@ -35,7 +35,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.business import OUTBOX_LAG, OUTBOX_UNPUBLISHED
 from services.kit.db import Database
-from services.kit.events import CloudEvent, connect, ensure_stream, event_source, subject_for
+from services.kit.events import (
+    CloudEvent,
+    close_connection_task,
+    connect,
+    ensure_stream,
+    event_source,
+    subject_for,
+)
 from services.kit.models import utcnow
 from services.kit.outbox import MAX_LAST_ERROR, OutboxEvent, on_outbox_commit
 from services.kit.settings import ServiceSettings
@@ -260,8 +267,7 @@ class OutboxRelay:
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
-            with suppress(Exception):
-                await self._nc.close()
+            await close_connection_task(None, self._nc)
 
 
 @asynccontextmanager
@@ -273,7 +279,5 @@ async def run_relay(db: Database, settings: ServiceSettings) -> AsyncIterator[Ou
     try:
         yield relay
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        await close_connection_task(task, None)
         await relay.close()

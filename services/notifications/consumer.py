@@ -40,7 +40,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.app import LifespanHook
 from services.kit.db import Database
-from services.kit.events import STREAM, CloudEvent, MalformedEvent, connect, ensure_stream, subject_for
+from services.kit.events import (
+    STREAM,
+    CloudEvent,
+    MalformedEvent,
+    close_connection_task,
+    connect,
+    ensure_stream,
+    subject_for,
+)
 from services.kit.models import utcnow
 from services.notifications import domain
 from services.notifications.models import MAX_LAST_ERROR, Contact, ParkedEvent, ProcessedEvent
@@ -325,9 +333,7 @@ class EventConsumer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
             finally:
-                if nc is not None:
-                    with suppress(Exception):
-                        await nc.close()
+                await close_connection_task(None, nc)
 
 
 def consumer_hook(consumer: EventConsumer, settings: Settings) -> LifespanHook:
