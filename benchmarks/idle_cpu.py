@@ -11,7 +11,6 @@ Each tree runs with the same installed packages and its own code first on PYTHON
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.proc_cpu import cpu_by_process, tree_cpu
+from benchmarks.runs import Results
 from ordersaga.up import PORT_SETTINGS
 from tests.support.processes import VENV_BIN, free_port
 
@@ -136,13 +136,10 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = []
+    results = Results()
     for tree in args.trees:
-        result = measure(tree, args.settle, args.window)
-        print(json.dumps(result), flush=True)
-        results.append(result)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        results.add(measure(tree, args.settle, args.window))
+    results.write(args.json)
     return 0
 
 

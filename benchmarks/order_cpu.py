@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.idle_cpu import UpStack, up_stack
 from benchmarks.proc_cpu import cpu_by_process
+from benchmarks.runs import Results, alternating
 from tests.support.processes import VENV_BIN
 
 SERVICES = ("users", "inventory", "payments", "orders", "notifications")
@@ -162,27 +163,24 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results: list[dict[str, Any]] = []
-    for round_ in range(args.rounds):
-        trees = args.trees if round_ % 2 == 0 else list(reversed(args.trees))
-        for tree in trees:
-            with tempfile.TemporaryDirectory(prefix="order-cpu-") as tmp:
-                data = Path(tmp)
-                with up_stack(tree, data, STACK_ENV) as stack:
-                    load(stack, tree, data, 20, 5)  # warm-up: pools, caches and the stream filled
-                    # One order: the users service's CPU is then the run's registrations and logins.
-                    registration = load(stack, tree, data, 1, 1)["users_cpu_seconds_raw"]
-                    entry = {
+    results = Results()
+    for round_, tree in alternating(args.trees, args.rounds):
+        with tempfile.TemporaryDirectory(prefix="order-cpu-") as tmp:
+            data = Path(tmp)
+            with up_stack(tree, data, STACK_ENV) as stack:
+                load(stack, tree, data, 20, 5)  # warm-up: pools, caches and the stream filled
+                # One order: the users service's CPU is then the run's registrations and logins.
+                registration = load(stack, tree, data, 1, 1)["users_cpu_seconds_raw"]
+                results.add(
+                    {
                         "tree": str(tree),
                         "round": round_,
                         "registration_users_cpu_s": registration,
                         "sequential": load(stack, tree, data, args.sequential, 1, registration),
                         "closed": load(stack, tree, data, args.orders, 20, registration),
                     }
-            print(json.dumps(entry), flush=True)
-            results.append(entry)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+                )
+    results.write(args.json)
     return 0
 
 

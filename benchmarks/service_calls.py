@@ -129,23 +129,21 @@ def main() -> int:
     if args.inner:  # one tree, in this process
         print(json.dumps(asyncio.run(_measure(args.calls))))
         return 0
-    results: list[dict[str, Any]] = []
-    for round_ in range(args.rounds):
-        for tree in args.trees if round_ % 2 == 0 else list(reversed(args.trees)):
-            env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
-            done = subprocess.run(  # noqa: S603
-                [sys.executable, __file__, "--inner", "--calls", str(args.calls)],
-                env=env, cwd=tree, capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            entry = {
-                "tree": str(tree),
-                "round": round_,
-                "cpu_ms_per_pair": json.loads(done.stdout.splitlines()[-1]),
-            }
-            print(json.dumps(entry), flush=True)
-            results.append(entry)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    # Only the outer process reads this tree's helpers: the inner one must import the services of
+    # the tree under test, first on its PYTHONPATH.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.runs import Results, alternating
+
+    results = Results()
+    for round_, tree in alternating(args.trees, args.rounds):
+        env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+        done = subprocess.run(  # noqa: S603
+            [sys.executable, __file__, "--inner", "--calls", str(args.calls)],
+            env=env, cwd=tree, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        per_pair = json.loads(done.stdout.splitlines()[-1])
+        results.add({"tree": str(tree), "round": round_, "cpu_ms_per_pair": per_pair})
+    results.write(args.json)
     return 0
 
 
