@@ -110,6 +110,20 @@ async def command(
     return await client.post(f"/internal/orders/{order_id}/commands", json=body, headers=as_service())
 
 
+async def create_by_legacy_command(client: httpx.AsyncClient, order_id: str, *quantities: int) -> None:
+    """Write an order as the create command of sagas older than the typed order activities did."""
+    body = order_body(*quantities)
+    created = await command(
+        client,
+        order_id,
+        "create",
+        user_id=str(uuid.uuid4()),
+        items=body["items"],
+        payment_method_id=body["payment_method_id"],
+    )
+    assert created.status_code == 200, created.text
+
+
 async def get_order(client: httpx.AsyncClient, order_id: str) -> dict[str, Any]:
     response = await client.get(f"/orders/{order_id}", headers=as_admin())
     assert response.status_code == 200, response.text

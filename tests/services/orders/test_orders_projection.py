@@ -26,6 +26,7 @@ from tests.services.orders.conftest import (
     RecordingSaga,
     command,
     confirm_fields,
+    create_by_legacy_command,
     get_order,
     order_body,
     order_in_status,
@@ -116,16 +117,7 @@ async def _orders_in_every_state(orders: httpx.AsyncClient) -> list[str]:
     assert (await command(orders, started_late, "start")).status_code == 200
     # Written by the create command of sagas older than the typed order activities.
     legacy = str(uuid.uuid4())
-    body = order_body(3)
-    created = await command(
-        orders,
-        legacy,
-        "create",
-        user_id=str(uuid.uuid4()),
-        items=body["items"],
-        payment_method_id=body["payment_method_id"],
-    )
-    assert created.status_code == 200, created.text
+    await create_by_legacy_command(orders, legacy, 3)
     return [*made, keyed.json()["id"], unstarted, started_late, legacy]
 
 

@@ -12,7 +12,12 @@ from sqlmodel import col
 
 from services.kit.models import utcnow
 from services.orders.models import Order
-from tests.services.orders.conftest import RecordingSaga, command, order_body, order_in_status, place_ok
+from tests.services.orders.conftest import (
+    RecordingSaga,
+    create_by_legacy_command,
+    order_in_status,
+    place_ok,
+)
 from tests.support.identity import as_admin, as_customer, as_service
 
 PATH = "/internal/orders/unfinished"
@@ -44,16 +49,7 @@ async def test_unfinished_orders_are_the_started_and_not_final_ones_oldest_first
     review_old = await order_in_status(orders, "AWAITING_REVIEW")
     review_new = await order_in_status(orders, "AWAITING_REVIEW")
     by_saga = str(uuid.uuid4())  # created by the saga's own create command
-    body = order_body(2)
-    created = await command(
-        orders,
-        by_saga,
-        "create",
-        user_id=str(uuid.uuid4()),
-        items=body["items"],
-        payment_method_id=body["payment_method_id"],
-    )
-    assert created.status_code == 200, created.text
+    await create_by_legacy_command(orders, by_saga, 2)
     final = [await order_in_status(orders, status) for status in ("CONFIRMED", "SHIPPED", "CANCELLED")]
     orders.app.state.saga = RecordingSaga(fail=True)  # type: ignore[attr-defined]
     never_started = await place_ok(orders, uuid.uuid4())  # the start sweeper's, not the reconciler's
