@@ -211,19 +211,27 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+# Ports already handed out by this process: a stack picks all its ports before any child binds
+# one, so "nothing listens on it now" alone could give two replicas the same port.
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now, outside the ephemeral range (another process may still take
-    it before it is bound, but no outgoing connection will)."""
+    it before it is bound, but no outgoing connection will), and never handed out twice here."""
     high = _ephemeral_low()
     low = max(1024, high - _PORT_SPAN)
     start = random.randrange(low, high)
     for offset in range(high - low):
         port = low + (start - low + offset) % (high - low)
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     raise StartupError(f"no free port between {low} and {high - 1} on {host}")
 

@@ -29,7 +29,7 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -491,7 +491,7 @@ class Stack:
         children = []
         for process, port in self.replica_ports[name].items():
             argv = [python_entry(), "serve", name, "--port", str(port)]
-            child = self._child(process, argv, own_env, _http(f"http://127.0.0.1:{port}/ready"))
+            child = self._child(process, argv, own_env, _ready(port, name))
             self.supervisor.start(child)
             children.append(child)
         return children
@@ -736,6 +736,17 @@ def _tcp(port: int) -> object:
 def _http(url: str) -> object:
     def check() -> bool:
         return httpx.get(url, timeout=1.0).status_code == 200
+
+    return check
+
+
+def _ready(port: int, service: str) -> Callable[[], bool]:
+    """Ready when `service` itself answers /ready on `port`: another process already bound there (a
+    replica that failed to bind, and exited) must not pass for it."""
+
+    def check() -> bool:
+        response = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1.0)
+        return response.status_code == 200 and response.json().get("service") == service
 
     return check
 
