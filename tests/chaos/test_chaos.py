@@ -9,9 +9,9 @@ the JSON report it writes, then check that the auditor would have caught broken 
 breaking them in a copy of the databases the run left behind. The run is `serial`: it measures
 recoveries, so `make test` runs it alone after the parallel part.
 
-By default the run is the embedded topology (one process per service, SQLite files);
-`ORDERSAGA_TEST_CHAOS_POSTGRES=1` runs the production one. tests/chaos/test_audit.py covers every
-check on SQLite either way.
+The gating run is the production topology; the embedded one (one process per service, SQLite
+files, as `make dev` starts it) is the long variant that CI runs too (see TOPOLOGIES below).
+tests/chaos/test_audit.py covers every check on SQLite either way.
 """
 
 from __future__ import annotations
@@ -56,32 +56,63 @@ from tests.support.prerequisites import missing
 
 pytestmark = pytest.mark.chaos  # part of the suite; `-m chaos` selects it alone
 
-# The production topology (PostgreSQL, 2 replicas, 2 workers, 2 gateways, every kind) is opt-in
-# until a run of it has passed within the suite's budget (RELIABILITY.md, chaos section):
-# ORDERSAGA_TEST_CHAOS_POSTGRES=1. The default stays the embedded topology on SQLite.
-ON_SQLITE = os.environ.get("ORDERSAGA_TEST_CHAOS_POSTGRES") != "1"
-ORDERS = 200 if ON_SQLITE else 300
-RATE = 4 if ON_SQLITE else 5
-# Each kind once: the five services, the gateway, the worker and NATS killed (one replica of each);
-# Temporal paused and killed; a link slowed, partitioned and cut; a saga cancelled and one
-# terminated; on PostgreSQL also its connections killed and the server restarted. On SQLite the
-# network kinds and operator actions can be left out (ORDERSAGA_TEST_CHAOS_NETWORK=0,
-# ORDERSAGA_TEST_CHAOS_OPERATOR=0), e.g. to tell a new hole from theirs.
-EVERY = not ON_SQLITE
-OPERATOR_KINDS = (
-    {CANCEL, TERMINATE} if EVERY or os.environ.get("ORDERSAGA_TEST_CHAOS_OPERATOR") != "0" else set()
+# The gating run is the production topology: every service on a PostgreSQL server of the run's own
+# with 2 replicas, 2 workers and 2 gateways, and every fault kind once. The embedded topology that
+# `make dev` starts (one process per service, SQLite files) is the long variant (marker `full`, so
+# CI runs it too), and the gate wherever PostgreSQL's server binaries are not installed.
+# ORDERSAGA_TEST_CHAOS_NETWORK=0 and ORDERSAGA_TEST_CHAOS_OPERATOR=0 leave those kinds out of the
+# embedded run, e.g. to tell a new hole from theirs.
+PROCESS_KINDS = {"users", "inventory", "payments", "orders", "notifications", "gateway", "worker", "nats"}
+NETWORK_KINDS = {LATENCY, PARTITION, CUT}
+OPERATOR_KINDS = {CANCEL, TERMINATE}
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    orders: int
+    rate: float
+    kinds: frozenset[str]
+    postgres: bool
+
+    @property
+    def faults(self) -> int:
+        return len(self.kinds)  # each kind once
+
+
+def _unless_zero(variable: str, kinds: set[str]) -> set[str]:
+    return set() if os.environ.get(variable) == "0" else kinds
+
+
+PRODUCTION = Topology(
+    "postgres",
+    orders=300,
+    rate=5,
+    kinds=frozenset(
+        {*PROCESS_KINDS, PAUSE, TEMPORAL_KILL, *NETWORK_KINDS, *OPERATOR_KINDS, PG_KILL, PG_RESTART}
+    ),
+    postgres=True,
 )
-NETWORK_KINDS = (
-    {LATENCY, PARTITION, CUT} if EVERY or os.environ.get("ORDERSAGA_TEST_CHAOS_NETWORK") != "0" else set()
+EMBEDDED = Topology(
+    "sqlite",
+    orders=200,
+    rate=4,
+    kinds=frozenset(
+        {
+            *PROCESS_KINDS,
+            PAUSE,
+            TEMPORAL_KILL,
+            *_unless_zero("ORDERSAGA_TEST_CHAOS_NETWORK", NETWORK_KINDS),
+            *_unless_zero("ORDERSAGA_TEST_CHAOS_OPERATOR", OPERATOR_KINDS),
+        }
+    ),
+    postgres=False,
 )
-KINDS = {
-    *("users", "inventory", "payments", "orders", "notifications", "gateway", "worker", "nats"),
-    *(PAUSE, TEMPORAL_KILL),
-    *NETWORK_KINDS,
-    *OPERATOR_KINDS,
-    *(() if ON_SQLITE else (PG_KILL, PG_RESTART)),
-}
-FAULTS = len(KINDS)
+KINDS = set(PRODUCTION.kinds)
+TOPOLOGIES = [
+    pytest.param(PRODUCTION, id=PRODUCTION.name),
+    pytest.param(EMBEDDED, id=EMBEDDED.name, marks=[] if server_bin() is None else [pytest.mark.full]),
+]
 LINKS = ["orders->temporal", "worker->payments", *(f"{s}->nats" for s in ("users", "orders"))]
 
 
@@ -111,6 +142,7 @@ def test_the_same_seed_gives_the_same_schedule() -> None:
 
 @dataclass
 class ChaosRun:
+    topology: Topology
     data_dir: Path
     report: dict[str, Any]
     output: str
@@ -131,31 +163,34 @@ class ChaosRun:
         )
 
 
-@pytest.fixture(scope="module")
-def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosRun]:
-    if not ON_SQLITE and server_bin() is None:
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def chaos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosRun]:
+    topology: Topology = request.param
+    if topology.postgres and server_bin() is None:
         missing(
             "PostgreSQL's server binaries (initdb, postgres) are not installed: `apt-get install postgresql`"
         )
     tmp = tmp_path_factory.mktemp("chaos")
     report_path = tmp / "chaos.json"
     argv = [sys.executable, "-m", "ordersaga.chaos", "--data-dir", str(tmp / "data")]
-    argv += ["--orders", str(ORDERS), "--rate", str(RATE), "--faults", str(FAULTS), "--seed", "10"]
-    argv += ["--free-ports", "--json", str(report_path), "--kinds", ",".join(sorted(KINDS))]
-    if not ON_SQLITE:
+    argv += ["--orders", str(topology.orders), "--rate", str(topology.rate)]
+    argv += ["--faults", str(topology.faults), "--seed", "10"]
+    argv += ["--free-ports", "--json", str(report_path), "--kinds", ",".join(sorted(topology.kinds))]
+    if topology.postgres:
         argv += ["--own-postgres", "--keep-postgres", "--replicas", "2", "--workers", "2", "--gateways", "2"]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)  # our own module
     output = run.stdout[-3000:] + run.stderr[-6000:]
     assert report_path.exists(), output
     report = json.loads(report_path.read_text())
     kept = (report.get("topology") or {}).get("postgres_directory")
-    if ON_SQLITE or not kept:
-        yield ChaosRun(tmp / "data", report, output, run.returncode)
+    if not topology.postgres or not kept:
+        yield ChaosRun(topology, tmp / "data", report, output, run.returncode)
         return
     server = OwnPostgres(tmp / "pg-logs", directory=Path(kept))
     proc = server.start_alone()
     try:
         yield ChaosRun(
+            topology,
             tmp / "data",
             report,
             output,
@@ -195,26 +230,28 @@ def test_each_process_is_routed_through_its_links() -> None:
 @pytest.mark.temporal
 @pytest.mark.timeout(960)
 def test_chaos_under_load_loses_nothing(chaos: ChaosRun) -> None:
-    report = chaos.report
+    report, topology = chaos.report, chaos.topology
     assert report["violations"] == [], chaos.output
     assert chaos.returncode == 0, chaos.output
-    if not ON_SQLITE:  # the production topology: replicas on PostgreSQL, audited there
-        topology = report["topology"]
-        assert topology["database"].startswith("postgresql"), topology
-        assert (topology["replicas"], topology["workers"], topology["gateways"]) == (2, 2, 2), topology
-    assert report["orders_sent"] == ORDERS
+    shape = report["topology"]
+    if topology.postgres:  # the production topology: replicas on PostgreSQL, audited there
+        assert shape["database"].startswith("postgresql"), shape
+        assert (shape["replicas"], shape["workers"], shape["gateways"]) == (2, 2, 2), shape
+    else:
+        assert (shape["database"], shape["replicas"]) == ("sqlite", 1), shape
+    assert report["orders_sent"] == topology.orders
     # Faults make clients retry with the same key, never give up: every order accepted exactly once.
-    assert report["orders_accepted"] == ORDERS, report
+    assert report["orders_accepted"] == topology.orders, report
     assert "gave_up" not in report["client_errors"], report
     # Every kind injected once, and every one recovered: restarted, healed and answering again.
-    assert report["faults"] == FAULTS
-    assert set(report["faults_by_kind"]) == KINDS, report["faults_by_kind"]
+    assert report["faults"] == topology.faults
+    assert set(report["faults_by_kind"]) == topology.kinds, report["faults_by_kind"]
     assert all(None not in recoveries for recoveries in report["faults_by_kind"].values()), report
     log = {fault["kind"]: fault for fault in report["fault_log"]}
-    for kind in NETWORK_KINDS:
+    for kind in NETWORK_KINDS & topology.kinds:
         assert log[kind]["target"] and log[kind]["duration"] >= 2, log[kind]
     # The operator acted on a saga that was running, and the system took it from there.
-    for kind in OPERATOR_KINDS:
+    for kind in OPERATOR_KINDS & topology.kinds:
         assert str(log[kind]["target"]).startswith("order-"), log[kind]
         assert log[kind]["note"] is None or not log[kind]["note"].startswith("skipped"), log[kind]
     # A mixed workload: some orders confirmed, some cancelled for a declined card or the hot product.
