@@ -687,6 +687,7 @@ def run_chaos(
             hot_share=0.3,
             lines=2,
             customers=12,
+            phone_every=2,  # half of them told by SMS too, so that the SMS sink is audited
             deadline=quiesce_timeout,
             seed=seed,
             admin_email=stack.creds.admin_email,
@@ -748,8 +749,10 @@ def run_chaos(
         proxy.stop()
         if injector is not None and injector.thread.is_alive():
             injector.join(timeout=10)
-        if postgres is not None and not keep_postgres:
-            postgres.destroy()
+        if postgres is not None:
+            postgres.wait_stopped()
+            if not keep_postgres:
+                postgres.destroy()
     print_summary(console, summary)
     if json_path is not None:
         json_path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -64,6 +64,8 @@ class LoadPlan:
     hot_share: float = 0.2
     lines: int = 1
     customers: int = 10
+    # Every n-th customer (0: none) signs up with a phone number, so its notices go by SMS as well.
+    phone_every: int = 0
     deadline: float = 120.0
     poll_rate: float = 200.0
     seed: int | None = None
@@ -142,6 +144,7 @@ class LoadRun:
         if plan.direct_orders and not plan.internal_token:
             raise ValueError("direct orders need the internal token (ORDERSAGA_INTERNAL_TOKEN)")
         self.customers: list[Customer] = []
+        self._signed_up = 0
         self.products: list[dict[str, Any]] = []
         self.hot: dict[str, Any] | None = None
         self.done_sending = asyncio.Event()
@@ -205,9 +208,13 @@ class LoadRun:
     async def _customer(self) -> Customer:
         tag = uuid.uuid4().hex[:12]
         email, password = f"load-{tag}@example.com", f"load-{tag}-password"
-        registered = await self.http.post(
-            "/users", json={"email": email, "username": f"load_{tag}", "password": password, "profile": {}}
-        )
+        self._signed_up += 1
+        every = self.plan.phone_every
+        profile: dict[str, str] = {}
+        if every and self._signed_up % every == 0:
+            profile["phone"] = f"+1415{int(tag[:8], 16) % 10**7:07d}"
+        body = {"email": email, "username": f"load_{tag}", "password": password, "profile": profile}
+        registered = await self.http.post("/users", json=body)
         registered.raise_for_status()
         token = await self._login(email, password)
         cards: dict[str, str] = {}

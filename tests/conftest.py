@@ -125,7 +125,7 @@ async def driver(stack: Stack) -> AsyncIterator[Driver]:
         yield client
 
 
-# ---- how `make test` spreads the suite over two pytest-xdist workers (`--dist loadgroup`)
+# ---- how `make test` spreads the suite over three pytest-xdist workers (`--dist loadgroup`)
 
 TESTS = Path(__file__).parent
 # Tests that measure what the machine can take (a crowd of logins, the chaos run's throughput) run
@@ -187,7 +187,7 @@ def _xdist_group(item: pytest.Item) -> str | None:
     """Tests that share an expensive fixture stay on one worker, so it starts once per run: a
     directory's session stack, or else a file's module-scoped one. The suite's session stack
     (`stack`) starts at most once per worker, so its files are groups of their own too and spread
-    over both workers."""
+    over the workers."""
     parts = item.path.relative_to(TESTS).parts
     if len(parts) == 1 or parts[0] == "services":
         return None  # each test builds its own in-process app: any worker will do

@@ -95,8 +95,21 @@ class OwnPostgres:
             time.sleep(0.05)
         supervisor.restart(child, timeout)
 
+    def wait_stopped(self, timeout: float = 60) -> None:
+        """Until the postmaster has left (its `postmaster.pid` gone): stopping the supervised child
+        signals the `runuser` wrapper, and the server may still be shutting down after it exits."""
+        deadline = time.monotonic() + timeout
+        pid_file = self.data / "postmaster.pid"
+        while pid_file.exists() and time.monotonic() < deadline:
+            try:
+                os.kill(int(pid_file.read_text().split()[0]), 0)
+            except (ProcessLookupError, ValueError, IndexError, FileNotFoundError):
+                return  # a stale file of a server that is gone: the next start takes it over
+            time.sleep(0.1)
+
     def start_alone(self, timeout: float = 60) -> subprocess.Popen[bytes]:
         """The server outside any supervisor (to audit or break a kept run's databases)."""
+        self.wait_stopped(timeout)
         self.logs.mkdir(parents=True, exist_ok=True)
         with (self.logs / "postgres.log").open("ab") as log:
             proc = subprocess.Popen(  # noqa: S603 - argv built here, never from input

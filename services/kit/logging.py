@@ -71,6 +71,10 @@ def configure_logging(level: str = "INFO", *, service: str | None = None) -> Non
     root.handlers = [h for h in root.handlers if type(h) is not logging.StreamHandler]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx logs every request it sends at INFO; each of our callers logs its own line per call (the
+    # worker's `service_call`, the gateway's `request`), so httpx's copy would only double the lines,
+    # and the CPU of formatting them and of `ordersaga up` reading them.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             *shared,

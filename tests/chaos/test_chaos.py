@@ -254,6 +254,8 @@ def test_chaos_under_load_loses_nothing(chaos: ChaosRun) -> None:
     for kind in OPERATOR_KINDS & topology.kinds:
         assert str(log[kind]["target"]).startswith("order-"), log[kind]
         assert log[kind]["note"] is None or not log[kind]["note"].startswith("skipped"), log[kind]
+    # Half the customers have a phone: their notices went by SMS too, and the audit read that sink.
+    assert (chaos.data_dir / "sms.jsonl").read_text().strip(), "no SMS was sent"
     # A mixed workload: some orders confirmed, some cancelled for a declined card or the hot product.
     assert report["outcomes"].get("CONFIRMED", 0) > 0, report["outcomes"]
     assert report["outcomes"].get("CANCELLED:payment_declined", 0) > 0, report["outcomes"]
@@ -347,6 +349,12 @@ def _duplicate_a_mail(state: Broken, orders: list[dict[str, Any]], clients: set[
 
 def _lose_a_sent_mail(state: Broken, orders: list[dict[str, Any]], clients: set[str]) -> None:
     _mail_files(state, "sent")[0].unlink()
+
+
+def _duplicate_an_sms(state: Broken, orders: list[dict[str, Any]], clients: set[str]) -> None:
+    sink = state.data_dir / "sms.jsonl"
+    lines = sink.read_text().splitlines(keepends=True)
+    sink.write_text("".join([*lines, lines[0]]))
 
 
 def _sql(
@@ -469,7 +477,49 @@ REAL_BREAKS: dict[str, tuple[RealBreak, set[str]]] = {
         ),
         {"one_outcome_notice"},
     ),
+    # The run's captured payment of a confirmed order, voided after the fact (its ledger still shows
+    # the capture); or its ledger's capture of another amount than the order's total.
+    "confirmed_order_captured": (
+        _sql(
+            "payments",
+            "UPDATE payments SET status = 'voided' WHERE id = " + CAPTURED_OF,
+            lambda o: _one(o, *audit.CONFIRMED),
+        ),
+        {"confirmed_order_captured"},
+    ),
+    "amount_agrees": (
+        _sql(
+            "payments",
+            "UPDATE payment_transactions SET amount_cents = amount_cents + 1 "
+            "WHERE kind = 'capture' AND payment_id = " + CAPTURED_OF,
+            lambda o: _one(o, *audit.CONFIRMED),
+        ),
+        {"amount_agrees"},
+    ),
+    # A declined card's hold turned live again and cut loose from its order (its key too: the audit
+    # also finds a payment's order by the saga's key).
+    "no_live_payment_without_order": (
+        _sql(
+            "payments",
+            "UPDATE payments SET status = 'authorized', order_id = NULL, "
+            "idempotency_key = 'not-a-saga-key' WHERE id = "
+            "(SELECT id FROM payments WHERE order_id = {id} AND status = 'declined')",
+            lambda o: _one(o, "CANCELLED", reason="payment_declined"),
+        ),
+        {"no_live_payment_without_order"},
+    ),
+    # A cancelled order's released stock held again: its product's `reserved` counter no longer
+    # matches the live reservations either.
+    "reservation_released_when_final": (
+        _sql(
+            "inventory",
+            "UPDATE inventory_reservations SET status = 'reserved' WHERE order_id = {id}",
+            lambda o: _one(o, "CANCELLED", reason="payment_declined"),
+        ),
+        {"reservation_released_when_final", "reserved_matches_reservations"},
+    ),
     "email_at_most_once": (_duplicate_a_mail, {"email_at_most_once"}),
+    "sms_at_most_once": (_duplicate_an_sms, {"sms_at_most_once"}),
     "sent_notice_delivered": (_lose_a_sent_mail, {"sent_notice_delivered"}),
     "outbox_drained": (
         _sql(
@@ -481,6 +531,10 @@ REAL_BREAKS: dict[str, tuple[RealBreak, set[str]]] = {
 }
 
 
+def test_every_check_of_the_audit_is_broken_in_the_runs_state() -> None:
+    assert set(REAL_BREAKS) == set(audit.CHECKS)
+
+
 @pytest.mark.slow
 @pytest.mark.serial
 @pytest.mark.temporal
@@ -489,8 +543,9 @@ REAL_BREAKS: dict[str, tuple[RealBreak, set[str]]] = {
 def test_the_audit_catches_each_broken_invariant_in_a_real_run(
     chaos: ChaosRun, broken: Broken, check: str
 ) -> None:
-    """Every check of `audit.CHECKS` broken alone, on SQLite built by hand, is tests/chaos/test_audit.py;
-    here, those the run's own state lends itself to, so the audit is not blind to real rows either."""
+    """Every check of `audit.CHECKS` broken alone in a copy of the run's own state (its databases and
+    sinks), so that the audit is not blind to real rows; tests/chaos/test_audit.py does the same on a
+    state built by hand, on SQLite."""
     base = audit.Baseline.from_json(chaos.report["baseline"])
     clients = set(chaos.report["client_order_ids"])
     assert audit.audit(broken.where(), base, clients) == []
