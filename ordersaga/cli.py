@@ -286,6 +286,10 @@ def load(
     hot_share: Annotated[float, typer.Option(help="Share of orders on one hot product.")] = 0.2,
     lines: Annotated[int, typer.Option(help="Lines per order.")] = 1,
     customers: Annotated[int, typer.Option(help="Customers to register for the run.")] = 10,
+    phone_every: Annotated[
+        int,
+        typer.Option(min=0, help="Every n-th customer signs up with a phone, told by SMS too (0: none)."),
+    ] = 0,
     deadline: Annotated[float, typer.Option(help="Seconds an order may take to become final.")] = 120.0,
     seed: Annotated[int | None, typer.Option(help="Random seed, for a reproducible mix.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
@@ -356,6 +360,7 @@ def load(
         hot_share=hot_share,
         lines=lines,
         customers=customers,
+        phone_every=phone_every,
         deadline=deadline,
         seed=seed,
         admin_email=creds.get("admin_email"),
