@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ceiling_worker import READY
 from ceiling_workflow import CeilingWorkflow
+from proc_cpu import cpu_seconds, descendants
 
 from ordersaga.load import percentiles
 from services.kit.temporal import TemporalSettings, connect
@@ -51,6 +53,17 @@ LOCAL_ACTIVITIES = WorkerSettings().local_activities
 class Ceiling:
     address: str
     task_queue: str
+    server_pid: int
+    worker_pid: int
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the dev server (its tree), the worker, and this process (the client)."""
+        own = os.times()
+        return {
+            "temporal_server": sum(cpu_seconds(pid) for pid in descendants([self.server_pid])),
+            "worker": cpu_seconds(self.worker_pid),
+            "client": own.user + own.system,
+        }
 
 
 @contextmanager
@@ -69,7 +82,8 @@ def running_ceiling(directory: Path) -> Iterator[Ceiling]:
     )
     try:
         worker.start(timeout=60)
-        yield Ceiling(address, queue)
+        assert server.proc is not None and worker.proc is not None
+        yield Ceiling(address, queue, server.proc.pid, worker.proc.pid)
     finally:
         worker.stop()
         server.stop()
@@ -93,10 +107,16 @@ async def _warm_up(client: Client, ceiling: Ceiling, count: int) -> None:
     await asyncio.gather(*(_one(client, ceiling) for _ in range(count)))
 
 
-def _summary(latencies: list[float], first_start: float, last_end: float) -> dict[str, Any]:
+def _summary(
+    latencies: list[float], first_start: float, last_end: float, cpu_spent: dict[str, float]
+) -> dict[str, Any]:
     window = max(last_end - first_start, 1e-6)
     cuts = percentiles(latencies)
+    done = max(len(latencies), 1)
+    per_workflow = {name: round(seconds * 1000 / done, 1) for name, seconds in cpu_spent.items()}
     return {
+        # The floor under ordersaga's CPU per order: Temporal's share of a saga of this shape.
+        "cpu_ms_per_workflow": per_workflow | {"total": round(sum(per_workflow.values()), 1)},
         "completed": len(latencies),
         "workflows_per_second": round(len(latencies) / window, 2),
         "latency_ms_p50": cuts["p50"],
@@ -104,6 +124,10 @@ def _summary(latencies: list[float], first_start: float, last_end: float) -> dic
         "latency_ms_p99": cuts["p99"],
         "latency_ms_max": cuts["max"],
     }
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in after}
 
 
 async def closed_loop(ceiling: Ceiling, workflows: int, concurrency: int, warmup: int = 10) -> dict[str, Any]:
@@ -118,11 +142,13 @@ async def closed_loop(ceiling: Ceiling, workflows: int, concurrency: int, warmup
             await _one(client, ceiling)
             latencies.append((time.perf_counter() - started) * 1000)
 
+    cpu_before = ceiling.cpu()
     began = time.perf_counter()
     await asyncio.gather(*(runner() for _ in range(concurrency)))
+    ended = time.perf_counter()
     shape = {"local_activities": LOCAL_ACTIVITIES}
     return {"mode": "closed", "workflows": workflows, "concurrency": concurrency, **shape} | _summary(
-        latencies, began, time.perf_counter()
+        latencies, began, ended, _spent(cpu_before, ceiling.cpu())
     )
 
 
@@ -138,6 +164,7 @@ async def open_loop(ceiling: Ceiling, workflows: int, rate: float, warmup: int =
         ends.append(time.perf_counter())
         latencies.append((ends[-1] - started) * 1000)
 
+    cpu_before = ceiling.cpu()
     began = time.perf_counter()
     tasks = []
     for index in range(workflows):
@@ -147,6 +174,7 @@ async def open_loop(ceiling: Ceiling, workflows: int, rate: float, warmup: int =
         tasks.append(asyncio.create_task(timed()))
     sending = time.perf_counter() - began
     await asyncio.gather(*tasks)
+    cpu_spent = _spent(cpu_before, ceiling.cpu())
     return {
         "mode": "open",
         "local_activities": LOCAL_ACTIVITIES,
@@ -154,7 +182,7 @@ async def open_loop(ceiling: Ceiling, workflows: int, rate: float, warmup: int =
         "offered_rate": rate,
         # Below the offered rate when the generator itself could not keep the schedule.
         "started_per_second": round(workflows / max(sending, 1e-6) if workflows > 1 else rate, 2),
-    } | _summary(latencies, began, max(ends, default=began))
+    } | _summary(latencies, began, max(ends, default=began), cpu_spent)
 
 
 def main() -> None:
