@@ -491,7 +491,7 @@ class Stack:
         children = []
         for process, port in self.replica_ports[name].items():
             argv = [python_entry(), "serve", name, "--port", str(port)]
-            child = self._child(process, argv, own_env, _ready(port, name))
+            child = self._child(process, argv, own_env, _http(f"http://127.0.0.1:{port}/ready", name))
             self.supervisor.start(child)
             children.append(child)
         return children
@@ -733,20 +733,13 @@ def _tcp(port: int) -> object:
     return check
 
 
-def _http(url: str) -> object:
-    def check() -> bool:
-        return httpx.get(url, timeout=1.0).status_code == 200
-
-    return check
-
-
-def _ready(port: int, service: str) -> Callable[[], bool]:
-    """Ready when `service` itself answers /ready on `port`: another process already bound there (a
-    replica that failed to bind, and exited) must not pass for it."""
+def _http(url: str, service: str | None = None) -> Callable[[], bool]:
+    """Healthy when `url` answers 200 and, for a service, names `service` in its body: another
+    process already bound to the port (a replica that failed to bind, and exited) must not pass."""
 
     def check() -> bool:
-        response = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1.0)
-        return response.status_code == 200 and response.json().get("service") == service
+        response = httpx.get(url, timeout=1.0)
+        return response.status_code == 200 and (service is None or response.json().get("service") == service)
 
     return check
 

@@ -90,9 +90,7 @@ class OwnPostgres:
         os.kill(postmaster, signal.SIGINT)
         assert child.proc is not None
         child.proc.wait(timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while (self.data / "postmaster.pid").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self.wait_stopped(timeout)
         supervisor.restart(child, timeout)
 
     def wait_stopped(self, timeout: float = 60) -> None:

@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from ordersaga.supervisor import Child, StartupError, Supervisor, free_port
-from ordersaga.up import _ready
+from ordersaga.up import _http
 
 
 def test_no_port_is_handed_out_twice_even_before_any_is_bound() -> None:
@@ -56,7 +56,8 @@ def test_a_replica_that_could_not_bind_is_not_taken_for_ready(users_on_a_port: i
     supervisor = Supervisor(Console(file=io.StringIO()))
     # Stands in for `ordersaga serve orders --port P` finding P taken: it says so and exits.
     exits = [sys.executable, "-c", "import sys, time; time.sleep(1); sys.exit('address already in use')"]
-    child = Child("orders-3", exits, {}, _ready(users_on_a_port, "orders"), tmp_path / "orders-3.log")
+    ready = f"http://127.0.0.1:{users_on_a_port}/ready"
+    child = Child("orders-3", exits, {}, _http(ready, "orders"), tmp_path / "orders-3.log")
     supervisor.start(child)
     try:
         with pytest.raises(StartupError, match="exited"):
@@ -64,4 +65,4 @@ def test_a_replica_that_could_not_bind_is_not_taken_for_ready(users_on_a_port: i
     finally:
         supervisor.stop_all()
     # The service that does own the port is ready there.
-    assert _ready(users_on_a_port, "users")()
+    assert _http(ready, "users")()
