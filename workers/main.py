@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -66,6 +69,20 @@ SERVICE_ACTIVITIES: dict[str, type[Any]] = {
     "orders": OrderActivities,
     "notifications": NotificationActivities,
 }
+
+
+def keep_workflow_bytecode() -> None:
+    """Let the sandbox's imports find compiled workflow code, even under PYTHONDONTWRITEBYTECODE.
+
+    The sandbox imports the workflow modules afresh for every workflow it runs. With no bytecode
+    cache (the variable set, as in a dev shell or the image, and an editable install), each import
+    compiles workflows/order.py from source: 8 ms of the worker's ~68 ms of CPU per order
+    (benchmarks/README.md, 2026-12-04 22:00). The cache goes to the temp dir, not the source tree,
+    which the variable asked to keep clean.
+    """
+    if sys.dont_write_bytecode and sys.pycache_prefix is None:
+        sys.pycache_prefix = str(Path(tempfile.gettempdir()) / "ordersaga-pycache")
+        sys.dont_write_bytecode = False
 
 
 def activity_methods(instance: object) -> list[Callable[..., Any]]:
@@ -223,6 +240,7 @@ def sdk_runtime(settings: WorkerSettings) -> Runtime | None:
 
 async def serve(settings: WorkerSettings | None = None, temporal: TemporalSettings | None = None) -> None:
     settings = settings or WorkerSettings()
+    keep_workflow_bytecode()
     configure_logging(settings.log_level, service="worker")
     # The SDK's workflow/activity loggers carry their context as `extra` (lifted into JSON fields).
     workflow.logger.workflow_info_on_message = False
