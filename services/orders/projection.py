@@ -61,17 +61,23 @@ async def insert_new(session: AsyncSession, state: OrderState) -> None:
     await session.exec(insert(Order).values(**row(state)))
 
 
-async def move(session: AsyncSession, state: OrderState, *, from_version: int) -> bool:
-    """Move the projection to `state`; False when its row is no longer at `from_version` (lost race)."""
+async def move(
+    session: AsyncSession, state: OrderState, *, from_version: int
+) -> tuple[bool, datetime | None]:
+    """Move the projection to `state` → (moved, the row's `saga_started_at`); not moved when its row
+    is no longer at `from_version` (lost race). The start time comes back with the write, so that the
+    caller can answer with the row without reading it again."""
     values = row(state)
     del values["id"]
     result = await session.exec(
         update(Order)
         .where(col(Order.id) == state.order_id, col(Order.version) == from_version)
         .values(**values)
+        .returning(col(Order.saga_started_at))
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)
+    written = result.first()
+    return (False, None) if written is None else (True, written[0])
 
 
 async def note_saga_started(session: AsyncSession, order_id: uuid.UUID, now: datetime) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -214,11 +215,12 @@ async def mark_saga_started(session: AsyncSession, order_id: uuid.UUID, command_
                         command_id=command_id, order_id=order_id, type=SAGA_START, version=order.version
                     )
                 )
-                await projection.note_saga_started(session, order_id, utcnow())
+                now = utcnow()
+                if await projection.note_saga_started(session, order_id, now):
+                    # As written, without reading the row again (nothing is flushed for this).
+                    set_committed_value(order, "saga_started_at", now)
                 await session.flush()
-                started = await load_order(session, order_id)  # with saga_started_at as written
-                assert started is not None
-                return started
+                return order
         except IntegrityError:
             continue  # the same command, retried concurrently: the next pass sees it
     raise version_conflict()
@@ -356,12 +358,14 @@ async def _transition_once(
     moved = state.apply(event)
     _append(session, event, moved, transition.command)
     await session.flush()  # a stale writer stops here: (order_id, version) is taken
-    if not await projection.move(session, moved, from_version=expected):
+    written, saga_started_at = await projection.move(session, moved, from_version=expected)
+    if not written:
         raise _LostRace
-    if from_saga:
+    if from_saga and saga_started_at is None:
         await projection.note_saga_started(session, order_id, event.occurred_at)
-    updated = await load_order(session, order_id)
-    assert updated is not None
+        saga_started_at = event.occurred_at
+    # The row as this transaction wrote it: the projector's columns and the start time returned.
+    updated = Order(**projection.row(moved), saga_started_at=saga_started_at)
     log.info(
         "order_transition",
         order_id=str(order_id),
