@@ -1,7 +1,8 @@
 """The ceiling's worker, in its own process as ordersaga's is: `ceiling_worker.py ADDRESS TASK_QUEUE`.
 
-Same connection (services.kit.temporal.connect) and the same slot and shutdown settings as
-ordersaga's worker (workers/settings.py defaults); it prints `ceiling_worker_started` once polling.
+Same connection (services.kit.temporal.connect), the same slot and shutdown settings as
+ordersaga's worker (workers/settings.py defaults), and its bytecode cache for the sandbox; it
+prints `ceiling_worker_started` once polling.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ceiling_workflow import CeilingWorkflow, noop, noop_local
 
 from services.kit.temporal import TemporalSettings, connect
+from workers.main import keep_workflow_bytecode
 from workers.settings import WorkerSettings
 
 READY = "ceiling_worker_started"
@@ -27,6 +29,7 @@ READY = "ceiling_worker_started"
 
 async def serve(address: str, task_queue: str) -> None:
     settings = WorkerSettings()
+    keep_workflow_bytecode()
     client = await connect(TemporalSettings(address=address))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

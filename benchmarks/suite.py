@@ -12,12 +12,16 @@
 4. The ceiling's open-loop sweep at the same offered rates as ordersaga's (and at fractions of its
    own peak), so that latencies compare rate for rate.
 5. Gateway overhead (benchmarks/gateway_overhead.py --json).
+6. Before and after: a worktree of `--before` (default: the commit issue 22's work started from)
+   and this tree, each on its own `ordersaga up`: idle CPU over 60 s after start-up
+   (benchmarks/idle_cpu.py), then CPU per order by process, CPU per internal call and outbox lag,
+   one at a time and closed loop at 20 (benchmarks/order_cpu.py). `--before none` skips it.
 
 Writes benchmarks/results/<timestamp>.json and .md (the table, also printed) and
 benchmarks/results/latency_vs_rate.png. `--quick` runs it all with tiny numbers (a smoke test; its
 files are suffixed `-quick`).
 
-    .venv/bin/python benchmarks/suite.py [--quick] [--concurrency 20] [--out benchmarks/results]
+    .venv/bin/python benchmarks/suite.py [--quick] [--concurrency 20] [--before 6d83142] [--out ...]
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from temporal_ceiling import closed_loop, open_loop, running_ceiling
 
+from benchmarks import idle_cpu, order_cpu
 from benchmarks.proc_cpu import cpu_seconds
 from ordersaga import audit
 from ordersaga.chaos import use_free_ports
@@ -66,6 +71,9 @@ LATENCY_RATIO_TARGET = 1.5
 CPU_PER_ORDER_TARGET_MS = 110.0
 ACCEPT_P50_TARGET_MS = 25.0
 ACCEPT_P99_TARGET_MS = 100.0
+IDLE_TARGET_PERCENT = 2.0
+# The commit issue 22's work started from: the "before" of its before-and-after.
+BEFORE = "6d83142"
 
 console = Console(stderr=True)
 
@@ -87,6 +95,9 @@ class Config:
     lines_orders: int = 120
     gateway_requests: int = 2000
     gateway_seconds: float = 8.0
+    idle_settle_seconds: float = 10.0  # after `ready`, before the idle window
+    idle_window_seconds: float = 60.0
+    sequential_orders: int = 30  # one at a time, for the CPU per internal call
 
 
 QUICK = Config(
@@ -103,6 +114,9 @@ QUICK = Config(
     lines_orders=4,
     gateway_requests=200,
     gateway_seconds=2.0,
+    idle_settle_seconds=2.0,
+    idle_window_seconds=5.0,
+    sequential_orders=3,
 )
 
 
@@ -431,6 +445,33 @@ def ordersaga_phase(config: Config, workdir: Path, ceiling_peak: float) -> dict[
         stack.stop()
 
 
+# ---- before and after ----------------------------------------------------------------------------
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True)  # noqa: S603, S607
+    return done.stdout.strip()
+
+
+def before_and_after(config: Config, workdir: Path, before: str) -> dict[str, Any]:
+    """The same measurements of a worktree of `before` and of this tree, one after the other."""
+    console.rule(f"[bold]before ({before}) and after (this tree)")
+    tree = workdir / "before"
+    _git("worktree", "add", "--detach", str(tree), before)
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    after = _git("rev-parse", "--short", "HEAD") + ("+" if dirty else "")  # + : with uncommitted changes
+    result: dict[str, Any] = {"before_commit": _git("rev-parse", "--short", before), "after_commit": after}
+    try:
+        for name, source in (("before", tree), ("after", ROOT)):
+            console.print(f"{name}: idle, then orders")
+            idle = idle_cpu.measure(source, config.idle_settle_seconds, config.idle_window_seconds)
+            orders = order_cpu.measure_tree(source, orders=config.orders, sequential=config.sequential_orders)
+            result[name] = {"idle": idle, **orders}
+    finally:
+        _git("worktree", "remove", "--force", str(tree))
+    return result
+
+
 # ---- the gateway ---------------------------------------------------------------------------------
 
 
@@ -483,6 +524,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"<= {CPU_PER_ORDER_TARGET_MS:g}",
         ),
     ]
+    if "before_after" in results:
+        idle = results["before_after"]["after"]["idle"]["percent_of_one_core"]
+        rows.append(
+            target(
+                "idle CPU of the whole stack, 60 s after start-up (% of one core)",
+                idle,
+                f"<= {IDLE_TARGET_PERCENT:g}",
+            )
+        )
     half = next((r for r in saga["open_gateway"] if r["fraction_of_peak"] == 0.5), None)
     if half is not None:
         same = at_rate(ceiling["open"], half["plan"]["rate"])
@@ -612,7 +662,56 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     else:
         lines += ["", f"gateway overhead failed: {gateway['error'][-300:]}"]
+    if "before_after" in results:
+        lines += before_after_markdown(results["before_after"])
     return "\n".join(lines) + "\n"
+
+
+def before_after_markdown(compared: dict[str, Any]) -> list[str]:
+    before, after = compared["before"], compared["after"]
+    heading = f"before ({compared['before_commit']}) | after ({compared['after_commit']})"
+    lines = [
+        "",
+        f"| CPU per order, closed loop at 20, ms | {heading} |",
+        "|---|---|---|",
+    ]
+    cpu_before, cpu_after = before["closed"]["cpu_ms_per_order"], after["closed"]["cpu_ms_per_order"]
+    names = sorted(
+        (n for n in cpu_after.keys() | cpu_before.keys() if n != "total"), key=lambda n: -cpu_after.get(n, 0)
+    )
+    lines += [f"| {name} | {cpu_before.get(name, '-')} | {cpu_after.get(name, '-')} |" for name in names]
+    lines += [
+        f"| **the stack** | **{cpu_before['total']}** | **{cpu_after['total']}** |",
+        f"| one at a time, the stack | {before['sequential']['cpu_ms_per_order']['total']} "
+        f"| {after['sequential']['cpu_ms_per_order']['total']} |",
+        f"| completed/s, closed loop | {before['closed']['completed_per_second']} "
+        f"| {after['closed']['completed_per_second']} |",
+    ]
+    for label, run in (("closed loop", "closed"), ("one at a time", "sequential")):
+        lag_before, lag_after = before[run]["outbox_lag_ms"], after[run]["outbox_lag_ms"]
+        lines.append(
+            f"| outbox lag p50 / p99 ({label}), ms | {lag_before['p50']} / {lag_before['p99']} "
+            f"| {lag_after['p50']} / {lag_after['p99']} |"
+        )
+
+    def idle(tree: dict[str, Any]) -> str:
+        top = ", ".join(f"{n} {v}" for n, v in list(tree["idle"]["by_process_percent"].items())[:4])
+        return f"{tree['idle']['percent_of_one_core']} % ({top})"
+
+    lines += [f"| idle, whole stack, % of one core | {idle(before)} | {idle(after)} |"]
+    lines += [
+        "",
+        "| service (one order at a time) | saga requests per order | CPU ms per request, before | after |",
+        "|---|---|---|---|",
+    ]
+    for service, calls in after["sequential"]["calls"].items():
+        earlier = before["sequential"]["calls"].get(service, {})
+        routes = ", ".join(f"`{route}` {n}" for route, n in calls["routes_per_order"].items())
+        lines.append(
+            f"| {service} ({routes}) | {calls['requests_per_order']} "
+            f"| {earlier.get('cpu_ms_per_request', '-')} | {calls['cpu_ms_per_request']} |"
+        )
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> bool:
@@ -676,6 +775,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, help="closed-loop concurrency (default 20; quick 4)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--keep", action="store_true", help="keep the stack's data dir and logs")
+    parser.add_argument(
+        "--before", default=BEFORE, help=f"commit to compare with (default {BEFORE}); none: skip"
+    )
     args = parser.parse_args()
     config = QUICK if args.quick else Config()
     if args.concurrency:
@@ -702,6 +804,8 @@ def main() -> int:
         rates = sorted({r for r in saga_rates + own_rates if r > 0})
         results["ceiling"] = {"closed": closed, "open": ceiling_sweep(rates, config, workdir)}
         results["gateway_overhead"] = gateway_overhead(config)
+        if args.before != "none":
+            results["before_after"] = before_and_after(config, workdir, args.before)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
