@@ -3,6 +3,9 @@
 The relay (`services.kit.relay`) publishes rows to NATS JetStream as CloudEvents; a row is marked
 published only after JetStream acknowledged it, and its id is the event id and the JetStream message id.
 
+A transaction's events are written in one INSERT just before it commits (Core, not the ORM's unit of
+work: the row is never read back or changed in that transaction, so it needs no identity).
+
 The relay sleeps until there is work: the commit of a transaction that staged an event calls the
 callbacks registered for its engine (`on_outbox_commit`), in this process, so the relay of the
 process that wrote the row publishes it at once. A slow safety poll covers what no signal reaches
@@ -16,16 +19,17 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Engine, Index, event
+from sqlalchemy import JSON, Column, Engine, Index, event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.models import UTCDateTime, new_id, utcnow
 
 MAX_LAST_ERROR = 500
-_STAGED = "ordersaga_outbox_staged"  # in Session.info: this transaction staged an outbox row
+_STAGED = "ordersaga_outbox_staged"  # in Session.info: the rows this transaction staged
+_WRITTEN = "ordersaga_outbox_written"  # in Session.info: written, the relay to wake on commit
 _ON_COMMIT: dict[Engine, list[Callable[[], None]]] = {}
 
 
@@ -48,11 +52,11 @@ class OutboxEvent(SQLModel, table=True):
 def add_event(
     session: AsyncSession, *, source: str, type: str, data: dict[str, Any], subject: str | None = None
 ) -> OutboxEvent:
-    """Stage a domain event in the caller's transaction; it is published only if that commits."""
-    event = OutboxEvent(source=source, type=type, subject=subject, data=data)
-    session.add(event)
-    session.info[_STAGED] = True
-    return event
+    """Stage a domain event in the caller's transaction; it is written and published only if that
+    commits. The returned event carries the id it will be published under."""
+    staged = OutboxEvent(source=source, type=type, subject=subject, data=data)
+    session.info.setdefault(_STAGED, []).append(staged)
+    return staged
 
 
 def on_outbox_commit(engine: AsyncEngine, callback: Callable[[], None]) -> Callable[[], None]:
@@ -69,13 +73,29 @@ def on_outbox_commit(engine: AsyncEngine, callback: Callable[[], None]) -> Calla
     return unsubscribe
 
 
+_COLUMNS = tuple(column.name for column in OutboxEvent.__table__.columns)  # type: ignore[attr-defined]
+
+
+@event.listens_for(Session, "before_commit")
+def _write_staged(session: Session) -> None:
+    staged: list[OutboxEvent] | None = session.info.pop(_STAGED, None)
+    if staged:
+        rows = [{name: getattr(row, name) for name in _COLUMNS} for row in staged]
+        session.connection().execute(insert(OutboxEvent.__table__), rows)  # type: ignore[attr-defined]
+        session.info[_WRITTEN] = True
+
+
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    if session.info.pop(_STAGED, False):
+    if session.info.pop(_WRITTEN, False):
         for callback in list(_ON_COMMIT.get(session.bind, ())):  # type: ignore[arg-type]
             callback()
 
 
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    session.info.pop(_STAGED, None)  # nothing was written: no one to wake
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        # Rolled back, or closed without touching the database: nothing staged carries over to the
+        # session's next transaction, and there is no one to wake.
+        session.info.pop(_STAGED, None)
+        session.info.pop(_WRITTEN, None)
