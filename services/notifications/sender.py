@@ -5,7 +5,8 @@ Delivery is at most once, even across crashes:
   locking the next due row `FOR UPDATE SKIP LOCKED` and leasing it in that transaction, so replicas
   take different rows), and it is finished only by the holder of that claim (its `claim_token`).
 - Just before handing the message to the channel, the holder records `send_started_at` under the
-  same claim (if its claim is gone, it does not send). The outcome update clears it.
+  same claim (if its claim is gone, it does not send); on SQLite a notice whose message renders is
+  claimed and marked in one UPDATE. The outcome update clears it.
 - A row found with `send_started_at` set and its lease expired had a send whose result was never
   recorded: its sender died (or was cancelled) between starting the send and recording it. Whether
   the provider took the message cannot be known, so it is not re-sent: it becomes `unknown`, final,
@@ -112,15 +113,52 @@ class Sender:
                 tried.append(claim[0])
                 await self._deliver(*claim)
             return claimed
-        for notification_id in await self._due_ids(now):
+        for notification in await self._due(now):
             if self._stopping:
                 break
-            won = await self._claim(notification_id, now)
+            if await self._claim_and_send(notification, now):
+                claimed += 1
+                continue
+            won = await self._claim(notification.id, now)
             if won is None:
                 continue  # another sender holds it
             claimed += 1
-            await self._deliver(notification_id, won[0], loaded=won[1])
+            await self._deliver(notification.id, won[0], loaded=won[1])
         return claimed
+
+    async def _claim_and_send(self, notification: Notification, now: datetime) -> bool:
+        """SQLite, the usual notice: claim it and record the send's start in one UPDATE, then send.
+
+        Only for a row that can be sent as read (its message renders, no earlier send is pending);
+        the WHERE holds the row to what was read (`attempts`, no send started), so winning the claim
+        means the copy in hand is current. False: not claimed here, the ordinary claim decides.
+        """
+        if notification.send_started_at is not None:
+            return False
+        try:
+            message = self._message(notification)
+            channel = self.channels[notification.channel]
+        except Exception:  # recorded as a failed attempt by the ordinary path
+            return False
+        token = uuid.uuid4()
+        lease = now + timedelta(seconds=self.settings.claim_lease_seconds)
+        started = utcnow()
+        if lease <= started:
+            return False  # a pass that began a lease ago: its claim could not cover a send now
+        statement = (
+            update(Notification)
+            .where(col(Notification.id) == notification.id, col(Notification.status) == STATUS_QUEUED)
+            .where(col(Notification.next_attempt_at) <= now)
+            .where(or_(col(Notification.claimed_until).is_(None), col(Notification.claimed_until) <= now))
+            .where(col(Notification.attempts) == notification.attempts)
+            .where(col(Notification.send_started_at).is_(None))
+            .values(claimed_until=lease, claim_token=token, send_started_at=started)
+        )
+        async with self.db.session() as session, session.begin():
+            won = (await session.exec(statement)).rowcount == 1
+        if won:
+            await self._send(notification, token, channel, message, self._bound(notification))
+        return won
 
     async def run(self) -> None:
         """Deliver until cancelled or stopped; sleeps until a notice is accepted, a retry this sender
@@ -146,9 +184,9 @@ class Sender:
             wait = min(wait, (min(self._retries_due) - utcnow()).total_seconds())
         return max(wait, 0.0)
 
-    async def _due_ids(self, now: datetime) -> list[uuid.UUID]:
+    async def _due(self, now: datetime) -> list[Notification]:
         query = (
-            select(Notification.id)
+            select(Notification)
             .where(Notification.status == STATUS_QUEUED, col(Notification.next_attempt_at) <= now)
             .where(or_(col(Notification.claimed_until).is_(None), col(Notification.claimed_until) <= now))
             .order_by(col(Notification.next_attempt_at))
@@ -215,12 +253,7 @@ class Sender:
                 await session.commit()
         if notification is None:
             return
-        bound = log.bind(
-            notification_id=str(notification.id),
-            channel=notification.channel,
-            template=notification.template,
-            attempt=notification.attempts + 1,
-        )
+        bound = self._bound(notification)
         if notification.send_started_at is not None:
             # A previous holder began sending and never recorded how it ended: it may have been
             # delivered, so sending again could make a duplicate.
@@ -240,6 +273,25 @@ class Sender:
         if not await self._mark_send_started(notification, token):
             bound.warning("notification_lease_lost_before_send")
             return
+        await self._send(notification, token, channel, message, bound)
+
+    def _bound(self, notification: Notification) -> Any:
+        return log.bind(
+            notification_id=str(notification.id),
+            channel=notification.channel,
+            template=notification.template,
+            attempt=notification.attempts + 1,
+        )
+
+    async def _send(
+        self,
+        notification: Notification,
+        token: uuid.UUID,
+        channel: Channel,
+        message: OutboundMessage,
+        bound: Any,
+    ) -> None:
+        """Hand the message to its channel (its send's start is recorded) and record the outcome."""
         try:
             await channel.send(message)
         except DeliveryOutcomeUnknown as exc:
