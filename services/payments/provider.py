@@ -142,8 +142,10 @@ class CardProvider:
         """Capture an authorisation once; a repeat answers the same capture, never a second one."""
         await self._network_delay()
         async with self._db.session() as session, session.begin():
-            # The conditional update takes the row lock, so a concurrent void or capture waits for it.
-            await session.exec(
+            # The conditional update takes the row lock, so a concurrent void or capture waits for it;
+            # the row comes back as captured, or (not capturable) is read as it is.
+            captured = await _written_entry(
+                session,
                 update(ProviderLedgerEntry)
                 .where(
                     col(ProviderLedgerEntry.charge_key) == key,
@@ -154,8 +156,9 @@ class CardProvider:
                     ),
                 )
                 .values(status="captured", updated_at=now)
+                .returning(ProviderLedgerEntry),
             )
-            entry = await _ledger_entry_or_none(session, key)
+            entry = captured or await _ledger_entry_or_none(session, key)
         outcome: CaptureOutcome
         if entry is None or entry.status in ("pending", "declined"):
             outcome = NotAuthorized()
@@ -194,18 +197,16 @@ class CardProvider:
                 "amount_cents": amount_cents,
                 "currency": currency,
                 "status": "pending",
-                "attempts": 0,
+                "attempts": 1,
                 "created_at": now,
                 "updated_at": now,
             }
-            await session.exec(_insert_ignoring_duplicate(self._db.is_sqlite, entry_values))
-            # The row lock taken here serialises concurrent attempts on one key.
-            await session.exec(
-                update(ProviderLedgerEntry)
-                .where(*_pending(key))
-                .values(attempts=ProviderLedgerEntry.attempts + 1, updated_at=now)
+            # One statement: a new key's row, or the next attempt on a pending one, handed back as
+            # written. Its row lock serialises concurrent attempts on one key; a key already final is
+            # left alone (locked all the same) and read.
+            entry = await _count_attempt(session, self._db.is_sqlite, entry_values) or await _ledger_entry(
+                session, key
             )
-            entry = await _ledger_entry(session, key)
             if entry.status != "pending":
                 return _final_outcome(entry, authorizing=authorizing)
             behaviour = await self._behaviour(session, entry.token or token)
@@ -305,8 +306,31 @@ def _insert_ignoring_duplicate(is_sqlite: bool, values: dict[str, Any]) -> Any:
     return insert(table).values(**values).on_conflict_do_nothing(index_elements=["charge_key"])
 
 
-def _pending(key: str) -> tuple[Any, ...]:
-    return col(ProviderLedgerEntry.charge_key) == key, col(ProviderLedgerEntry.status) == "pending"
+async def _count_attempt(
+    session: AsyncSession, is_sqlite: bool, values: dict[str, Any]
+) -> ProviderLedgerEntry | None:
+    """Insert the key's pending row (attempt 1), or add an attempt to it while it is pending; the row
+    as written, or None when the key already has a final outcome."""
+    table = ProviderLedgerEntry.__table__  # type: ignore[attr-defined]
+    insert = sqlite.insert if is_sqlite else postgresql.insert
+    statement = (
+        insert(ProviderLedgerEntry)
+        .values(**values)
+        .on_conflict_do_update(
+            index_elements=["charge_key"],
+            set_={"attempts": table.c.attempts + 1, "updated_at": values["updated_at"]},
+            where=table.c.status == "pending",
+        )
+        .returning(ProviderLedgerEntry)
+    )
+    return await _written_entry(session, statement)
+
+
+async def _written_entry(session: AsyncSession, statement: Any) -> ProviderLedgerEntry | None:
+    """The ledger row a write RETURNING it handed back (the session's copy refreshed), or None."""
+    written = await session.exec(statement.execution_options(populate_existing=True))
+    entry: ProviderLedgerEntry | None = written.scalars().one_or_none()
+    return entry
 
 
 async def _ledger_entry(session: AsyncSession, key: str) -> ProviderLedgerEntry:
