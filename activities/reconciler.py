@@ -16,6 +16,7 @@ still has the step ahead of it.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -32,9 +33,14 @@ DESCRIBE_CONCURRENCY = 16
 PAGE_SIZE = 500
 # The server's answer to a query on a workflow closed before any workflow task started.
 NEVER_RAN = "closed before WorkflowTaskStarted"
-# How far back final orders are checked for loose ends. Each sweep looks again, so a loose end is
-# tidied within two sweeps; one left while the reconciler was away for longer than this stays.
+# How far back final orders are checked for loose ends. A sweep looks at the recent ones, so a loose
+# end is tidied within two sweeps. The first sweep of a worker process, and one an hour, look back
+# the whole window, for what was left while the reconciler was away; one left while it was away
+# for longer than that stays. Every sweep over six hours cost in proportion to the orders of six
+# hours, every 30 s: after 1500 orders the idle stack already spent 0.4 % of a core on it.
 LOOSE_END_WINDOW_SECONDS = 6 * 3600.0
+RECENT_WINDOW_SECONDS = 15 * 60.0
+FULL_SWEEP_EVERY_SECONDS = 3600.0
 CONFIRMED_STATUSES = frozenset({"CONFIRMED", "SHIPPED", "DELIVERED"})
 REPAIR_ID_PREFIX = "repair-"  # workflows.repair.repair_id_for; imported there, not from there
 
@@ -68,6 +74,25 @@ def notice_keys(order_id: str, status: str) -> list[str]:
     return [f"{base}:email", f"{base}:sms"]
 
 
+@dataclass
+class LooseEndWindow:
+    """How far back this process's next sweep looks: the whole window when a full sweep is due."""
+
+    full_due_at: float = float("-inf")  # monotonic seconds; the first sweep is a full one
+
+    def seconds(self, now: float, older_than_seconds: float) -> float:
+        window = LOOSE_END_WINDOW_SECONDS if self.is_full(now) else RECENT_WINDOW_SECONDS
+        return max(window, older_than_seconds * 4)
+
+    def is_full(self, now: float) -> bool:
+        return now >= self.full_due_at
+
+    def swept(self, started: float) -> None:
+        """A sweep that began at `started` went through; a failed full sweep stays due."""
+        if self.is_full(started):
+            self.full_due_at = started + FULL_SWEEP_EVERY_SECONDS
+
+
 class ReconcilerActivities:
     def __init__(
         self,
@@ -80,6 +105,7 @@ class ReconcilerActivities:
         self._orders = orders
         self._inventory = inventory
         self._notifications = notifications
+        self._window = LooseEndWindow()
 
     @activity.defn(name="find_stranded_orders")
     async def find_stranded_orders(self, older_than_seconds: float) -> list[FoundOrder]:
@@ -104,7 +130,8 @@ class ReconcilerActivities:
 
     async def _loose_ends(self, older_than_seconds: float, gate: asyncio.Semaphore) -> list[FoundOrder]:
         inventory, notifications = self._inventory, self._notifications
-        window = max(LOOSE_END_WINDOW_SECONDS, older_than_seconds * 4)
+        started = time.monotonic()
+        window = self._window.seconds(started, older_than_seconds)
         candidates: list[FoundOrder] = []
         cursor: str | None = None
         while True:
@@ -116,6 +143,7 @@ class ReconcilerActivities:
             if not cursor:
                 break
             activity.heartbeat(len(candidates))
+        self._window.swept(started)
 
         async def closed(order: FoundOrder) -> FoundOrder | None:
             async with gate:
