@@ -33,7 +33,8 @@ from temporalio.client import (
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker, WorkerDeploymentConfig
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkerDeploymentConfig
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.http import ServiceCaller
 from activities.inventory import InventoryActivities
@@ -190,6 +191,7 @@ async def running_worker(
             max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
             graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
             deployment_config=deployment,
+            workflow_runner=SandboxedWorkflowRunner() if settings.sandbox else UnsandboxedWorkflowRunner(),
         )
         async with worker:
             yield worker
@@ -267,6 +269,7 @@ async def serve(settings: WorkerSettings | None = None, temporal: TemporalSettin
             namespace=client.namespace,
             deployment=deployment.version.deployment_name if deployment else None,
             build_id=deployment.version.build_id if deployment else None,
+            sandbox=settings.sandbox,
         )
         await stop.wait()
         state.polling = False

@@ -70,6 +70,10 @@ class WorkerSettings(SecretGuardedSettings):
     # activities: 32 history events instead of 57 (19 and 49 before authorisations) and a quarter less
     # CPU per order, measured in benchmarks/README.md. False gives every call its own activity task.
     local_activities: bool = True
+    # Run workflow code in the SDK's sandbox, which refuses a non-deterministic call (the clock, I/O,
+    # random) made from workflow code. Off saves the sandbox's share of the worker's CPU, measured in
+    # benchmarks/README.md; the workflow tests and the history replays always run sandboxed.
+    sandbox: bool = True
 
     # Worker Deployment Versioning: a saga runs to its end on the build it started on (PINNED), so a
     # new workflow version needs no `workflow.patched` unless running sagas must pick it up.

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.worker import Replayer
 
 from tests.support.driver import Driver
 from tests.support.processes import ManagedProcess, free_port, http_ok
 from tests.support.stack import Stack
+from workflows.order import OrderWorkflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.temporal]
 
@@ -133,6 +135,30 @@ async def test_order_whose_start_was_lost_gets_its_saga_from_the_sweeper(
     order, _view = await driver.wait_final(accepted.json()["id"], timeout=90)
     assert order["status"] == "CONFIRMED"
     await driver.assert_invariants(order, {product: 10})
+
+
+async def test_a_saga_of_an_unsandboxed_worker_replays_in_the_sandbox(driver: Driver, stack: Stack) -> None:
+    """WORKER_SANDBOX=false, the CPU setting (benchmarks/README.md), runs the same saga; its history
+    replays under the sandbox, which would refuse a non-deterministic call of the workflow code."""
+    stack.restart("worker", extra_env={"WORKER_SANDBOX": "false"})
+    try:
+        started = [
+            line
+            for line in (stack.directory / "worker.log").read_text().splitlines()
+            if "worker_started" in line
+        ]
+        assert '"sandbox": false' in started[-1], started
+        customer = await driver.customer()
+        product = await driver.product()
+        accepted = await driver.place_order(customer, [(product, 1)])
+        order, _ = await driver.wait_final(accepted.json()["id"])
+    finally:
+        stack.restart("worker")
+    assert order["status"] == "CONFIRMED"
+    await driver.assert_invariants(order, {product: 10})
+    client = await Client.connect(stack.temporal_address)
+    history = await client.get_workflow_handle(accepted.json()["workflow_id"]).fetch_history()
+    await Replayer(workflows=[OrderWorkflow]).replay_workflow(history)
 
 
 @pytest.mark.parametrize("calls", ["local", "regular"])
