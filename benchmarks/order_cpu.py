@@ -162,12 +162,14 @@ def load(
     }
 
 
-def measure_tree(tree: Path, *, orders: int, sequential: int) -> dict[str, Any]:
-    """One tree's stack: a warm-up, then one order at a time (`sequential` of them) and the closed
-    loop at 20 in flight (`orders`)."""
+def measure_tree(
+    tree: Path, *, orders: int, sequential: int, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """One tree's stack (`extra_env` on top of the benchmark's settings): a warm-up, then one order at
+    a time (`sequential` of them) and the closed loop at 20 in flight (`orders`)."""
     with tempfile.TemporaryDirectory(prefix="order-cpu-") as tmp:
         data = Path(tmp)
-        with up_stack(tree, data, STACK_ENV) as stack:
+        with up_stack(tree, data, STACK_ENV | (extra_env or {})) as stack:
             load(stack, tree, data, 20, 5)  # warm-up: pools, caches and the stream filled
             # One order: the users service's CPU is then the run's registrations and logins.
             registration = load(stack, tree, data, 1, 1)["users_cpu_seconds_raw"]

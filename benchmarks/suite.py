@@ -467,6 +467,11 @@ def before_and_after(config: Config, workdir: Path, before: str) -> dict[str, An
             idle = idle_cpu.measure(source, config.idle_settle_seconds, config.idle_window_seconds)
             orders = order_cpu.measure_tree(source, orders=config.orders, sequential=config.sequential_orders)
             result[name] = {"idle": idle, **orders}
+        console.print("after, WORKER_SANDBOX=false: orders")
+        unsandboxed = {"WORKER_SANDBOX": "false"}
+        result["after_unsandboxed"] = order_cpu.measure_tree(
+            ROOT, orders=config.orders, sequential=config.sequential_orders, extra_env=unsandboxed
+        )
     finally:
         _git("worktree", "remove", "--force", str(tree))
     return result
@@ -680,6 +685,7 @@ def before_after_markdown(compared: dict[str, Any]) -> list[str]:
         (n for n in cpu_after.keys() | cpu_before.keys() if n != "total"), key=lambda n: -cpu_after.get(n, 0)
     )
     lines += [f"| {name} | {cpu_before.get(name, '-')} | {cpu_after.get(name, '-')} |" for name in names]
+    unsandboxed = compared.get("after_unsandboxed")
     lines += [
         f"| **the stack** | **{cpu_before['total']}** | **{cpu_after['total']}** |",
         f"| one at a time, the stack | {before['sequential']['cpu_ms_per_order']['total']} "
@@ -699,6 +705,14 @@ def before_after_markdown(compared: dict[str, Any]) -> list[str]:
         return f"{tree['idle']['percent_of_one_core']} % ({top})"
 
     lines += [f"| idle, whole stack, % of one core | {idle(before)} | {idle(after)} |"]
+    if unsandboxed:
+        cpu = unsandboxed["closed"]["cpu_ms_per_order"]
+        lines += [
+            "",
+            f"After with `WORKER_SANDBOX=false`, closed loop: the stack **{cpu['total']} ms** per order "
+            f"(worker {cpu.get('worker')}, Temporal {cpu.get('temporal')}), "
+            f"{unsandboxed['closed']['completed_per_second']} completed/s.",
+        ]
     lines += [
         "",
         "| service (one order at a time) | saga requests per order | CPU ms per request, before | after |",
