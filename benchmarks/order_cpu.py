@@ -88,6 +88,27 @@ def outbox_lags(data: Path, since: datetime) -> list[float]:
     return lags
 
 
+def request_durations(data: Path, since: datetime) -> dict[str, dict[str, list[float]]]:
+    """service → "METHOD route" → wall milliseconds inside the service (its `request` log lines)."""
+    durations: dict[str, dict[str, list[float]]] = {}
+    for service in SERVICES:
+        log = data / "logs" / f"{service}.log"
+        routes: dict[str, list[float]] = {}
+        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+            if '"request"' not in line:
+                continue
+            try:
+                fields = json.loads(line)
+            except ValueError:
+                continue
+            if fields.get("event") != "request" or _when(fields["timestamp"]) < since:
+                continue
+            route = f"{fields['method']} {fields['route']}"
+            routes.setdefault(route, []).append(float(fields["duration_ms"]))
+        durations[service] = routes
+    return durations
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -128,6 +149,7 @@ def load(
     raw_users = spent.get("users", 0.0)
     spent["users"] = max(raw_users - registration, 0.0)
     calls: dict[str, Any] = {}
+    durations = request_durations(data, since)
     for service in SERVICES:
         made = {
             route: routes_after[service].get(route, 0.0) - routes_before[service].get(route, 0.0)
@@ -135,7 +157,11 @@ def load(
         }
         made = {route: n for route, n in made.items() if n > 0 and route in ORDER_ROUTES}
         total = sum(made.values())
+        walls = [ms for route in made for ms in durations.get(service, {}).get(route, [])]
         calls[service] = {
+            # Wall time inside the service, from its request log: against the CPU per request, how
+            # much of a call is waiting rather than computing (the outbox relay's CPU is in the CPU).
+            "wall_ms_p50_per_request": round(pct(walls, 0.5) or 0.0, 2) if walls else None,
             "requests_per_order": round(total / final, 2),
             "cpu_ms_per_request": round(1000 * spent.get(service, 0.0) / total, 2) if total else None,
             "routes_per_order": {route: round(n / final, 2) for route, n in sorted(made.items())},
