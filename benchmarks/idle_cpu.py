@@ -4,6 +4,7 @@ starts a while after start-up. CPU time, not wall time, because the machine may 
 
     git worktree add /tmp/before <commit>
     .venv/bin/python benchmarks/idle_cpu.py /tmp/before . [--settle 10] [--window 60] [--json out.json]
+    .venv/bin/python benchmarks/idle_cpu.py . --env WORKER_RECONCILE_INTERVAL_SECONDS=0   # a setting's share
 
 Each tree runs with the same installed packages and its own code first on PYTHONPATH.
 """
@@ -104,8 +105,8 @@ class UpStack:
         return tree_cpu(self.process.pid, _name)
 
 
-def measure(tree: Path, settle: float, window: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="idle-cpu-") as data, up_stack(tree, Path(data)) as stack:
+def measure(tree: Path, settle: float, window: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="idle-cpu-") as data, up_stack(tree, Path(data), env) as stack:
         ready_after = stack.ready_after
         time.sleep(settle)
         before = stack.cpu()
@@ -117,6 +118,7 @@ def measure(tree: Path, settle: float, window: float) -> dict[str, Any]:
     total = sum(by_process.values())
     return {
         "tree": str(tree),
+        "env": env or {},
         "ready_after_s": round(ready_after, 1),
         "settle_s": settle,
         "window_s": round(elapsed, 1),
@@ -135,10 +137,12 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=10.0, help="seconds after `ready` before measuring")
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="a stack setting")
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     results = Results()
     for tree in args.trees:
-        results.add(measure(tree, args.settle, args.window))
+        results.add(measure(tree, args.settle, args.window, env))
     results.write(args.json)
     return 0
 
