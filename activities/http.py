@@ -11,7 +11,6 @@ there would strand a charge or units of stock. An operator fixes the cause; the 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,9 +82,7 @@ class ServiceCaller:
                 f"{method} {path}: {type(err).__name__}: {err}", {"attempt": attempt}, type="transport_error"
             ) from err
         if response.is_success:
-            # DEBUG: the service logs the same request under the same trace; at INFO this line was a
-            # fifth of the stack's log lines per order, each paid for twice (here and in `up`).
-            _log("service_call", method, path, status=response.status_code, level=logging.DEBUG)
+            _log("service_call", method, path, status=response.status_code)
             return response
         code, detail = _problem(response)
         _log("service_call_refused", method, path, status=response.status_code, code=code)
@@ -99,10 +96,10 @@ class ServiceCaller:
         )
 
 
-def _log(event: str, method: str, path: str, *, level: int = logging.INFO, **fields: Any) -> None:
+def _log(event: str, method: str, path: str, **fields: Any) -> None:
     # The SDK's adapter adds the workflow id and activity type (lifted into JSON by the kit's logging).
     if activity.in_activity():
-        activity.logger.log(level, event, extra={"method": method, "path": path, **fields})
+        activity.logger.info(event, extra={"method": method, "path": path, **fields})
 
 
 def _problem(response: httpx.Response) -> tuple[str, str]:

@@ -281,7 +281,8 @@ def _worker_pid(stack: UpProcess) -> int:
 
 def _worker_builds(stack: UpProcess) -> list[str]:
     log = (stack.data_dir / "logs" / "worker.log").read_text(errors="replace")
-    return re.findall(r'"build_id": "([0-9a-f]+)", "event": "worker_started"', log)
+    started = [json.loads(line) for line in log.splitlines() if '"worker_started"' in line]
+    return [str(line["build_id"]) for line in started if line.get("event") == "worker_started"]
 
 
 def test_the_pages_on_a_phone_and_their_security_headers(pages: Pages, base_url: str) -> None:
