@@ -147,9 +147,7 @@ class Sender:
             return False  # a pass that began a lease ago: its claim could not cover a send now
         statement = (
             update(Notification)
-            .where(col(Notification.id) == notification.id, col(Notification.status) == STATUS_QUEUED)
-            .where(col(Notification.next_attempt_at) <= now)
-            .where(or_(col(Notification.claimed_until).is_(None), col(Notification.claimed_until) <= now))
+            .where(col(Notification.id) == notification.id, *_due_at(now))
             .where(col(Notification.attempts) == notification.attempts)
             .where(col(Notification.send_started_at).is_(None))
             .values(claimed_until=lease, claim_token=token, send_started_at=started)
@@ -187,8 +185,7 @@ class Sender:
     async def _due(self, now: datetime) -> list[Notification]:
         query = (
             select(Notification)
-            .where(Notification.status == STATUS_QUEUED, col(Notification.next_attempt_at) <= now)
-            .where(or_(col(Notification.claimed_until).is_(None), col(Notification.claimed_until) <= now))
+            .where(*_due_at(now))
             .order_by(col(Notification.next_attempt_at))
             .limit(self.settings.batch_size)
         )
@@ -201,9 +198,7 @@ class Sender:
         """PostgreSQL: claim the next due notification no other sender holds; (id, token) or None."""
         query = (
             select(Notification.id)
-            .where(col(Notification.id).not_in(exclude))
-            .where(Notification.status == STATUS_QUEUED, col(Notification.next_attempt_at) <= now)
-            .where(or_(col(Notification.claimed_until).is_(None), col(Notification.claimed_until) <= now))
+            .where(col(Notification.id).not_in(exclude), *_due_at(now))
             .order_by(col(Notification.next_attempt_at))
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -231,9 +226,7 @@ class Sender:
         # The WHERE repeats the due condition: whoever updates first wins, the other matches no row.
         statement = (
             update(Notification)
-            .where(col(Notification.id) == notification_id, col(Notification.status) == STATUS_QUEUED)
-            .where(col(Notification.next_attempt_at) <= now)
-            .where(or_(col(Notification.claimed_until).is_(None), col(Notification.claimed_until) <= now))
+            .where(col(Notification.id) == notification_id, *_due_at(now))
             .values(claimed_until=lease, claim_token=token)
         )
         async with self.db.session() as session, session.begin():
@@ -431,6 +424,15 @@ class Sender:
                     },
                 )
         return True
+
+
+def _due_at(now: datetime) -> tuple[Any, ...]:
+    """A queued notice whose attempt is due at `now` and that no running lease holds."""
+    return (
+        col(Notification.status) == STATUS_QUEUED,
+        col(Notification.next_attempt_at) <= now,
+        or_(col(Notification.claimed_until).is_(None), col(Notification.claimed_until) <= now),
+    )
 
 
 # An outcome ends the claim and the send in progress.
