@@ -15,6 +15,8 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.kit.sqlite_driver import one_hop
+
 
 class DatabaseTimeouts(BaseSettings):
     """How long a request may wait on a PostgreSQL that is down or stuck (`ORDERSAGA_DB_*`).
@@ -68,7 +70,8 @@ class Database:
                 }
             else:
                 kwargs["pool_pre_ping"] = True
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # SQLite goes through services/kit/sqlite_driver.py: one thread hop per statement.
+        self.engine: AsyncEngine = create_async_engine(one_hop(parsed), **kwargs)
         if self.is_sqlite:
             _configure_sqlite(
                 self.engine, busy_timeout_ms=int(self.timeouts.sqlite_busy_timeout_seconds * 1000)
