@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -49,12 +50,41 @@ class OutboxEvent(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=MAX_LAST_ERROR)
 
 
+@dataclass(frozen=True, slots=True)
+class StagedEvent:
+    """An event staged in a transaction: the outbox row it becomes when that transaction commits.
+
+    A plain record, not an `OutboxEvent`: building a table model costs ~15 times more (the ORM's
+    instrumented state), and the row is written by one Core INSERT without being read back.
+    """
+
+    source: str
+    type: str
+    subject: str | None
+    data: dict[str, Any]
+    id: uuid.UUID = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "data": self.data,
+            "created_at": self.created_at,
+            "published_at": None,
+            "attempts": 0,
+            "last_error": None,
+        }
+
+
 def add_event(
     session: AsyncSession, *, source: str, type: str, data: dict[str, Any], subject: str | None = None
-) -> OutboxEvent:
+) -> StagedEvent:
     """Stage a domain event in the caller's transaction; it is written and published only if that
     commits. The returned event carries the id it will be published under."""
-    staged = OutboxEvent(source=source, type=type, subject=subject, data=data)
+    staged = StagedEvent(source=source, type=type, subject=subject, data=data)
     session.info.setdefault(_STAGED, []).append(staged)
     return staged
 
@@ -73,15 +103,15 @@ def on_outbox_commit(engine: AsyncEngine, callback: Callable[[], None]) -> Calla
     return unsubscribe
 
 
-_COLUMNS = tuple(column.name for column in OutboxEvent.__table__.columns)  # type: ignore[attr-defined]
+_TABLE = OutboxEvent.__table__  # type: ignore[attr-defined]
+_INSERT = insert(_TABLE)
 
 
 @event.listens_for(Session, "before_commit")
 def _write_staged(session: Session) -> None:
-    staged: list[OutboxEvent] | None = session.info.pop(_STAGED, None)
+    staged: list[StagedEvent] | None = session.info.pop(_STAGED, None)
     if staged:
-        rows = [{name: getattr(row, name) for name in _COLUMNS} for row in staged]
-        session.connection().execute(insert(OutboxEvent.__table__), rows)  # type: ignore[attr-defined]
+        session.connection().execute(_INSERT, [event.row() for event in staged])
         session.info[_WRITTEN] = True
 
 
