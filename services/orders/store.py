@@ -111,14 +111,15 @@ _UNPUBLISHED = frozenset({"idempotency_key", "request_hash"})
 
 
 async def _append(session: AsyncSession, event: NewEvent, state: OrderState, command: CommandType) -> None:
-    """The event, the command record and the outbox row of one change, in the caller's transaction.
+    """The command record, the event and the outbox row of one change, in the caller's transaction
+    (in the order the ORM's flush wrote them, so that PostgreSQL takes its locks as before).
 
-    A stale writer stops at the event: (order_id, version) is taken; a repeated command at its record.
+    A repeated command stops at its record; a stale writer at the event: (order_id, version) is taken.
     """
-    connection = await session.connection()
-    await connection.execute(_INSERT_EVENT, event.values())
     if event.command_id is not None:
         await _record_command(session, event.command_id, event.order_id, command, event.version)
+    connection = await session.connection()
+    await connection.execute(_INSERT_EVENT, event.values())
     add_event(
         session,
         source=SOURCE,
