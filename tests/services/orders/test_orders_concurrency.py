@@ -94,7 +94,7 @@ async def test_a_writer_that_read_a_stale_row_meets_the_version_guard(orders: ht
     order_id = str((await place(orders, uuid.uuid4())).json()["id"])
     async with orders.app.state.db.session() as session, session.begin():  # type: ignore[attr-defined]
         await session.exec(
-            insert(OrderEvent).values(  # type: ignore[call-overload]
+            insert(OrderEvent).values(
                 id=uuid.uuid4(),
                 order_id=uuid.UUID(order_id),
                 version=2,
