@@ -7,7 +7,8 @@
 drift of a shared machine (the Temporal server and the worker move by 10-20 % between two runs).
 This runs only the service's own code: each tree in a fresh process (its code first on PYTHONPATH),
 the app in-process over httpx's ASGI transport on a migrated SQLite file, and the saga's calls made
-one after another: reserve then commit (inventory), authorise then capture (payments). CPU time is
+one after another: reserve then commit (inventory), authorise then capture (payments). Then the orders
+service, per order: POST /orders, the saga's `start` and `confirm` (`_measure_orders`). CPU time is
 the process's (every thread: aiosqlite's too) divided by the pairs made. The outbox relay is off (no
 NATS), so the publishing of the rows is not counted; the client's side of each call is.
 The trees alternate round by round, so that a machine whose speed drifts meets both.
@@ -116,6 +117,74 @@ async def _payments_pair(client: Any, service: dict[str, str]) -> Callable[[], A
     return pair
 
 
+async def _measure_with_orders(calls: int) -> dict[str, float]:
+    return {**await _measure(calls), **await _measure_orders(calls)}
+
+
+async def _measure_orders(calls: int) -> dict[str, float]:
+    """One order's three calls to the orders service: POST /orders, then the saga's `start` and
+    `confirm` commands. No saga engine (`none`): the start of the workflow is not counted, the
+    bookkeeping around it (the saga's start marked on the order) is."""
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from services.kit.identity import identity_headers
+    from services.registry import SERVICES
+
+    service = identity_headers(TOKEN, "service")
+    spec = SERVICES["orders"]
+    with tempfile.TemporaryDirectory(prefix="service-calls-") as tmp:
+        settings = spec.settings(
+            database_url=f"sqlite+aiosqlite:///{tmp}/orders.db",
+            internal_token=TOKEN,
+            data_dir=Path(tmp) / "data",
+            nats_url="",
+            saga_engine="none",
+        )
+        app = spec.create_app(settings)
+        async with LifespanManager(app, startup_timeout=60) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://orders") as client:
+                order = _orders_triple(client, service)
+                for _ in range(WARM_UP):
+                    await order()
+                started = _cpu()
+                for _ in range(calls):
+                    await order()
+                return {"orders": round(1000 * (_cpu() - started) / calls, 3)}
+
+
+def _orders_triple(client: Any, service: dict[str, str]) -> Callable[[], Awaitable[None]]:
+    customer = {**service, "x-ordersaga-role": "customer", "x-ordersaga-user-id": str(uuid.uuid4())}
+    product_id, payment_method_id = str(uuid.uuid4()), str(uuid.uuid4())
+    body = {"items": [{"product_id": product_id, "quantity": 2}], "payment_method_id": payment_method_id}
+    priced = [{"product_id": product_id, "quantity": 2, "unit_price_cents": 1250}]
+
+    async def order() -> None:
+        key = f"bench-{uuid.uuid4().hex}"
+        placed = await client.post("/orders", json=body, headers={**customer, "Idempotency-Key": key})
+        order_id = placed.json()["id"]
+        path = f"/internal/orders/{order_id}/commands"
+        started = await client.post(
+            path, json={"command_id": f"{order_id}:create_order", "type": "start"}, headers=service
+        )
+        confirm = {
+            "command_id": f"{order_id}:confirm_order",
+            "type": "confirm",
+            "items": priced,
+            "total_cents": 2500,
+            "currency": "EUR",
+            "payment_id": str(uuid.uuid4()),
+        }
+        confirmed = await client.post(path, json=confirm, headers=service)
+        if (placed.status_code, started.status_code, confirmed.status_code) != (202, 200, 200):
+            raise RuntimeError(
+                f"place {placed.status_code}, start {started.status_code}, confirm {confirmed.status_code}"
+            )
+
+    return order
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,7 +196,7 @@ def main() -> int:
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:  # one tree, in this process
-        print(json.dumps(asyncio.run(_measure(args.calls))))
+        print(json.dumps(asyncio.run(_measure_with_orders(args.calls))))
         return 0
     # Only the outer process reads this tree's helpers: the inner one must import the services of
     # the tree under test, first on its PYTHONPATH.

@@ -20,10 +20,33 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.models import UTCDateTime
-from services.orders.domain import OrderState
+from services.orders.domain import OrderState, OrderStatus
 from services.orders.models import Order, OrderEvent, OrderSagaStart
 
 _TABLE = Order.__table__  # type: ignore[attr-defined]
+
+
+_STARTS = OrderSagaStart.__table__  # type: ignore[attr-defined]
+
+# The hot path's statements, built once: Core on the tables, executed on the session's connection,
+# so that no call pays for the ORM's unit of work or for building and hashing a statement again.
+_SELECT_ORDER = select_columns(_TABLE).where(_TABLE.c.id == bindparam("order_id"))
+_SELECT_BY_IDEMPOTENCY_KEY = select_columns(_TABLE).where(
+    _TABLE.c.user_id == bindparam("user_id"), _TABLE.c.idempotency_key == bindparam("idempotency_key")
+)
+_INSERT_ORDER = insert(_TABLE)
+# SET takes every column named in the parameters (the projector's columns, not `id`).
+_MOVE = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("order_id"), _TABLE.c.version == bindparam("from_version"))
+    .returning(_TABLE.c.saga_started_at)
+)
+_NOTE_SAGA_STARTED = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("order_id"), _TABLE.c.saga_started_at.is_(None))
+    .values(saga_started_at=bindparam("now", type_=UTCDateTime))
+)
+_INSERT_SAGA_START = insert(_STARTS)
 
 
 def row(state: OrderState) -> dict[str, Any]:
@@ -46,19 +69,72 @@ def row(state: OrderState) -> dict[str, Any]:
     }
 
 
-async def history(session: AsyncSession, order_id: uuid.UUID) -> list[OrderEvent]:
-    statement = (
-        select(OrderEvent)
-        .where(col(OrderEvent.order_id) == order_id)
-        .order_by(col(OrderEvent.version))
-        .execution_options(populate_existing=True)
-    )
-    return list((await session.exec(statement)).all())
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """One row of the projection as the write path reads or wrote it: the `Order` columns, without
+    an ORM instance (nothing is tracked, nothing is flushed)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    status: str
+    items: list[dict[str, Any]]
+    payment_method_id: uuid.UUID
+    total_cents: int | None
+    currency: str | None
+    payment_id: uuid.UUID | None
+    cancel_reason: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    saga_started_at: datetime | None
+    idempotency_key: str | None
+    request_hash: str | None
+
+    @classmethod
+    def of(cls, state: OrderState, saga_started_at: datetime | None = None) -> OrderRecord:
+        """The row the projector writes for `state`: what a write answers without reading it back."""
+        return cls(**row(state), saga_started_at=saga_started_at)
+
+    def state(self) -> OrderState:
+        """The state this row was projected from: the row is moved with each event, in its
+        transaction and at its version, so it is the fold of the log up to `version`."""
+        return OrderState(
+            order_id=self.id,
+            user_id=self.user_id,
+            status=OrderStatus(self.status),
+            items=self.items,
+            payment_method_id=self.payment_method_id,
+            version=self.version,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            total_cents=self.total_cents,
+            currency=self.currency,
+            payment_id=self.payment_id,
+            cancel_reason=self.cancel_reason,
+            idempotency_key=self.idempotency_key,
+            request_hash=self.request_hash,
+        )
+
+
+async def load(session: AsyncSession, order_id: uuid.UUID) -> OrderRecord | None:
+    connection = await session.connection()
+    found = (await connection.execute(_SELECT_ORDER, {"order_id": order_id})).first()
+    return None if found is None else OrderRecord(**found._mapping)
+
+
+async def load_by_idempotency_key(
+    session: AsyncSession, user_id: uuid.UUID, idempotency_key: str
+) -> OrderRecord | None:
+    connection = await session.connection()
+    parameters = {"user_id": user_id, "idempotency_key": idempotency_key}
+    found = (await connection.execute(_SELECT_BY_IDEMPOTENCY_KEY, parameters)).first()
+    return None if found is None else OrderRecord(**found._mapping)
 
 
 async def insert_new(session: AsyncSession, state: OrderState) -> None:
     """The projection of a new order (its creation event is added beside it)."""
-    await session.exec(insert(Order).values(**row(state)))
+    connection = await session.connection()
+    await connection.execute(_INSERT_ORDER, row(state))
 
 
 async def move(
@@ -68,15 +144,10 @@ async def move(
     is no longer at `from_version` (lost race). The start time comes back with the write, so that the
     caller can answer with the row without reading it again."""
     values = row(state)
-    del values["id"]
-    result = await session.exec(
-        update(Order)
-        .where(col(Order.id) == state.order_id, col(Order.version) == from_version)
-        .values(**values)
-        .returning(col(Order.saga_started_at))
-        .execution_options(synchronize_session=False)
-    )
-    written = result.first()
+    values["order_id"] = values.pop("id")
+    values["from_version"] = from_version
+    connection = await session.connection()
+    written = (await connection.execute(_MOVE, values)).first()
     return (False, None) if written is None else (True, written[0])
 
 
@@ -87,16 +158,11 @@ async def note_saga_started(session: AsyncSession, order_id: uuid.UUID, now: dat
     second call see the time already set, so `order_saga_starts` gets one row, and none for an order
     that does not exist.
     """
-    result = await session.exec(
-        update(Order)
-        .where(col(Order.id) == order_id, col(Order.saga_started_at).is_(None))
-        .values(saga_started_at=bindparam("now", now, type_=UTCDateTime))
-        .execution_options(synchronize_session=False)
-    )
+    connection = await session.connection()
+    result = await connection.execute(_NOTE_SAGA_STARTED, {"order_id": order_id, "now": now})
     if not result.rowcount:
         return False
-    session.add(OrderSagaStart(order_id=order_id, started_at=now))
-    await session.flush()
+    await connection.execute(_INSERT_SAGA_START, {"order_id": order_id, "started_at": now})
     return True
 
 

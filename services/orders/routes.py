@@ -26,6 +26,7 @@ from services.orders.domain import (
     workflow_id,
 )
 from services.orders.models import Order, OrderEvent
+from services.orders.projection import OrderRecord
 from services.orders.queries import (
     OrderFilters,
     order_events_page,
@@ -64,7 +65,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-def order_out(order: Order) -> OrderOut:
+def order_out(order: Order | OrderRecord) -> OrderOut:
     return OrderOut(
         id=order.id,
         user_id=order.user_id,
@@ -85,7 +86,7 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-async def _visible_order(session: SessionDep, order_id: uuid.UUID, caller: Identity) -> Order:
+async def _visible_order(session: SessionDep, order_id: uuid.UUID, caller: Identity) -> OrderRecord:
     """The order if the caller may see it; another customer's order is as absent as a missing one."""
     async with session.begin():
         order = await store.load_order(session, order_id)

@@ -21,7 +21,7 @@ from services.kit.errors import Problem
 from services.kit.identity import Identity
 from services.kit.models import utcnow
 from services.orders.models import Order
-from services.orders.projection import note_saga_started
+from services.orders.projection import OrderRecord, note_saga_started
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +42,7 @@ class OrderStart:
     payment_method_id: uuid.UUID
 
     @classmethod
-    def of(cls, order: Order) -> OrderStart:
+    def of(cls, order: Order | OrderRecord) -> OrderStart:
         return cls(
             order_id=order.id,
             user_id=order.user_id,

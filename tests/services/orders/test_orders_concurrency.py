@@ -7,7 +7,10 @@ import uuid
 from collections import Counter
 
 import httpx
+from sqlalchemy import insert
 
+from services.kit.models import utcnow
+from services.orders.models import OrderEvent
 from tests.services.orders.conftest import command, confirm_fields, event_types, get_order, order_body, place
 from tests.support.identity import as_customer
 
@@ -83,3 +86,25 @@ async def test_concurrent_saga_creates_of_one_order_make_one_order(orders: httpx
     )
     assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
     assert await event_types(orders, order_id) == [(1, "order.created")]
+
+
+async def test_a_writer_that_read_a_stale_row_meets_the_version_guard(orders: httpx.AsyncClient) -> None:
+    """A command decides on the projection's row, not on the whole log: an event the row does not
+    show yet (another writer's, mid-flight) still stops it at the unique (order_id, version)."""
+    order_id = str((await place(orders, uuid.uuid4())).json()["id"])
+    async with orders.app.state.db.session() as session, session.begin():  # type: ignore[attr-defined]
+        await session.exec(
+            insert(OrderEvent).values(
+                id=uuid.uuid4(),
+                order_id=uuid.UUID(order_id),
+                version=2,
+                type="order.awaiting_review",
+                data={},
+                occurred_at=utcnow(),
+            )
+        )
+    response = await command(orders, order_id, "cancel", reason="customer_cancelled")
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "version_conflict"
+    assert await event_types(orders, order_id) == [(1, "order.created"), (2, "order.awaiting_review")]
+    assert (await get_order(orders, order_id))["version"] == 1
