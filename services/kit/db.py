@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import PoolResetState
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.sqlite_driver import one_hop
@@ -71,7 +72,8 @@ class Database:
             else:
                 kwargs["pool_pre_ping"] = True
         # SQLite goes through services/kit/sqlite_driver.py: one thread hop per statement.
-        self.engine: AsyncEngine = create_async_engine(one_hop(parsed), **kwargs)
+        self.engine: AsyncEngine = create_async_engine(one_hop(parsed), pool_reset_on_return=None, **kwargs)
+        _reset_only_when_needed(self.engine)
         if self.is_sqlite:
             _configure_sqlite(
                 self.engine, busy_timeout_ms=int(self.timeouts.sqlite_busy_timeout_seconds * 1000)
@@ -89,6 +91,22 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _reset_only_when_needed(engine: AsyncEngine) -> None:
+    """Roll a returned connection back only if its transaction was not already ended.
+
+    The pool's default rolls back every connection it gets back, though a session that committed
+    or rolled back has nothing left to undo: a round trip per request (a thread hand-over on
+    SQLite, a network one on PostgreSQL) for nothing. A connection given back in the middle of a
+    transaction (a cancelled request) is still rolled back. SQLAlchemy's documented recipe for a
+    custom reset on return.
+    """
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def _reset(dbapi_conn: Any, _record: Any, reset_state: PoolResetState) -> None:
+        if not reset_state.terminate_only and not reset_state.transaction_was_reset:
+            dbapi_conn.rollback()
 
 
 def _ping_on_checkout(engine: AsyncEngine, *, timeout: float) -> None:
