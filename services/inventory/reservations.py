@@ -12,14 +12,15 @@ write are never read back in their transaction, and the answer is built from wha
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import structlog
-from sqlalchemy import Row, Table, Update, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, Table, Update, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.inventory import stock
@@ -39,6 +40,8 @@ from services.kit.models import UTCDateTime, utcnow
 from services.kit.outbox import add_event
 
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
 
 _HEADERS: Table = InventoryReservation.__table__  # type: ignore[attr-defined]
 _LINES: Table = InventoryReservationLine.__table__  # type: ignore[attr-defined]
@@ -125,8 +128,8 @@ def ensure_distinct_products(lines: Sequence[ReservationLineIn]) -> None:
         seen.add(line.product_id)
 
 
-async def _load(connection: AsyncConnection, order_id: uuid.UUID) -> ReservationOut | None:
-    rows = (await connection.execute(_RESERVATION, {"for_order": order_id})).all()
+def _load(connection: Connection, order_id: uuid.UUID) -> ReservationOut | None:
+    rows = connection.execute(_RESERVATION, {"for_order": order_id}).all()
     if not rows:
         return None
     header = rows[0]
@@ -140,9 +143,22 @@ async def _load(connection: AsyncConnection, order_id: uuid.UUID) -> Reservation
     )
 
 
+async def _in_transaction(session: AsyncSession, body: Callable[[Connection], _T]) -> _T:
+    """Run `body` on the session's connection in one transaction, committed unless it raises.
+
+    The whole transaction runs in one greenlet (`run_sync`): its statements, the outbox's insert and
+    the commit do not each pay a greenlet of their own, as awaiting each of them would.
+    """
+
+    def run(sync_session: Session) -> _T:
+        with sync_session.begin():
+            return body(sync_session.connection())
+
+    return await session.run_sync(run)
+
+
 async def get_reservation(session: AsyncSession, order_id: uuid.UUID) -> ReservationOut:
-    async with session.begin():
-        reservation = await _load(await session.connection(), order_id)
+    reservation = await _in_transaction(session, lambda connection: _load(connection, order_id))
     if reservation is None:
         raise _not_found(order_id)
     return reservation
@@ -154,12 +170,12 @@ async def reserve(
     """The reservation of `request.order_id`, and whether this call created it."""
     ensure_distinct_products(request.lines)
     try:
-        async with session.begin():
-            # Built from what this transaction wrote: reading it back would be two more statements.
-            created = await _hold_all(session, request, low_threshold)
+        # Built from what this transaction wrote: reading it back would be two more statements.
+        created = await _in_transaction(
+            session, lambda connection: _hold_all(session, connection, request, low_threshold)
+        )
     except _OrderIdTaken:
-        async with session.begin():
-            existing = await _load(await session.connection(), request.order_id)
+        existing = await _in_transaction(session, lambda connection: _load(connection, request.order_id))
         if existing is None:  # rows are never deleted, so the key that clashed is still there
             raise RuntimeError(f"reservation {request.order_id} vanished") from None
         if existing.status == ReservationStatus.RELEASED:
@@ -184,8 +200,8 @@ class _Priced:
     problem: Problem | None
 
 
-async def _price(connection: AsyncConnection, product_ids: Sequence[uuid.UUID]) -> _Priced:
-    rows = (await connection.execute(_PRICES, {"product_ids": product_ids})).all()
+def _price(connection: Connection, product_ids: Sequence[uuid.UUID]) -> _Priced:
+    rows = connection.execute(_PRICES, {"product_ids": product_ids}).all()
     prices = {row.id: row.price_cents for row in rows}
     for product_id in product_ids:
         if product_id not in prices:
@@ -204,8 +220,8 @@ async def _price(connection: AsyncConnection, product_ids: Sequence[uuid.UUID]) 
     return _Priced(prices, currencies.pop(), None)
 
 
-async def _insert_header(
-    connection: AsyncConnection,
+def _insert_header(
+    connection: Connection,
     order_id: uuid.UUID,
     status: ReservationStatus,
     total_cents: int,
@@ -222,27 +238,28 @@ async def _insert_header(
         "updated_at": now,
     }
     try:
-        await connection.execute(_INSERT_HEADER, row)
+        connection.execute(_INSERT_HEADER, row)
     except IntegrityError:
         raise _OrderIdTaken from None
     return now
 
 
-async def _hold_all(session: AsyncSession, request: ReservationCreate, low_threshold: int) -> ReservationOut:
-    connection = await session.connection()
+def _hold_all(
+    session: AsyncSession, connection: Connection, request: ReservationCreate, low_threshold: int
+) -> ReservationOut:
     lines = sorted(request.lines, key=lambda line: line.product_id)
     # Read first so that the header goes in once, whole; reading moves no stock and locks nothing.
-    priced = await _price(connection, [line.product_id for line in lines])
+    priced = _price(connection, [line.product_id for line in lines])
     total_cents = sum(line.quantity * priced.prices.get(line.product_id, 0) for line in lines)
     # The primary key decides idempotency first, before any problem of the lines and any stock move:
     # a retried reserve answers the stored reservation.
-    created_at = await _insert_header(
+    created_at = _insert_header(
         connection, request.order_id, ReservationStatus.RESERVED, total_cents, priced.currency
     )
     if priced.problem is not None:
         raise priced.problem
     for line in lines:
-        level = await stock.hold(connection, line.product_id, line.quantity)
+        level = stock.hold(connection, line.product_id, line.quantity)
         if level is None:
             # Raising rolls back the whole transaction: the lines held so far are given back.
             raise Problem(
@@ -255,7 +272,7 @@ async def _hold_all(session: AsyncSession, request: ReservationCreate, low_thres
             session, level, available_before=level.available + line.quantity, low_threshold=low_threshold
         )
     priced_lines = [(line.product_id, line.quantity, priced.prices[line.product_id]) for line in lines]
-    await connection.execute(
+    connection.execute(
         _INSERT_LINES,
         [
             {
@@ -307,20 +324,21 @@ def _reservation_out(
     )
 
 
-async def _held_lines(connection: AsyncConnection, order_id: uuid.UUID) -> Sequence[Row[uuid.UUID, int, int]]:
-    return (await connection.execute(_LINES_OF, {"for_order": order_id})).all()
+def _held_lines(connection: Connection, order_id: uuid.UUID) -> Sequence[Row[uuid.UUID, int, int]]:
+    return connection.execute(_LINES_OF, {"for_order": order_id}).all()
 
 
-async def _current_status(connection: AsyncConnection, order_id: uuid.UUID) -> ReservationStatus | None:
-    status = (await connection.execute(_STATUS, {"for_order": order_id})).scalar()
+def _current_status(connection: Connection, order_id: uuid.UUID) -> ReservationStatus | None:
+    status = connection.execute(_STATUS, {"for_order": order_id}).scalar()
     return None if status is None else ReservationStatus(status)
 
 
 async def release(session: AsyncSession, order_id: uuid.UUID, *, low_threshold: int) -> None:
     for _ in range(_RELEASE_ATTEMPTS):
         try:
-            async with session.begin():
-                await _release_once(session, order_id, low_threshold)
+            await _in_transaction(
+                session, lambda connection: _release_once(session, connection, order_id, low_threshold)
+            )
             return
         except _OrderIdTaken:
             # A reserve of this order committed between our look and our tombstone: release that.
@@ -328,12 +346,13 @@ async def release(session: AsyncSession, order_id: uuid.UUID, *, low_threshold: 
     raise Problem(409, "conflict", f"The reservation of order {order_id} keeps changing; retry.")
 
 
-async def _release_once(session: AsyncSession, order_id: uuid.UUID, low_threshold: int) -> None:
-    connection = await session.connection()
-    marked = await connection.execute(_MARK_RELEASED, {"for_order": order_id, "now": utcnow()})
+def _release_once(
+    session: AsyncSession, connection: Connection, order_id: uuid.UUID, low_threshold: int
+) -> None:
+    marked = connection.execute(_MARK_RELEASED, {"for_order": order_id, "now": utcnow()})
     if marked.rowcount == 1:
-        for line in await _held_lines(connection, order_id):
-            level = await stock.give_back(connection, line.product_id, line.quantity)
+        for line in _held_lines(connection, order_id):
+            level = stock.give_back(connection, line.product_id, line.quantity)
             stock.stage_stock_events(
                 session, level, available_before=level.available - line.quantity, low_threshold=low_threshold
             )
@@ -346,25 +365,20 @@ async def _release_once(session: AsyncSession, order_id: uuid.UUID, low_threshol
         )
         log.info("reservation_released", order_id=str(order_id))
         return
-    status = await _current_status(connection, order_id)
+    status = _current_status(connection, order_id)
     if status is ReservationStatus.COMMITTED:
         raise _committed(order_id)
     if status is ReservationStatus.RELEASED:
         return
     # Never reserved (yet): leave a tombstone so that a late reserve of this order is refused.
-    await _insert_header(connection, order_id, ReservationStatus.RELEASED, 0, None)
+    _insert_header(connection, order_id, ReservationStatus.RELEASED, 0, None)
     log.info("reservation_tombstoned", order_id=str(order_id))
 
 
 async def commit(session: AsyncSession, order_id: uuid.UUID, *, low_threshold: int) -> ReservationOut:
-    async with session.begin():
-        connection = await session.connection()
-        header = (await connection.execute(_MARK_COMMITTED, {"for_order": order_id, "now": utcnow()})).first()
-        if header is None:
-            # Not `reserved`: unknown, released, or committed before (a retried commit).
-            reservation = await _load(connection, order_id)
-        else:
-            reservation = await _ship_lines(session, connection, order_id, header, low_threshold)
+    reservation = await _in_transaction(
+        session, lambda connection: _commit_once(session, connection, order_id, low_threshold)
+    )
     if reservation is None:
         raise _not_found(order_id)
     if reservation.status == ReservationStatus.RELEASED:
@@ -372,16 +386,26 @@ async def commit(session: AsyncSession, order_id: uuid.UUID, *, low_threshold: i
     return reservation
 
 
-async def _ship_lines(
+def _commit_once(
+    session: AsyncSession, connection: Connection, order_id: uuid.UUID, low_threshold: int
+) -> ReservationOut | None:
+    header = connection.execute(_MARK_COMMITTED, {"for_order": order_id, "now": utcnow()}).first()
+    if header is None:
+        # Not `reserved`: unknown, released, or committed before (a retried commit).
+        return _load(connection, order_id)
+    return _ship_lines(session, connection, order_id, header, low_threshold)
+
+
+def _ship_lines(
     session: AsyncSession,
-    connection: AsyncConnection,
+    connection: Connection,
     order_id: uuid.UUID,
     header: Row[int, str | None, datetime],
     low_threshold: int,
 ) -> ReservationOut:
-    lines = await _held_lines(connection, order_id)
+    lines = _held_lines(connection, order_id)
     for line in lines:
-        level = await stock.ship_out(connection, line.product_id, line.quantity)
+        level = stock.ship_out(connection, line.product_id, line.quantity)
         stock.stage_stock_events(
             session, level, available_before=level.available, low_threshold=low_threshold
         )

@@ -4,7 +4,8 @@ Every change is a single `UPDATE ... WHERE <guard>` whose RETURNING row says whe
 concurrent writers can never push a product past its invariant 0 <= reserved <= on_hand.
 
 The statements are Core, built once here with bind parameters: each call only binds its values,
-without building a statement and its cache key again, nor passing through the ORM.
+without building a statement and its cache key again, nor passing through the ORM. They are
+synchronous: a call runs its whole transaction in one greenlet (see `reservations`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BindParameter, ColumnElement, Integer, Table, Update, bindparam, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import BindParameter, ColumnElement, Connection, Integer, Table, Update, bindparam, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.inventory.models import InventoryProduct
@@ -69,31 +69,31 @@ _SET_ON_HAND = _stock_update(
 )
 
 
-async def _apply(connection: AsyncConnection, statement: Update, params: dict[str, Any]) -> StockLevel | None:
-    row = (await connection.execute(statement, {**params, "now": utcnow()})).first()
+def _apply(connection: Connection, statement: Update, params: dict[str, Any]) -> StockLevel | None:
+    row = connection.execute(statement, {**params, "now": utcnow()}).first()
     return None if row is None else StockLevel(*row)
 
 
-async def hold(connection: AsyncConnection, product_id: uuid.UUID, quantity: int) -> StockLevel | None:
+def hold(connection: Connection, product_id: uuid.UUID, quantity: int) -> StockLevel | None:
     """Reserve units if that many are available; None when they are not."""
-    return await _apply(connection, _HOLD, {"product_id": product_id, "quantity": quantity})
+    return _apply(connection, _HOLD, {"product_id": product_id, "quantity": quantity})
 
 
-async def give_back(connection: AsyncConnection, product_id: uuid.UUID, quantity: int) -> StockLevel:
+def give_back(connection: Connection, product_id: uuid.UUID, quantity: int) -> StockLevel:
     """Return reserved units to availability (a released reservation)."""
-    level = await _apply(connection, _GIVE_BACK, {"product_id": product_id, "quantity": quantity})
+    level = _apply(connection, _GIVE_BACK, {"product_id": product_id, "quantity": quantity})
     return _applied(level, product_id)
 
 
-async def ship_out(connection: AsyncConnection, product_id: uuid.UUID, quantity: int) -> StockLevel:
+def ship_out(connection: Connection, product_id: uuid.UUID, quantity: int) -> StockLevel:
     """Reserved units leave the warehouse (a committed reservation): on_hand and reserved both drop."""
-    level = await _apply(connection, _SHIP_OUT, {"product_id": product_id, "quantity": quantity})
+    level = _apply(connection, _SHIP_OUT, {"product_id": product_id, "quantity": quantity})
     return _applied(level, product_id)
 
 
-async def set_on_hand(connection: AsyncConnection, product_id: uuid.UUID, on_hand: int) -> StockLevel | None:
+def set_on_hand(connection: Connection, product_id: uuid.UUID, on_hand: int) -> StockLevel | None:
     """Set the on-hand count unless that would leave fewer units than are reserved; None then."""
-    return await _apply(connection, _SET_ON_HAND, {"product_id": product_id, "target_on_hand": on_hand})
+    return _apply(connection, _SET_ON_HAND, {"product_id": product_id, "target_on_hand": on_hand})
 
 
 def _applied(level: StockLevel | None, product_id: uuid.UUID) -> StockLevel:
