@@ -247,6 +247,8 @@ def _insert_header(
 def _hold_all(
     session: AsyncSession, connection: Connection, request: ReservationCreate, low_threshold: int
 ) -> ReservationOut:
+    """Runs inside `_in_transaction`: every statement goes through `connection`; `session` only
+    stages the outbox's events (kit's `add_event` keeps them in the session's `info`)."""
     lines = sorted(request.lines, key=lambda line: line.product_id)
     # Read first so that the header goes in once, whole; reading moves no stock and locks nothing.
     priced = _price(connection, [line.product_id for line in lines])
