@@ -92,7 +92,8 @@ async def set_stock(
         if current is None:
             raise product_not_found(product_id)
         available_before = current.available
-        level = await stock.set_on_hand(session, product_id, on_hand)
+        connection = await session.connection()
+        level = await connection.run_sync(stock.set_on_hand, product_id, on_hand)
         if level is None:
             raise Problem(
                 409,

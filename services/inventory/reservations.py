@@ -4,23 +4,27 @@ Idempotency is decided by the reservation's primary key (the order id), and ever
 a conditional `UPDATE ... WHERE status = 'reserved'`, so a retried or concurrent call can neither
 hold stock twice nor give it back twice. Products are always updated in product-id order so that
 overlapping transactions on PostgreSQL lock rows in the same order and cannot deadlock.
+
+The saga's calls run Core statements built once below, on the session's connection: the rows they
+write are never read back in their transaction, and the answer is built from what was written.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import structlog
-from sqlalchemy import Update, update
+from sqlalchemy import Connection, Row, Table, Update, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.inventory import stock
 from services.inventory.models import (
-    InventoryProduct,
     InventoryReservation,
     InventoryReservationLine,
     ReservationStatus,
@@ -32,10 +36,60 @@ from services.inventory.schemas import (
     ReservationOut,
 )
 from services.kit.errors import Problem
-from services.kit.models import utcnow
+from services.kit.models import UTCDateTime, utcnow
 from services.kit.outbox import add_event
 
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+
+_HEADERS: Table = InventoryReservation.__table__  # type: ignore[attr-defined]
+_LINES: Table = InventoryReservationLine.__table__  # type: ignore[attr-defined]
+_PRODUCTS = stock.PRODUCTS
+# Not "order_id": an UPDATE reserves its columns' names for its own bind parameters.
+_order_id = bindparam("for_order", type_=_HEADERS.c.order_id.type)
+_now = bindparam("now", type_=UTCDateTime)
+
+_PRICES = select(_PRODUCTS.c.id, _PRODUCTS.c.price_cents, _PRODUCTS.c.currency).where(
+    _PRODUCTS.c.id.in_(bindparam("product_ids", expanding=True))
+)
+_INSERT_HEADER = insert(_HEADERS)
+_INSERT_LINES = insert(_LINES)
+_LINES_OF = (
+    select(_LINES.c.product_id, _LINES.c.quantity, _LINES.c.unit_price_cents)
+    .where(_LINES.c.order_id == _order_id)
+    .order_by(_LINES.c.product_id)
+)
+# The header and its lines in one statement; a tombstone (no lines) is one row of null line columns.
+_RESERVATION = (
+    select(
+        _HEADERS.c.status,
+        _HEADERS.c.total_cents,
+        _HEADERS.c.currency,
+        _HEADERS.c.created_at,
+        _LINES.c.product_id,
+        _LINES.c.quantity,
+        _LINES.c.unit_price_cents,
+    )
+    .select_from(_HEADERS.outerjoin(_LINES, _LINES.c.order_id == _HEADERS.c.order_id))
+    .where(_HEADERS.c.order_id == _order_id)
+    .order_by(_LINES.c.product_id)
+)
+_STATUS = select(_HEADERS.c.status).where(_HEADERS.c.order_id == _order_id)
+
+
+def _mark(target: ReservationStatus) -> Update:
+    return (
+        update(_HEADERS)
+        .where(_HEADERS.c.order_id == _order_id, _HEADERS.c.status == ReservationStatus.RESERVED.value)
+        .values(status=target.value, updated_at=_now)
+    )
+
+
+_MARK_RELEASED = _mark(ReservationStatus.RELEASED)
+_MARK_COMMITTED = _mark(ReservationStatus.COMMITTED).returning(
+    _HEADERS.c.total_cents, _HEADERS.c.currency, _HEADERS.c.created_at
+)
 
 # A release racing a reserve of the same order id can lose the insert at most once in practice.
 _RELEASE_ATTEMPTS = 3
@@ -74,36 +128,37 @@ def ensure_distinct_products(lines: Sequence[ReservationLineIn]) -> None:
         seen.add(line.product_id)
 
 
-async def _load(session: AsyncSession, order_id: uuid.UUID) -> ReservationOut | None:
-    header = (
-        await session.exec(
-            select(InventoryReservation)
-            .where(col(InventoryReservation.order_id) == order_id)
-            .execution_options(populate_existing=True)
-        )
-    ).first()
-    if header is None:
+def _load(connection: Connection, order_id: uuid.UUID) -> ReservationOut | None:
+    rows = connection.execute(_RESERVATION, {"for_order": order_id}).all()
+    if not rows:
         return None
-    lines = (
-        await session.exec(
-            select(InventoryReservationLine)
-            .where(col(InventoryReservationLine.order_id) == order_id)
-            .order_by(col(InventoryReservationLine.product_id))
-        )
-    ).all()
+    header = rows[0]
     return _reservation_out(
-        header.order_id,
+        order_id,
         header.status,
-        [(line.product_id, line.quantity, line.unit_price_cents) for line in lines],
+        [(row.product_id, row.quantity, row.unit_price_cents) for row in rows if row.product_id is not None],
         total_cents=header.total_cents,
         currency=header.currency,
         created_at=header.created_at,
     )
 
 
+async def _in_transaction(session: AsyncSession, body: Callable[[Connection], _T]) -> _T:
+    """Run `body` on the session's connection in one transaction, committed unless it raises.
+
+    The whole transaction runs in one greenlet (`run_sync`): its statements, the outbox's insert and
+    the commit do not each pay a greenlet of their own, as awaiting each of them would.
+    """
+
+    def run(sync_session: Session) -> _T:
+        with sync_session.begin():
+            return body(sync_session.connection())
+
+    return await session.run_sync(run)
+
+
 async def get_reservation(session: AsyncSession, order_id: uuid.UUID) -> ReservationOut:
-    async with session.begin():
-        reservation = await _load(session, order_id)
+    reservation = await _in_transaction(session, lambda connection: _load(connection, order_id))
     if reservation is None:
         raise _not_found(order_id)
     return reservation
@@ -115,12 +170,12 @@ async def reserve(
     """The reservation of `request.order_id`, and whether this call created it."""
     ensure_distinct_products(request.lines)
     try:
-        async with session.begin():
-            # Built from what this transaction wrote: reading it back would be two more statements.
-            created = await _hold_all(session, request, low_threshold)
+        # Built from what this transaction wrote: reading it back would be two more statements.
+        created = await _in_transaction(
+            session, lambda connection: _hold_all(session, connection, request, low_threshold)
+        )
     except _OrderIdTaken:
-        async with session.begin():
-            existing = await _load(session, request.order_id)
+        existing = await _in_transaction(session, lambda connection: _load(connection, request.order_id))
         if existing is None:  # rows are never deleted, so the key that clashed is still there
             raise RuntimeError(f"reservation {request.order_id} vanished") from None
         if existing.status == ReservationStatus.RELEASED:
@@ -136,40 +191,77 @@ async def reserve(
     return created, True
 
 
-async def _hold_all(session: AsyncSession, request: ReservationCreate, low_threshold: int) -> ReservationOut:
-    header = InventoryReservation(order_id=request.order_id, status=ReservationStatus.RESERVED.value)
-    session.add(header)
-    try:
-        # The primary key decides idempotency first, before any stock moves.
-        await session.flush()
-    except IntegrityError:
-        raise _OrderIdTaken from None
+@dataclass(frozen=True)
+class _Priced:
+    """The prices of an order's products, or the problem that refuses them."""
 
-    lines = sorted(request.lines, key=lambda line: line.product_id)
-    product_ids = [line.product_id for line in lines]
-    products = {
-        product.id: product
-        for product in (
-            await session.exec(select(InventoryProduct).where(col(InventoryProduct.id).in_(product_ids)))
-        ).all()
-    }
+    prices: dict[uuid.UUID, int]
+    currency: str | None
+    problem: Problem | None
+
+
+def _price(connection: Connection, product_ids: Sequence[uuid.UUID]) -> _Priced:
+    rows = connection.execute(_PRICES, {"product_ids": product_ids}).all()
+    prices = {row.id: row.price_cents for row in rows}
     for product_id in product_ids:
-        if product_id not in products:
-            raise Problem(
+        if product_id not in prices:
+            problem = Problem(
                 422, "invalid_item", f"Product {product_id} does not exist.", product_id=str(product_id)
             )
-    currencies = {product.currency for product in products.values()}
+            return _Priced(prices, None, problem)
+    currencies = {row.currency for row in rows}
     if len(currencies) > 1:
-        raise Problem(
+        problem = Problem(
             422,
             "invalid_item",
             f"The lines mix currencies ({', '.join(sorted(currencies))}); an order has one currency.",
         )
+        return _Priced(prices, None, problem)
+    return _Priced(prices, currencies.pop(), None)
 
-    total_cents = 0
+
+def _insert_header(
+    connection: Connection,
+    order_id: uuid.UUID,
+    status: ReservationStatus,
+    total_cents: int,
+    currency: str | None,
+) -> datetime:
+    """Insert the header, or raise `_OrderIdTaken`; returns its created_at."""
+    now = utcnow()
+    row = {
+        "order_id": order_id,
+        "status": status.value,
+        "total_cents": total_cents,
+        "currency": currency,
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        connection.execute(_INSERT_HEADER, row)
+    except IntegrityError:
+        raise _OrderIdTaken from None
+    return now
+
+
+def _hold_all(
+    session: AsyncSession, connection: Connection, request: ReservationCreate, low_threshold: int
+) -> ReservationOut:
+    """Runs inside `_in_transaction`: every statement goes through `connection`; `session` only
+    stages the outbox's events (kit's `add_event` keeps them in the session's `info`)."""
+    lines = sorted(request.lines, key=lambda line: line.product_id)
+    # Read first so that the header goes in once, whole; reading moves no stock and locks nothing.
+    priced = _price(connection, [line.product_id for line in lines])
+    total_cents = sum(line.quantity * priced.prices.get(line.product_id, 0) for line in lines)
+    # The primary key decides idempotency first, before any problem of the lines and any stock move:
+    # a retried reserve answers the stored reservation.
+    created_at = _insert_header(
+        connection, request.order_id, ReservationStatus.RESERVED, total_cents, priced.currency
+    )
+    if priced.problem is not None:
+        raise priced.problem
     for line in lines:
-        product = products[line.product_id]
-        level = await stock.hold(session, line.product_id, line.quantity)
+        level = stock.hold(connection, line.product_id, line.quantity)
         if level is None:
             # Raising rolls back the whole transaction: the lines held so far are given back.
             raise Problem(
@@ -181,33 +273,33 @@ async def _hold_all(session: AsyncSession, request: ReservationCreate, low_thres
         stock.stage_stock_events(
             session, level, available_before=level.available + line.quantity, low_threshold=low_threshold
         )
-        session.add(
-            InventoryReservationLine(
-                order_id=request.order_id,
-                product_id=line.product_id,
-                quantity=line.quantity,
-                unit_price_cents=product.price_cents,
-            )
-        )
-        total_cents += line.quantity * product.price_cents
-
-    header.total_cents = total_cents
-    header.currency = currencies.pop()
+    priced_lines = [(line.product_id, line.quantity, priced.prices[line.product_id]) for line in lines]
+    connection.execute(
+        _INSERT_LINES,
+        [
+            {
+                "order_id": request.order_id,
+                "product_id": product_id,
+                "quantity": quantity,
+                "unit_price_cents": price,
+            }
+            for product_id, quantity, price in priced_lines
+        ],
+    )
     add_event(
         session,
         source=stock.EVENT_SOURCE,
         type="reservation.created",
         subject=str(request.order_id),
-        data={"order_id": str(request.order_id), "total_cents": total_cents, "currency": header.currency},
+        data={"order_id": str(request.order_id), "total_cents": total_cents, "currency": priced.currency},
     )
-    await session.flush()
     return _reservation_out(
-        header.order_id,
-        header.status,
-        [(line.product_id, line.quantity, products[line.product_id].price_cents) for line in lines],
+        request.order_id,
+        ReservationStatus.RESERVED.value,
+        priced_lines,
         total_cents=total_cents,
-        currency=header.currency,
-        created_at=header.created_at,
+        currency=priced.currency,
+        created_at=created_at,
     )
 
 
@@ -234,48 +326,21 @@ def _reservation_out(
     )
 
 
-async def _transition(session: AsyncSession, order_id: uuid.UUID, target: ReservationStatus) -> bool:
-    """Move a `reserved` reservation to `target`; False when it was not `reserved` (or is unknown)."""
-    result = await session.exec(_transition_statement(order_id, target))
-    return result.rowcount == 1
+def _held_lines(connection: Connection, order_id: uuid.UUID) -> Sequence[Row[uuid.UUID, int, int]]:
+    return connection.execute(_LINES_OF, {"for_order": order_id}).all()
 
 
-def _transition_statement(order_id: uuid.UUID, target: ReservationStatus) -> Update:
-    return (
-        update(InventoryReservation)
-        .where(
-            col(InventoryReservation.order_id) == order_id,
-            col(InventoryReservation.status) == ReservationStatus.RESERVED.value,
-        )
-        .values(status=target.value, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-
-
-async def _held_lines(session: AsyncSession, order_id: uuid.UUID) -> Sequence[InventoryReservationLine]:
-    return (
-        await session.exec(
-            select(InventoryReservationLine)
-            .where(col(InventoryReservationLine.order_id) == order_id)
-            .order_by(col(InventoryReservationLine.product_id))
-        )
-    ).all()
-
-
-async def _current_status(session: AsyncSession, order_id: uuid.UUID) -> ReservationStatus | None:
-    status = (
-        await session.exec(
-            select(col(InventoryReservation.status)).where(col(InventoryReservation.order_id) == order_id)
-        )
-    ).first()
+def _current_status(connection: Connection, order_id: uuid.UUID) -> ReservationStatus | None:
+    status = connection.execute(_STATUS, {"for_order": order_id}).scalar()
     return None if status is None else ReservationStatus(status)
 
 
 async def release(session: AsyncSession, order_id: uuid.UUID, *, low_threshold: int) -> None:
     for _ in range(_RELEASE_ATTEMPTS):
         try:
-            async with session.begin():
-                await _release_once(session, order_id, low_threshold)
+            await _in_transaction(
+                session, lambda connection: _release_once(session, connection, order_id, low_threshold)
+            )
             return
         except _OrderIdTaken:
             # A reserve of this order committed between our look and our tombstone: release that.
@@ -283,10 +348,13 @@ async def release(session: AsyncSession, order_id: uuid.UUID, *, low_threshold: 
     raise Problem(409, "conflict", f"The reservation of order {order_id} keeps changing; retry.")
 
 
-async def _release_once(session: AsyncSession, order_id: uuid.UUID, low_threshold: int) -> None:
-    if await _transition(session, order_id, ReservationStatus.RELEASED):
-        for line in await _held_lines(session, order_id):
-            level = await stock.give_back(session, line.product_id, line.quantity)
+def _release_once(
+    session: AsyncSession, connection: Connection, order_id: uuid.UUID, low_threshold: int
+) -> None:
+    marked = connection.execute(_MARK_RELEASED, {"for_order": order_id, "now": utcnow()})
+    if marked.rowcount == 1:
+        for line in _held_lines(connection, order_id):
+            level = stock.give_back(connection, line.product_id, line.quantity)
             stock.stage_stock_events(
                 session, level, available_before=level.available - line.quantity, low_threshold=low_threshold
             )
@@ -299,61 +367,64 @@ async def _release_once(session: AsyncSession, order_id: uuid.UUID, low_threshol
         )
         log.info("reservation_released", order_id=str(order_id))
         return
-    status = await _current_status(session, order_id)
+    status = _current_status(connection, order_id)
     if status is ReservationStatus.COMMITTED:
         raise _committed(order_id)
     if status is ReservationStatus.RELEASED:
         return
     # Never reserved (yet): leave a tombstone so that a late reserve of this order is refused.
-    session.add(InventoryReservation(order_id=order_id, status=ReservationStatus.RELEASED.value))
-    try:
-        await session.flush()
-    except IntegrityError:
-        raise _OrderIdTaken from None
+    _insert_header(connection, order_id, ReservationStatus.RELEASED, 0, None)
     log.info("reservation_tombstoned", order_id=str(order_id))
 
 
 async def commit(session: AsyncSession, order_id: uuid.UUID, *, low_threshold: int) -> ReservationOut:
-    async with session.begin():
-        header = (
-            await session.exec(
-                _transition_statement(order_id, ReservationStatus.COMMITTED).returning(
-                    col(InventoryReservation.total_cents),
-                    col(InventoryReservation.currency),
-                    col(InventoryReservation.created_at),
-                )
-            )
-        ).first()
-        if header is not None:
-            lines = await _held_lines(session, order_id)
-            for line in lines:
-                level = await stock.ship_out(session, line.product_id, line.quantity)
-                stock.stage_stock_events(
-                    session, level, available_before=level.available, low_threshold=low_threshold
-                )
-            add_event(
-                session,
-                source=stock.EVENT_SOURCE,
-                type="reservation.committed",
-                subject=str(order_id),
-                data={"order_id": str(order_id)},
-            )
-            log.info("reservation_committed", order_id=str(order_id))
-            # The header's row came back from the update and the lines are read: no reading back.
-            total_cents, currency, created_at = header
-            return _reservation_out(
-                order_id,
-                ReservationStatus.COMMITTED.value,
-                [(line.product_id, line.quantity, line.unit_price_cents) for line in lines],
-                total_cents=total_cents,
-                currency=currency,
-                created_at=created_at,
-            )
-        status = await _current_status(session, order_id)
-        if status is None:
-            raise _not_found(order_id)
-        if status is ReservationStatus.RELEASED:
-            raise _released(order_id)
-        reservation = await _load(session, order_id)
-    assert reservation is not None
+    reservation = await _in_transaction(
+        session, lambda connection: _commit_once(session, connection, order_id, low_threshold)
+    )
+    if reservation is None:
+        raise _not_found(order_id)
+    if reservation.status == ReservationStatus.RELEASED:
+        raise _released(order_id)
     return reservation
+
+
+def _commit_once(
+    session: AsyncSession, connection: Connection, order_id: uuid.UUID, low_threshold: int
+) -> ReservationOut | None:
+    header = connection.execute(_MARK_COMMITTED, {"for_order": order_id, "now": utcnow()}).first()
+    if header is None:
+        # Not `reserved`: unknown, released, or committed before (a retried commit).
+        return _load(connection, order_id)
+    return _ship_lines(session, connection, order_id, header, low_threshold)
+
+
+def _ship_lines(
+    session: AsyncSession,
+    connection: Connection,
+    order_id: uuid.UUID,
+    header: Row[int, str | None, datetime],
+    low_threshold: int,
+) -> ReservationOut:
+    lines = _held_lines(connection, order_id)
+    for line in lines:
+        level = stock.ship_out(connection, line.product_id, line.quantity)
+        stock.stage_stock_events(
+            session, level, available_before=level.available, low_threshold=low_threshold
+        )
+    add_event(
+        session,
+        source=stock.EVENT_SOURCE,
+        type="reservation.committed",
+        subject=str(order_id),
+        data={"order_id": str(order_id)},
+    )
+    log.info("reservation_committed", order_id=str(order_id))
+    # The header's row came back from the update and the lines are read: no reading back.
+    return _reservation_out(
+        order_id,
+        ReservationStatus.COMMITTED.value,
+        [(line.product_id, line.quantity, line.unit_price_cents) for line in lines],
+        total_cents=header.total_cents,
+        currency=header.currency,
+        created_at=header.created_at,
+    )

@@ -2,6 +2,10 @@
 
 Every change is a single `UPDATE ... WHERE <guard>` whose RETURNING row says whether it applied, so
 concurrent writers can never push a product past its invariant 0 <= reserved <= on_hand.
+
+The statements are Core, built once here with bind parameters: each call only binds its values,
+without building a statement and its cache key again, nor passing through the ORM. They are
+synchronous: a call runs its whole transaction in one greenlet (see `reservations`).
 """
 
 from __future__ import annotations
@@ -10,19 +14,19 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
-from sqlmodel import col
+from sqlalchemy import BindParameter, ColumnElement, Connection, Integer, Table, Update, bindparam, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.inventory.models import InventoryProduct
-from services.kit.models import utcnow
+from services.kit.models import UTCDateTime, utcnow
 from services.kit.outbox import add_event
 
 EVENT_SOURCE = "inventory"
 
-_id_column = col(InventoryProduct.id)
-_on_hand = col(InventoryProduct.on_hand)
-_reserved = col(InventoryProduct.reserved)
+PRODUCTS: Table = InventoryProduct.__table__  # type: ignore[attr-defined]
+_on_hand = PRODUCTS.c.on_hand
+_reserved = PRODUCTS.c.reserved
+_quantity: BindParameter[int] = bindparam("quantity", type_=Integer)
 
 
 @dataclass(frozen=True)
@@ -46,47 +50,50 @@ class StockLevel:
         }
 
 
-async def _apply(
-    session: AsyncSession, product_id: uuid.UUID, guard: ColumnElement[bool], values: dict[str, Any]
-) -> StockLevel | None:
-    statement = (
-        update(InventoryProduct)
-        .where(_id_column == product_id, guard)
-        .values(**values, updated_at=utcnow())
-        .returning(_id_column, col(InventoryProduct.sku), col(InventoryProduct.name), _on_hand, _reserved)
-        .execution_options(synchronize_session=False)
+def _stock_update(guard: ColumnElement[bool], values: dict[str, Any]) -> Update:
+    return (
+        update(PRODUCTS)
+        .where(PRODUCTS.c.id == bindparam("product_id"), guard)
+        .values(**values, updated_at=bindparam("now", type_=UTCDateTime))
+        .returning(PRODUCTS.c.id, PRODUCTS.c.sku, PRODUCTS.c.name, _on_hand, _reserved)
     )
-    row = (await session.exec(statement)).first()
+
+
+_HOLD = _stock_update(_on_hand - _reserved >= _quantity, {"reserved": _reserved + _quantity})
+_GIVE_BACK = _stock_update(_reserved >= _quantity, {"reserved": _reserved - _quantity})
+_SHIP_OUT = _stock_update(
+    _reserved >= _quantity, {"on_hand": _on_hand - _quantity, "reserved": _reserved - _quantity}
+)
+_SET_ON_HAND = _stock_update(
+    _reserved <= bindparam("target_on_hand"), {"on_hand": bindparam("target_on_hand")}
+)
+
+
+def _apply(connection: Connection, statement: Update, params: dict[str, Any]) -> StockLevel | None:
+    row = connection.execute(statement, {**params, "now": utcnow()}).first()
     return None if row is None else StockLevel(*row)
 
 
-async def hold(session: AsyncSession, product_id: uuid.UUID, quantity: int) -> StockLevel | None:
+def hold(connection: Connection, product_id: uuid.UUID, quantity: int) -> StockLevel | None:
     """Reserve units if that many are available; None when they are not."""
-    return await _apply(
-        session, product_id, _on_hand - _reserved >= quantity, {"reserved": _reserved + quantity}
-    )
+    return _apply(connection, _HOLD, {"product_id": product_id, "quantity": quantity})
 
 
-async def give_back(session: AsyncSession, product_id: uuid.UUID, quantity: int) -> StockLevel:
+def give_back(connection: Connection, product_id: uuid.UUID, quantity: int) -> StockLevel:
     """Return reserved units to availability (a released reservation)."""
-    level = await _apply(session, product_id, _reserved >= quantity, {"reserved": _reserved - quantity})
+    level = _apply(connection, _GIVE_BACK, {"product_id": product_id, "quantity": quantity})
     return _applied(level, product_id)
 
 
-async def ship_out(session: AsyncSession, product_id: uuid.UUID, quantity: int) -> StockLevel:
+def ship_out(connection: Connection, product_id: uuid.UUID, quantity: int) -> StockLevel:
     """Reserved units leave the warehouse (a committed reservation): on_hand and reserved both drop."""
-    level = await _apply(
-        session,
-        product_id,
-        _reserved >= quantity,
-        {"on_hand": _on_hand - quantity, "reserved": _reserved - quantity},
-    )
+    level = _apply(connection, _SHIP_OUT, {"product_id": product_id, "quantity": quantity})
     return _applied(level, product_id)
 
 
-async def set_on_hand(session: AsyncSession, product_id: uuid.UUID, on_hand: int) -> StockLevel | None:
+def set_on_hand(connection: Connection, product_id: uuid.UUID, on_hand: int) -> StockLevel | None:
     """Set the on-hand count unless that would leave fewer units than are reserved; None then."""
-    return await _apply(session, product_id, _reserved <= on_hand, {"on_hand": on_hand})
+    return _apply(connection, _SET_ON_HAND, {"product_id": product_id, "target_on_hand": on_hand})
 
 
 def _applied(level: StockLevel | None, product_id: uuid.UUID) -> StockLevel:

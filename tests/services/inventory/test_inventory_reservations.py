@@ -74,6 +74,34 @@ async def test_repeated_reserve_returns_the_stored_reservation_without_a_second_
     assert len(await outbox(inventory, "reservation.created")) == 1
 
 
+async def test_repeated_reserve_answers_the_stored_reservation_before_judging_its_lines(
+    inventory: httpx.AsyncClient,
+) -> None:
+    # The prices are read before the header goes in: the order id must still decide first.
+    euro = await create_product(inventory, currency="EUR", stock=5)
+    dollar = await create_product(inventory, currency="USD", stock=5)
+    order_id = new_order_id()
+    first = await reserve(inventory, order_id, [(euro["id"], 5)])
+    assert first.status_code == 201
+
+    unknown = await reserve(inventory, order_id, [(str(uuid.uuid4()), 1)])
+    mixed = await reserve(inventory, order_id, [(euro["id"], 1), (dollar["id"], 1)])
+    short = await reserve(inventory, order_id, [(euro["id"], 5)])
+
+    for again in (unknown, mixed, short):
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+    assert await _level(inventory, euro) == (5, 5, 0)
+    assert await _level(inventory, dollar) == (5, 0, 5)
+    assert len(await outbox(inventory, "reservation.created")) == 1
+
+    released = await inventory.post(f"/reservations/{order_id}/release", headers=as_service())
+    assert released.status_code == 200
+    late = await reserve(inventory, order_id, [(str(uuid.uuid4()), 1)])
+    assert late.status_code == 409
+    assert late.json()["code"] == "reservation_released"
+
+
 async def test_one_short_line_reserves_nothing(inventory: httpx.AsyncClient) -> None:
     plenty = await create_product(inventory, stock=10)
     scarce = await create_product(inventory, stock=1)
