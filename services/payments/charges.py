@@ -22,10 +22,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from cachetools import LRUCache
 from fastapi import Response
 from sqlalchemy import Table, bindparam, case, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.business import PAYMENTS_CAPTURED_CENTS, PAYMENTS_REFUNDED_CENTS
@@ -54,6 +55,10 @@ SETTLED_CAPTURE = ("captured", "refunded")
 SUCCEEDED = ("authorized", *SETTLED_CAPTURE)
 RETRY_AFTER = {"Retry-After": "1"}
 DEFAULT_AUTHORIZATION_VALIDITY_SECONDS = 7 * 24 * 3600.0
+
+# A payment method is never changed or deleted: its owner and token, once read, stay true.
+MethodTokens = LRUCache[uuid.UUID, tuple[uuid.UUID, str]]
+METHOD_TOKENS_CACHED = 10_000
 
 PAYMENTS: Table = Payment.__table__  # type: ignore[attr-defined]
 TRANSACTIONS: Table = PaymentTransaction.__table__  # type: ignore[attr-defined]
@@ -99,10 +104,9 @@ class PaymentRecord:
 # from the parameters (Core UPDATE without .values() sets exactly the columns passed).
 _PAYMENT_BY_KEY = select(PAYMENTS).where(PAYMENTS.c.idempotency_key == bindparam("b_key"))
 _PAYMENT_BY_ID = select(PAYMENTS).where(PAYMENTS.c.id == bindparam("b_id"))
-_METHOD_TOKEN = select(METHODS.c.token).where(
-    METHODS.c.id == bindparam("b_method_id"), METHODS.c.user_id == bindparam("b_user_id")
+_METHOD_OWNER_AND_TOKEN = select(METHODS.c.user_id, METHODS.c.token).where(
+    METHODS.c.id == bindparam("b_method_id")
 )
-_METHOD_TOKEN_BY_ID = select(METHODS.c.token).where(METHODS.c.id == bindparam("b_method_id"))
 _INSERT_PAYMENT = insert(PAYMENTS)
 _INSERT_TRANSACTION = insert(TRANSACTIONS)
 _REFUND_BY_KEY = select(TRANSACTIONS.c.payment_id, TRANSACTIONS.c.request_hash).where(
@@ -179,21 +183,25 @@ def charge_in_progress() -> Problem:
 class PaymentLedger:
     """Charge, authorisation and refund flows over one request's session and the provider.
 
-    Every statement is Core on the session's connection (the session only frames the transactions, so
-    that the outbox rows staged with `add_event` are written in them); answers are built from what was
-    written, not read back.
+    Every statement is Core. A transaction that stages an outbox event runs on the session (whose
+    commit writes the events staged with `add_event`); the others run on an engine connection, without
+    the session's bookkeeping. Answers are built from what was written, not read back.
     """
 
     def __init__(
         self,
         session: AsyncSession,
+        engine: AsyncEngine,
         provider: CardProvider,
         *,
+        method_tokens: MethodTokens,
         lease_seconds: float,
         authorization_validity_seconds: float = DEFAULT_AUTHORIZATION_VALIDITY_SECONDS,
     ) -> None:
         self._session = session
+        self._engine = engine
         self._provider = provider
+        self._method_tokens = method_tokens
         self._lease = timedelta(seconds=lease_seconds)
         self._validity = timedelta(seconds=authorization_validity_seconds)
 
@@ -234,15 +242,9 @@ class PaymentLedger:
             updated_at=now,
         )
         try:
-            async with self._session.begin():
-                conn = await self._connection()
+            async with self._engine.begin() as conn:
                 await conn.execute(_INSERT_PAYMENT, asdict(payment))
-                token = (
-                    await conn.execute(
-                        _METHOD_TOKEN,
-                        {"b_method_id": request.payment_method_id, "b_user_id": request.user_id},
-                    )
-                ).scalar_one_or_none()
+                token = await self._method_token(conn, request.payment_method_id, request.user_id)
                 if token is None:
                     # Raising rolls the pending row back, so a retry with this key decides afresh.
                     raise Problem(
@@ -253,38 +255,28 @@ class PaymentLedger:
             if isinstance(resumed, ChargeResult):
                 return resumed
             payment, token = resumed
-        log.info(
-            "authorization_started" if authorizing else "charge_started",
-            charge_key=key,
-            payment_id=str(payment.id),
-        )
         return await self._call_provider(payment, token, owner, authorizing=authorizing)
 
     async def _resume_charge(
         self, key: str, body_hash: str, owner: uuid.UUID
     ) -> ChargeResult | tuple[PaymentRecord, str]:
         """The key exists: replay its answer, or take over a pending charge whose lease ran out."""
-        session = self._session
-        async with session.begin():
-            existing = await self._by_key(key)
+        existing = await self._by_key(key)
         if existing is None:  # payments are never deleted; a vanished row means a broken invariant
             raise charge_in_progress()
         answer = _settled_answer(existing, body_hash)
         if answer is not None:
             return answer
         if not await self._take_lease(existing.id, owner):
-            async with session.begin():
-                existing = await self._reload(existing.id)
+            existing = await self._reload(existing.id)
             answer = _settled_answer(existing, body_hash)
             if answer is not None:
                 return answer
             raise charge_in_progress()
-        async with session.begin():
-            payment = await self._reload(existing.id)
-            conn = await self._connection()
-            token = (
-                await conn.execute(_METHOD_TOKEN_BY_ID, {"b_method_id": payment.payment_method_id})
-            ).scalar_one_or_none()
+        async with self._engine.begin() as conn:
+            payment = await self._reload(existing.id, conn)
+            assert payment.payment_method_id is not None and payment.user_id is not None
+            token = await self._method_token(conn, payment.payment_method_id, payment.user_id)
         if token is None:
             raise LookupError("payment method of a pending payment vanished")
         log.info("charge_lease_taken_over", charge_key=key, payment_id=str(payment.id))
@@ -324,8 +316,7 @@ class PaymentLedger:
         else:
             settled = await self._record_capture(payment, outcome.provider_ref)
         if settled is None:  # another request recorded the outcome: read what it wrote
-            async with self._session.begin():
-                payment = await self._reload(payment.id)
+            payment = await self._reload(payment.id)
         else:
             payment = settled
         # Raises the 402 of a decline; an outcome recorded by someone else replays as 200.
@@ -352,7 +343,12 @@ class PaymentLedger:
             event_data={"payment_method_id": str(payment.payment_method_id)},
         )
         if settled is not None:
-            log.info("payment_captured", payment_id=str(payment.id), order_id=str(payment.order_id))
+            log.info(
+                "payment_captured",
+                charge_key=payment.idempotency_key,
+                payment_id=str(payment.id),
+                order_id=str(payment.order_id),
+            )
             PAYMENTS_CAPTURED_CENTS.inc(payment.amount_cents or 0)
         return settled
 
@@ -371,7 +367,12 @@ class PaymentLedger:
             },
         )
         if settled is not None:
-            log.info("payment_authorized", payment_id=str(payment.id), order_id=str(payment.order_id))
+            log.info(
+                "payment_authorized",
+                charge_key=payment.idempotency_key,
+                payment_id=str(payment.id),
+                order_id=str(payment.order_id),
+            )
         return settled
 
     async def _record_decline(self, payment: PaymentRecord, decline_code: str) -> PaymentRecord | None:
@@ -383,7 +384,12 @@ class PaymentLedger:
             event_data={"decline_code": decline_code},
         )
         if settled is not None:
-            log.info("payment_declined", payment_id=str(payment.id), decline_code=decline_code)
+            log.info(
+                "payment_declined",
+                charge_key=payment.idempotency_key,
+                payment_id=str(payment.id),
+                decline_code=decline_code,
+            )
         return settled
 
     async def _settle(
@@ -435,9 +441,7 @@ class PaymentLedger:
 
     async def capture(self, key: str) -> PaymentRecord:
         """Capture exactly the authorised amount, once; a repeat answers the same captured payment."""
-        session = self._session
-        async with session.begin():
-            payment = await self._by_key(key)
+        payment = await self._by_key(key)
         if payment is None:
             raise _authorization_not_found()
         if payment.status == "authorized":
@@ -455,8 +459,7 @@ class PaymentLedger:
             else:
                 raise LookupError("the provider holds no authorisation for an authorized payment")
             if settled is None:  # another request recorded the outcome first: read what it wrote
-                async with session.begin():
-                    payment = await self._reload(payment.id)
+                payment = await self._reload(payment.id)
             else:
                 payment = settled
         return _capture_answer(payment)
@@ -466,9 +469,7 @@ class PaymentLedger:
 
         An unseen key gets a placeholder void, so a late authorisation or charge with it is refused.
         """
-        session = self._session
-        async with session.begin():
-            payment = await self._by_key(key)
+        payment = await self._by_key(key)
         if payment is None:
             payment = await self._void_unseen_charge(key)
         if payment.status == "pending":
@@ -495,8 +496,7 @@ class PaymentLedger:
             raise TypeError(f"unexpected void outcome {outcome!r}")
         if settled is not None:
             return settled
-        async with self._session.begin():
-            return await self._reload(payment.id)
+        return await self._reload(payment.id)
 
     async def _record_authorization_void(self, payment: PaymentRecord) -> PaymentRecord | None:
         settled = await self._settle(
@@ -510,12 +510,11 @@ class PaymentLedger:
 
     async def refund(self, charge_key: str, refund_key: str, amount_cents: int | None) -> PaymentRecord:
         refund_hash = request_hash({"charge_key": charge_key, "amount_cents": amount_cents})
-        session = self._session
-        async with session.begin():
-            previous = await self._refund_by_key(refund_key)
+        async with self._engine.begin() as conn:
+            previous = await self._refund_by_key(refund_key, conn)
             if previous is not None:
-                return await self._replayed_refund(previous, refund_hash)
-            payment = await self._by_key(charge_key)
+                return await self._replayed_refund(previous, refund_hash, conn)
+            payment = await self._by_key(charge_key, conn)
         if payment is None:
             payment = await self._void_unseen_charge(charge_key)
         if payment.status == "pending":
@@ -524,10 +523,12 @@ class PaymentLedger:
             return payment  # voided or declined: nothing was captured, so nothing to refund
         return await self._refund_capture(payment, refund_key, refund_hash, amount_cents)
 
-    async def _replayed_refund(self, previous: AnyRow, refund_hash: str) -> PaymentRecord:
+    async def _replayed_refund(
+        self, previous: AnyRow, refund_hash: str, conn: AsyncConnection
+    ) -> PaymentRecord:
         if previous.request_hash != refund_hash:
             raise _key_reused()
-        return await self._reload(previous.payment_id)
+        return await self._reload(previous.payment_id, conn)
 
     async def _void_unseen_charge(self, charge_key: str) -> PaymentRecord:
         """Record a void for a key never charged, so that a late charge with it is refused."""
@@ -546,8 +547,7 @@ class PaymentLedger:
                 )
         except IntegrityError:
             # A charge (or another void) took the key first: carry on with whatever it recorded.
-            async with session.begin():
-                existing = await self._by_key(charge_key)
+            existing = await self._by_key(charge_key)
             if existing is None:
                 raise
             return existing
@@ -558,8 +558,7 @@ class PaymentLedger:
         """Void a charge nobody is working on; the provider settles whether it had captured after all."""
         owner = new_id()
         if not await self._take_lease(payment.id, owner):
-            async with self._session.begin():
-                payment = await self._reload(payment.id)
+            payment = await self._reload(payment.id)
             if payment.status == "pending":
                 raise charge_in_progress()
             return payment
@@ -572,8 +571,7 @@ class PaymentLedger:
             await self._record_void(payment, owner)
         else:  # void() never answers a transient failure
             raise TypeError(f"unexpected void outcome {outcome!r}")
-        async with self._session.begin():
-            return await self._reload(payment.id)
+        return await self._reload(payment.id)
 
     async def _record_void(self, payment: PaymentRecord, owner: uuid.UUID) -> None:
         session = self._session
@@ -633,14 +631,13 @@ class PaymentLedger:
                 PAYMENTS_REFUNDED_CENTS.inc(amount)  # committed
                 return refunded
             except IntegrityError:
-                async with session.begin():
-                    previous = await self._refund_by_key(refund_key)
+                async with self._engine.begin() as conn:
+                    previous = await self._refund_by_key(refund_key, conn)
                     if previous is None:
                         raise
-                    return await self._replayed_refund(previous, refund_hash)
+                    return await self._replayed_refund(previous, refund_hash, conn)
             except _RefundTooLarge:
-                async with session.begin():
-                    payment = await self._reload(payment.id)
+                payment = await self._reload(payment.id)
                 if requested is None:
                     continue
                 raise _refund_exceeds() from None
@@ -668,8 +665,7 @@ class PaymentLedger:
 
     async def _take_lease(self, payment_id: uuid.UUID, owner: uuid.UUID) -> bool:
         now = utcnow()
-        async with self._session.begin():
-            conn = await self._connection()
+        async with self._engine.begin() as conn:
             result = await conn.execute(
                 _TAKE_LEASE,
                 {
@@ -683,8 +679,7 @@ class PaymentLedger:
         return bool(result.rowcount == 1)
 
     async def _release_lease(self, payment_id: uuid.UUID, owner: uuid.UUID) -> None:
-        async with self._session.begin():
-            conn = await self._connection()
+        async with self._engine.begin() as conn:
             await conn.execute(
                 _OWNED_PENDING,
                 {
@@ -696,21 +691,41 @@ class PaymentLedger:
                 },
             )
 
-    async def _by_key(self, key: str) -> PaymentRecord | None:
-        conn = await self._connection()
-        row = (await conn.execute(_PAYMENT_BY_KEY, {"b_key": key})).one_or_none()
+    async def _method_token(
+        self, conn: AsyncConnection, method_id: uuid.UUID, user_id: uuid.UUID
+    ) -> str | None:
+        """The provider token of the user's payment method; None when it is unknown or another user's."""
+        cached = self._method_tokens.get(method_id)
+        if cached is None:
+            row = (await conn.execute(_METHOD_OWNER_AND_TOKEN, {"b_method_id": method_id})).one_or_none()
+            if row is None:
+                return None
+            cached = self._method_tokens[method_id] = (row.user_id, row.token)
+        owner, token = cached
+        return token if owner == user_id else None
+
+    # Reads run in the caller's transaction, or in one of their own.
+
+    async def _by_key(self, key: str, conn: AsyncConnection | None = None) -> PaymentRecord | None:
+        row = await self._one_or_none(_PAYMENT_BY_KEY, {"b_key": key}, conn)
         return None if row is None else PaymentRecord.from_row(row)
 
-    async def _refund_by_key(self, key: str) -> AnyRow | None:
-        conn = await self._connection()
-        return (await conn.execute(_REFUND_BY_KEY, {"b_key": key})).one_or_none()
+    async def _refund_by_key(self, key: str, conn: AsyncConnection) -> AnyRow | None:
+        return await self._one_or_none(_REFUND_BY_KEY, {"b_key": key}, conn)
 
-    async def _reload(self, payment_id: uuid.UUID) -> PaymentRecord:
-        conn = await self._connection()
-        row = (await conn.execute(_PAYMENT_BY_ID, {"b_id": payment_id})).one_or_none()
+    async def _reload(self, payment_id: uuid.UUID, conn: AsyncConnection | None = None) -> PaymentRecord:
+        row = await self._one_or_none(_PAYMENT_BY_ID, {"b_id": payment_id}, conn)
         if row is None:
             raise LookupError("payment vanished")
         return PaymentRecord.from_row(row)
+
+    async def _one_or_none(
+        self, statement: Any, params: dict[str, Any], conn: AsyncConnection | None
+    ) -> AnyRow | None:
+        if conn is not None:
+            return (await conn.execute(statement, params)).one_or_none()
+        async with self._engine.begin() as own:
+            return (await own.execute(statement, params)).one_or_none()
 
 
 def _settled_answer(payment: PaymentRecord, body_hash: str) -> ChargeResult | None:

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
+from cachetools import LRUCache
 from sqlalchemy import Row, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -53,6 +54,7 @@ TEST_CARDS: dict[str, Behaviour] = {
     "4000000000000101": Behaviour.TRANSIENT_ALWAYS,
 }
 TRANSIENT_TWICE_FAILURES = 2
+BEHAVIOURS_CACHED = 10_000
 
 DECLINE_CODES: dict[Behaviour, str] = {
     Behaviour.DECLINED: "card_declined",
@@ -118,7 +120,7 @@ class CardProvider:
         self._failure_rate = failure_rate
         self._statements = _LedgerStatements(sqlite.insert if db.is_sqlite else postgresql.insert)
         # Vault entries are never changed or deleted, so a token's behaviour, once read, stays true.
-        self._behaviours: dict[str, Behaviour] = {}
+        self._behaviours: LRUCache[str, Behaviour] = LRUCache(maxsize=BEHAVIOURS_CACHED)
 
     def tokenise(self, session: AsyncSession, card_number: str) -> str:
         """Stage the vault entry for a card in the caller's transaction and return its token."""
