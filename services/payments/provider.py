@@ -285,8 +285,9 @@ class CardProvider:
                 "updated_at": now,
             }
             await conn.execute(self._statements.insert_ignoring_duplicate, values)
-            await conn.execute(self._statements.void, {"b_key": key, "b_now": now})
-            entry = await _ledger_entry(conn, key)
+            voided = await conn.execute(self._statements.void, {"b_key": key, "b_now": now})
+            # Nothing voidable: the key already has its final outcome (perhaps an earlier void).
+            entry = voided.one_or_none() or await _ledger_entry(conn, key)
         log.info("provider_void", charge_key=key, status=entry.status)
         if entry.status == "voided":
             return NotCharged()
@@ -364,6 +365,7 @@ class _LedgerStatements:
                 LEDGER.c.status.in_(("pending", "authorized")),
             )
             .values(status="voided", updated_at=bindparam("b_now"))
+            .returning(*_ENTRY)
         )
         self.capture = (
             update(LEDGER)
