@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.kit.app import create_service_app
+from services.payments.charges import METHOD_TOKENS_CACHED, MethodTokens
 from services.payments.provider import CardProvider
 from services.payments.routes import ROUTERS
 from services.payments.settings import Settings
@@ -24,4 +25,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         latency_ms=settings.provider_latency_ms,
         failure_rate=settings.provider_failure_rate,
     )
+    app.state.method_tokens = MethodTokens(maxsize=METHOD_TOKENS_CACHED)
     return app

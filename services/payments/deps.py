@@ -29,7 +29,9 @@ async def get_ledger(request: Request, session: SessionDep, provider: ProviderDe
     settings: Settings = request.app.state.settings
     return PaymentLedger(
         session,
+        request.app.state.db.engine,
         provider,
+        method_tokens=request.app.state.method_tokens,
         lease_seconds=settings.charge_lease_seconds,
         authorization_validity_seconds=settings.authorization_validity_seconds,
     )

@@ -21,9 +21,10 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from sqlalchemy import or_, update
+from cachetools import LRUCache
+from sqlalchemy import Row, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import col, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.kit.db import Database
@@ -31,6 +32,9 @@ from services.kit.models import utcnow
 from services.payments.models import ProviderLedgerEntry, ProviderVaultEntry
 
 log = structlog.get_logger(__name__)
+
+# A Core row of any shape (fields by name).
+AnyRow = Row[*tuple[Any, ...]]
 
 
 class Behaviour(StrEnum):
@@ -50,6 +54,7 @@ TEST_CARDS: dict[str, Behaviour] = {
     "4000000000000101": Behaviour.TRANSIENT_ALWAYS,
 }
 TRANSIENT_TWICE_FAILURES = 2
+BEHAVIOURS_CACHED = 10_000
 
 DECLINE_CODES: dict[Behaviour, str] = {
     Behaviour.DECLINED: "card_declined",
@@ -113,6 +118,9 @@ class CardProvider:
         self._secret = vault_secret.encode()
         self._latency = latency_ms / 1000
         self._failure_rate = failure_rate
+        self._statements = _LedgerStatements(sqlite.insert if db.is_sqlite else postgresql.insert)
+        # Vault entries are never changed or deleted, so a token's behaviour, once read, stays true.
+        self._behaviours: LRUCache[str, Behaviour] = LRUCache(maxsize=BEHAVIOURS_CACHED)
 
     def tokenise(self, session: AsyncSession, card_number: str) -> str:
         """Stage the vault entry for a card in the caller's transaction and return its token."""
@@ -141,24 +149,11 @@ class CardProvider:
     async def capture(self, key: str, now: datetime) -> CaptureOutcome:
         """Capture an authorisation once; a repeat answers the same capture, never a second one."""
         await self._network_delay()
-        async with self._db.session() as session, session.begin():
+        async with self._db.engine.begin() as conn:
             # The conditional update takes the row lock, so a concurrent void or capture waits for it;
             # the row comes back as captured, or (not capturable) is read as it is.
-            captured = await _written_entry(
-                session,
-                update(ProviderLedgerEntry)
-                .where(
-                    col(ProviderLedgerEntry.charge_key) == key,
-                    col(ProviderLedgerEntry.status) == "authorized",
-                    or_(
-                        col(ProviderLedgerEntry.expires_at).is_(None),
-                        col(ProviderLedgerEntry.expires_at) > now,
-                    ),
-                )
-                .values(status="captured", updated_at=now)
-                .returning(ProviderLedgerEntry),
-            )
-            entry = captured or await _ledger_entry_or_none(session, key)
+            captured = await conn.execute(self._statements.capture, {"b_key": key, "b_now": now})
+            entry = captured.one_or_none() or await _ledger_entry_or_none(conn, key)
         outcome: CaptureOutcome
         if entry is None or entry.status in ("pending", "declined"):
             outcome = NotAuthorized()
@@ -189,49 +184,89 @@ class CardProvider:
             log.info("provider_transient", charge_key=key, reason="random")
             return Transient("network")
         now = utcnow()
-        authorizing = valid_until is not None
-        async with self._db.session() as session, session.begin():
-            entry_values = {
-                "charge_key": key,
-                "token": token,
-                "amount_cents": amount_cents,
-                "currency": currency,
-                "status": "pending",
-                "attempts": 1,
-                "created_at": now,
-                "updated_at": now,
-            }
-            # One statement: a new key's row, or the next attempt on a pending one, handed back as
-            # written. Its row lock serialises concurrent attempts on one key; a key already final is
-            # left alone (locked all the same) and read.
-            entry = await _count_attempt(session, self._db.is_sqlite, entry_values) or await _ledger_entry(
-                session, key
-            )
-            if entry.status != "pending":
-                return _final_outcome(entry, authorizing=authorizing)
-            behaviour = await self._behaviour(session, entry.token or token)
-            refusal = _decide(behaviour, entry.attempts)
-            outcome: ChargeOutcome | AuthorizeOutcome
-            if refusal is not None:
-                outcome = refusal
-                if isinstance(refusal, Declined):
-                    await _finish(session, key, status="declined", decline_code=refusal.decline_code)
-            elif valid_until is not None:
-                outcome = Authorized("au_" + secrets.token_hex(12), valid_until)
-                await _finish(
-                    session,
-                    key,
-                    status="authorized",
-                    provider_ref=outcome.provider_ref,
-                    expires_at=valid_until,
+        entry_values = {
+            "charge_key": key,
+            "token": token,
+            "amount_cents": amount_cents,
+            "currency": currency,
+            "status": "pending",
+            "attempts": 1,
+            "provider_ref": None,
+            "decline_code": None,
+            "expires_at": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self._db.engine.begin() as conn:
+            behaviour = self._behaviours.get(token)
+            if behaviour is None:
+                behaviour = await self._behaviour(conn, token)
+            if behaviour in _ANSWER_ON_ANY_ATTEMPT:
+                attempts, outcome = await self._decide_in_one_write(
+                    conn, behaviour, entry_values, valid_until=valid_until
                 )
             else:
-                outcome = Captured("ch_" + secrets.token_hex(12))
-                await _finish(session, key, status="captured", provider_ref=outcome.provider_ref)
-        log.info(
-            f"provider_{operation}", charge_key=key, attempt=entry.attempts, outcome=type(outcome).__name__
-        )
+                attempts, outcome = await self._decide_by_attempt(conn, entry_values, valid_until=valid_until)
+        log.info(f"provider_{operation}", charge_key=key, attempt=attempts, outcome=type(outcome).__name__)
         return outcome
+
+    async def _decide_in_one_write(
+        self,
+        conn: AsyncConnection,
+        behaviour: Behaviour,
+        entry_values: dict[str, Any],
+        *,
+        valid_until: datetime | None,
+    ) -> tuple[int, ChargeOutcome | AuthorizeOutcome]:
+        """A card whose answer does not depend on the attempt: the key's row is written final at once
+        (new, or the next attempt on a pending one); a key already final is read and replayed."""
+        outcome: ChargeOutcome | AuthorizeOutcome
+        if behaviour in DECLINE_CODES:
+            outcome = Declined(DECLINE_CODES[behaviour])
+            final: dict[str, Any] = {"status": "declined", "decline_code": outcome.decline_code}
+        elif valid_until is not None:
+            outcome = Authorized("au_" + secrets.token_hex(12), valid_until)
+            final = {"status": "authorized", "provider_ref": outcome.provider_ref, "expires_at": valid_until}
+        else:
+            outcome = Captured("ch_" + secrets.token_hex(12))
+            final = {"status": "captured", "provider_ref": outcome.provider_ref}
+        written = await conn.execute(self._statements.settle_attempt, {**entry_values, **final})
+        attempts = written.scalar_one_or_none()
+        if attempts is not None:
+            return attempts, outcome
+        entry = await _ledger_entry(conn, entry_values["charge_key"])
+        return entry.attempts, _final_outcome(entry, authorizing=valid_until is not None)
+
+    async def _decide_by_attempt(
+        self, conn: AsyncConnection, entry_values: dict[str, Any], *, valid_until: datetime | None
+    ) -> tuple[int, ChargeOutcome | AuthorizeOutcome]:
+        """A card whose answer depends on the attempt: count it, then decide and record the outcome."""
+        key = entry_values["charge_key"]
+        # One statement: a new key's row, or the next attempt on a pending one, handed back as
+        # written. Its row lock serialises concurrent attempts on one key; a key already final is
+        # left alone (locked all the same) and read.
+        counted = await conn.execute(self._statements.count_attempt, entry_values)
+        entry = counted.one_or_none() or await _ledger_entry(conn, key)
+        if entry.status != "pending":
+            return entry.attempts, _final_outcome(entry, authorizing=valid_until is not None)
+        behaviour = self._behaviours.get(entry.token) if entry.token else None
+        if behaviour is None:
+            behaviour = await self._behaviour(conn, entry.token or entry_values["token"])
+        refusal = _decide(behaviour, entry.attempts)
+        outcome: ChargeOutcome | AuthorizeOutcome
+        if refusal is not None:
+            outcome = refusal
+            if isinstance(refusal, Declined):
+                await _finish(conn, key, status="declined", decline_code=refusal.decline_code)
+        elif valid_until is not None:
+            outcome = Authorized("au_" + secrets.token_hex(12), valid_until)
+            await _finish(
+                conn, key, status="authorized", provider_ref=outcome.provider_ref, expires_at=valid_until
+            )
+        else:
+            outcome = Captured("ch_" + secrets.token_hex(12))
+            await _finish(conn, key, status="captured", provider_ref=outcome.provider_ref)
+        return entry.attempts, outcome
 
     async def void(self, key: str) -> ChargeOutcome | NotCharged:
         """Forbid any further capture under `key`, or report the final outcome it already had.
@@ -241,7 +276,7 @@ class CardProvider:
         """
         await self._network_delay()
         now = utcnow()
-        async with self._db.session() as session, session.begin():
+        async with self._db.engine.begin() as conn:
             values = {
                 "charge_key": key,
                 "status": "voided",
@@ -249,16 +284,10 @@ class CardProvider:
                 "created_at": now,
                 "updated_at": now,
             }
-            await session.exec(_insert_ignoring_duplicate(self._db.is_sqlite, values))
-            await session.exec(
-                update(ProviderLedgerEntry)
-                .where(
-                    col(ProviderLedgerEntry.charge_key) == key,
-                    col(ProviderLedgerEntry.status).in_(("pending", "authorized")),
-                )
-                .values(status="voided", updated_at=now)
-            )
-            entry = await _ledger_entry(session, key)
+            await conn.execute(self._statements.insert_ignoring_duplicate, values)
+            voided = await conn.execute(self._statements.void, {"b_key": key, "b_now": now})
+            # Nothing voidable: the key already has its final outcome (perhaps an earlier void).
+            entry = voided.one_or_none() or await _ledger_entry(conn, key)
         log.info("provider_void", charge_key=key, status=entry.status)
         if entry.status == "voided":
             return NotCharged()
@@ -266,16 +295,88 @@ class CardProvider:
         assert not isinstance(outcome, Authorized)
         return outcome
 
-    async def _behaviour(self, session: AsyncSession, token: str) -> Behaviour:
-        vault = await session.get(ProviderVaultEntry, token)
-        if vault is None:
+    async def _behaviour(self, conn: AsyncConnection, token: str) -> Behaviour:
+        stored = (await conn.execute(_VAULT_BEHAVIOUR, {"b_token": token})).scalar_one_or_none()
+        if stored is None:
             # Tokens are only minted by tokenise(); a missing one is a broken invariant, not input.
             raise LookupError("unknown provider token")
-        return Behaviour(vault.behaviour)
+        behaviour = self._behaviours[token] = Behaviour(stored)
+        return behaviour
 
     async def _network_delay(self) -> None:
         if self._latency:
             await asyncio.sleep(self._latency)
+
+
+LEDGER: Table = ProviderLedgerEntry.__table__  # type: ignore[attr-defined]
+VAULT: Table = ProviderVaultEntry.__table__  # type: ignore[attr-defined]
+# The columns an outcome is read from: a write hands them back, so nothing is read twice.
+_ENTRY = (
+    LEDGER.c.status,
+    LEDGER.c.attempts,
+    LEDGER.c.token,
+    LEDGER.c.provider_ref,
+    LEDGER.c.decline_code,
+    LEDGER.c.expires_at,
+)
+_ENTRY_BY_KEY = select(*_ENTRY).where(LEDGER.c.charge_key == bindparam("b_key"))
+_VAULT_BEHAVIOUR = select(VAULT.c.behaviour).where(VAULT.c.token == bindparam("b_token"))
+# Cards that answer the same on every attempt: their outcome is decided before the row is written.
+_ANSWER_ON_ANY_ATTEMPT = frozenset({Behaviour.OK, *DECLINE_CODES})
+
+
+class _LedgerStatements:
+    """The ledger's writes, built once for the dialect (its INSERT ... ON CONFLICT flavour)."""
+
+    def __init__(self, insert: Any) -> None:
+        excluded = insert(LEDGER).excluded
+        pending = LEDGER.c.status == "pending"
+        self.count_attempt = (
+            insert(LEDGER)
+            .on_conflict_do_update(
+                index_elements=["charge_key"],
+                set_={"attempts": LEDGER.c.attempts + 1, "updated_at": excluded.updated_at},
+                where=pending,
+            )
+            .returning(*_ENTRY)
+        )
+        # A new key's row, or the next attempt on a pending one, written with its final outcome.
+        self.settle_attempt = (
+            insert(LEDGER)
+            .on_conflict_do_update(
+                index_elements=["charge_key"],
+                set_={
+                    "attempts": LEDGER.c.attempts + 1,
+                    "status": excluded.status,
+                    "provider_ref": excluded.provider_ref,
+                    "decline_code": excluded.decline_code,
+                    "expires_at": excluded.expires_at,
+                    "updated_at": excluded.updated_at,
+                },
+                where=pending,
+            )
+            .returning(LEDGER.c.attempts)
+        )
+        self.insert_ignoring_duplicate = insert(LEDGER).on_conflict_do_nothing(index_elements=["charge_key"])
+        self.void = (
+            update(LEDGER)
+            .where(
+                LEDGER.c.charge_key == bindparam("b_key"),
+                LEDGER.c.status.in_(("pending", "authorized")),
+            )
+            .values(status="voided", updated_at=bindparam("b_now"))
+            .returning(*_ENTRY)
+        )
+        self.capture = (
+            update(LEDGER)
+            .where(
+                LEDGER.c.charge_key == bindparam("b_key"),
+                LEDGER.c.status == "authorized",
+                or_(LEDGER.c.expires_at.is_(None), LEDGER.c.expires_at > bindparam("b_now")),
+            )
+            .values(status="captured", updated_at=bindparam("b_now"))
+            .returning(*_ENTRY)
+        )
 
 
 def _decide(behaviour: Behaviour, attempt: int) -> Declined | Transient | None:
@@ -289,7 +390,7 @@ def _decide(behaviour: Behaviour, attempt: int) -> Declined | Transient | None:
     return None
 
 
-def _final_outcome(entry: ProviderLedgerEntry, *, authorizing: bool) -> ChargeOutcome | AuthorizeOutcome:
+def _final_outcome(entry: AnyRow, *, authorizing: bool) -> ChargeOutcome | AuthorizeOutcome:
     """The replayed answer of a key that already has an outcome."""
     if authorizing and entry.status in ("authorized", "captured") and entry.provider_ref:
         return Authorized(entry.provider_ref, entry.expires_at)
@@ -300,58 +401,16 @@ def _final_outcome(entry: ProviderLedgerEntry, *, authorizing: bool) -> ChargeOu
     return Voided()
 
 
-def _insert_ignoring_duplicate(is_sqlite: bool, values: dict[str, Any]) -> Any:
-    table = ProviderLedgerEntry.__table__  # type: ignore[attr-defined]
-    insert = sqlite.insert if is_sqlite else postgresql.insert
-    return insert(table).values(**values).on_conflict_do_nothing(index_elements=["charge_key"])
-
-
-async def _count_attempt(
-    session: AsyncSession, is_sqlite: bool, values: dict[str, Any]
-) -> ProviderLedgerEntry | None:
-    """Insert the key's pending row (attempt 1), or add an attempt to it while it is pending; the row
-    as written, or None when the key already has a final outcome."""
-    table = ProviderLedgerEntry.__table__  # type: ignore[attr-defined]
-    insert = sqlite.insert if is_sqlite else postgresql.insert
-    statement = (
-        insert(ProviderLedgerEntry)
-        .values(**values)
-        .on_conflict_do_update(
-            index_elements=["charge_key"],
-            set_={"attempts": table.c.attempts + 1, "updated_at": values["updated_at"]},
-            where=table.c.status == "pending",
-        )
-        .returning(ProviderLedgerEntry)
-    )
-    return await _written_entry(session, statement)
-
-
-async def _written_entry(session: AsyncSession, statement: Any) -> ProviderLedgerEntry | None:
-    """The ledger row a write RETURNING it handed back (the session's copy refreshed), or None."""
-    written = await session.exec(statement.execution_options(populate_existing=True))
-    entry: ProviderLedgerEntry | None = written.scalars().one_or_none()
-    return entry
-
-
-async def _ledger_entry(session: AsyncSession, key: str) -> ProviderLedgerEntry:
-    entry = await _ledger_entry_or_none(session, key)
+async def _ledger_entry(conn: AsyncConnection, key: str) -> AnyRow:
+    entry = await _ledger_entry_or_none(conn, key)
     if entry is None:
         raise LookupError("provider ledger entry vanished")
     return entry
 
 
-async def _ledger_entry_or_none(session: AsyncSession, key: str) -> ProviderLedgerEntry | None:
-    statement = (
-        select(ProviderLedgerEntry)
-        .where(col(ProviderLedgerEntry.charge_key) == key)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.exec(statement)).one_or_none()
+async def _ledger_entry_or_none(conn: AsyncConnection, key: str) -> AnyRow | None:
+    return (await conn.execute(_ENTRY_BY_KEY, {"b_key": key})).one_or_none()
 
 
-async def _finish(session: AsyncSession, key: str, **values: Any) -> None:
-    await session.exec(
-        update(ProviderLedgerEntry)
-        .where(col(ProviderLedgerEntry.charge_key) == key)
-        .values(updated_at=utcnow(), **values)
-    )
+async def _finish(conn: AsyncConnection, key: str, **values: Any) -> None:
+    await conn.execute(update(LEDGER).where(LEDGER.c.charge_key == key).values(updated_at=utcnow(), **values))

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path, Response
 
 from services.kit.errors import problem_responses
 from services.kit.identity import ServiceDep
+from services.payments.charges import PaymentRecord
 from services.payments.deps import IDEMPOTENCY_KEY_PATTERN, IdempotencyKeyDep, LedgerDep
-from services.payments.models import Payment
 from services.payments.schemas import ChargeCreate, PaymentOut
 
 router = APIRouter(tags=["authorizations"])
@@ -33,7 +33,7 @@ AuthorizationKey = Annotated[
 )
 async def create_authorization(
     _: ServiceDep, key: IdempotencyKeyDep, body: ChargeCreate, ledger: LedgerDep, response: Response
-) -> Payment:
+) -> PaymentRecord:
     return (await ledger.authorize(key, body)).answered(response)
 
 
@@ -45,7 +45,7 @@ async def create_authorization(
 )
 async def capture_authorization(
     _: ServiceDep, authorization_key: AuthorizationKey, ledger: LedgerDep
-) -> Payment:
+) -> PaymentRecord:
     return await ledger.capture(authorization_key)
 
 
@@ -57,5 +57,5 @@ async def capture_authorization(
 )
 async def void_authorization(
     _: ServiceDep, authorization_key: AuthorizationKey, ledger: LedgerDep
-) -> Payment:
+) -> PaymentRecord:
     return await ledger.void(authorization_key)

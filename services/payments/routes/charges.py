@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path, Response
 
 from services.kit.errors import problem_responses
 from services.kit.identity import ServiceDep
+from services.payments.charges import PaymentRecord
 from services.payments.deps import IDEMPOTENCY_KEY_PATTERN, IdempotencyKeyDep, LedgerDep
-from services.payments.models import Payment
 from services.payments.schemas import ChargeCreate, PaymentOut, RefundCreate
 
 router = APIRouter(tags=["charges"])
@@ -24,7 +24,7 @@ router = APIRouter(tags=["charges"])
 )
 async def create_charge(
     _: ServiceDep, key: IdempotencyKeyDep, body: ChargeCreate, ledger: LedgerDep, response: Response
-) -> Payment:
+) -> PaymentRecord:
     return (await ledger.charge(key, body)).answered(response)
 
 
@@ -40,6 +40,6 @@ async def refund_charge(
     key: IdempotencyKeyDep,
     ledger: LedgerDep,
     body: RefundCreate | None = None,
-) -> Payment:
+) -> PaymentRecord:
     amount = body.amount_cents if body is not None else None
     return await ledger.refund(charge_key, key, amount)
