@@ -358,14 +358,7 @@ def _release_once(
             stock.stage_stock_events(
                 session, level, available_before=level.available - line.quantity, low_threshold=low_threshold
             )
-        add_event(
-            session,
-            source=stock.EVENT_SOURCE,
-            type="reservation.released",
-            subject=str(order_id),
-            data={"order_id": str(order_id)},
-        )
-        log.info("reservation_released", order_id=str(order_id))
+        _announce(session, order_id, "released")
         return
     status = _current_status(connection, order_id)
     if status is ReservationStatus.COMMITTED:
@@ -375,6 +368,18 @@ def _release_once(
     # Never reserved (yet): leave a tombstone so that a late reserve of this order is refused.
     _insert_header(connection, order_id, ReservationStatus.RELEASED, 0, None)
     log.info("reservation_tombstoned", order_id=str(order_id))
+
+
+def _announce(session: AsyncSession, order_id: uuid.UUID, outcome: str) -> None:
+    """The `reservation.<outcome>` event, staged in the caller's transaction, and its log line."""
+    add_event(
+        session,
+        source=stock.EVENT_SOURCE,
+        type=f"reservation.{outcome}",
+        subject=str(order_id),
+        data={"order_id": str(order_id)},
+    )
+    log.info(f"reservation_{outcome}", order_id=str(order_id))
 
 
 async def commit(session: AsyncSession, order_id: uuid.UUID, *, low_threshold: int) -> ReservationOut:
@@ -411,14 +416,7 @@ def _ship_lines(
         stock.stage_stock_events(
             session, level, available_before=level.available, low_threshold=low_threshold
         )
-    add_event(
-        session,
-        source=stock.EVENT_SOURCE,
-        type="reservation.committed",
-        subject=str(order_id),
-        data={"order_id": str(order_id)},
-    )
-    log.info("reservation_committed", order_id=str(order_id))
+    _announce(session, order_id, "committed")
     # The header's row came back from the update and the lines are read: no reading back.
     return _reservation_out(
         order_id,
