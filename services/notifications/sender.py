@@ -123,6 +123,14 @@ class Sender:
             self._full_pass_wanted = True
         self._wake.set()
 
+    async def close_channels(self) -> None:
+        """Close what the channels keep open (the SMTP connection), once the loop is done."""
+        for channel in self.channels.values():
+            close = getattr(channel, "aclose", None)
+            if close is not None:
+                with suppress(Exception):  # shutting down: a channel that cannot say goodbye is dropped
+                    await close()
+
     def stop_soon(self) -> None:
         """Claim nothing more; `run` returns once the delivery in hand is recorded."""
         self._stopping = True
@@ -514,5 +522,6 @@ def sender_hook(sender: Sender, settings: Settings) -> LifespanHook:
             # Past the grace, wait_for cancels the loop: a send cut short then ends `unknown`.
             with suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=settings.shutdown_grace_seconds)
+            await sender.close_channels()
 
     return hook
