@@ -6,13 +6,8 @@ its id in `processed_events` together with its effects (contact rows, queued not
 is acknowledged only after that commit. A redelivery (a crash before the ack, a lost ack) finds the
 id and is only acknowledged, so nothing is sent twice. The sender delivers the queued notices.
 
-The events come through one durable consumer per subject group (`<events_durable>-users` for
-`ordersaga.users.>`, `-payments-refunded`, `-stock-low`), each filtered on the server by its one
-`filter_subject`, so the stream's other events (several per order) never reach this process. One
-consumer with `filter_subjects` would need nats-server 2.10: 2.9 drops the field without a word and
-delivers the whole stream. A user's events share a consumer, so they keep their order.
-Replicas bind the same durable consumers, so JetStream hands each message to one of them rather
-than to each; the first replica to start creates them, the others find them.
+Replicas bind the same durable consumer (`events_durable`), so JetStream hands each message to one
+of them rather than to each; the first replica to start creates it, the others find it.
 
 Order confirmation and cancellation notices are not here: the saga's notify step queues them.
 
@@ -47,7 +42,6 @@ from services.kit.app import LifespanHook
 from services.kit.db import Database
 from services.kit.events import (
     STREAM,
-    SUBJECT_PREFIX,
     CloudEvent,
     MalformedEvent,
     close_connection_task,
@@ -128,14 +122,8 @@ class EventConsumer:
         }
 
     @property
-    def consumers(self) -> dict[str, str]:
-        """Durable name → the one subject (filter) it reads; `user.*` events together, in order."""
-        durable = self.settings.events_durable
-        return {
-            f"{durable}-users": f"{SUBJECT_PREFIX}.users.>",
-            f"{durable}-payments-refunded": subject_for("payment.refunded"),
-            f"{durable}-stock-low": subject_for("stock.low"),
-        }
+    def subjects(self) -> list[str]:
+        return [subject_for(event_type) for event_type in self.handlers]
 
     # -- handling one event --------------------------------------------------------------------
 
@@ -290,24 +278,25 @@ class EventConsumer:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    async def ensure_consumer(self, js: JetStreamContext, durable: str, subject: str) -> None:
+    async def ensure_consumer(self, js: JetStreamContext) -> None:
+        await ensure_stream(js)
         config = ConsumerConfig(
-            durable_name=durable,
+            durable_name=self.settings.events_durable,
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.settings.events_ack_wait_seconds,
             max_deliver=self.settings.events_max_deliver,
-            filter_subject=subject,
+            filter_subjects=self.subjects,
             max_ack_pending=1000,
         )
         try:
-            await js.consumer_info(STREAM, durable)
+            await js.consumer_info(STREAM, self.settings.events_durable)
             return
         except NotFoundError:
             pass
         with suppress(BadRequestError):  # created concurrently by a replica
             await js.add_consumer(STREAM, config)
-            log.info("event_consumer_created", durable=durable, subjects=[subject])
+            log.info("event_consumer_created", durable=self.settings.events_durable, subjects=self.subjects)
 
     async def run(self) -> None:
         """Consume until cancelled; connection trouble backs off and starts over."""
@@ -317,16 +306,26 @@ class EventConsumer:
             try:
                 nc = await connect(self.settings.nats_url, name="notifications-consumer")
                 js = nc.jetstream()
-                await ensure_stream(js)
-                subscriptions = []
-                for durable, subject in self.consumers.items():
-                    await self.ensure_consumer(js, durable, subject)
-                    subscriptions.append(await js.pull_subscribe_bind(durable, stream=STREAM))
+                await self.ensure_consumer(js)
+                subscription = await js.pull_subscribe_bind(self.settings.events_durable, stream=STREAM)
                 backoff = 0.2
-                # A failing pull loop cancels the others, and the whole connection starts over.
-                async with asyncio.TaskGroup() as loops:
-                    for subscription in subscriptions:
-                        loops.create_task(self._pull(subscription))
+                idle = True
+                while True:
+                    # Idle: a pull of one, which returns as soon as an event comes (a pull of a batch
+                    # would wait out its timeout for the rest). Busy: a batch of what is there now.
+                    batch, timeout = (
+                        (1, self.settings.events_fetch_timeout_seconds)
+                        if idle
+                        else (self.settings.events_batch_size, _BUSY_FETCH_SECONDS)
+                    )
+                    try:
+                        messages = await subscription.fetch(batch, timeout=timeout)
+                    except nats.errors.TimeoutError:
+                        idle = True
+                        continue  # nothing pending, or NATS is reconnecting
+                    idle = False
+                    for message in messages:
+                        await self.process(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -335,25 +334,6 @@ class EventConsumer:
                 backoff = min(backoff * 2, 10.0)
             finally:
                 await close_connection_task(None, nc)
-
-    async def _pull(self, subscription: JetStreamContext.PullSubscription) -> None:
-        idle = True
-        while True:
-            # Idle: a pull of one, which returns as soon as an event comes (a pull of a batch
-            # would wait out its timeout for the rest). Busy: a batch of what is there now.
-            batch, timeout = (
-                (1, self.settings.events_fetch_timeout_seconds)
-                if idle
-                else (self.settings.events_batch_size, _BUSY_FETCH_SECONDS)
-            )
-            try:
-                messages = await subscription.fetch(batch, timeout=timeout)
-            except nats.errors.TimeoutError:
-                idle = True
-                continue  # nothing pending, or NATS is reconnecting
-            idle = False
-            for message in messages:
-                await self.process(message)
 
 
 def consumer_hook(consumer: EventConsumer, settings: Settings) -> LifespanHook:
