@@ -5,8 +5,9 @@ Delivery is at most once, even across crashes:
   locking the next due row `FOR UPDATE SKIP LOCKED` and leasing it in that transaction, so replicas
   take different rows), and it is finished only by the holder of that claim (its `claim_token`).
 - Just before handing the message to the channel, the holder records `send_started_at` under the
-  same claim (if its claim is gone, it does not send); on SQLite a notice whose message renders is
-  claimed and marked in one UPDATE. The outcome update clears it.
+  same claim (if its claim is gone, it does not send); a notice whose message renders is claimed and
+  marked in one UPDATE when it comes from SQLite's due query or was just accepted by this process
+  (handed over by the route as written, so it is not read first). The outcome update clears it.
 - A row found with `send_started_at` set and its lease expired had a send whose result was never
   recorded: its sender died (or was cancelled) between starting the send and recording it. Whether
   the provider took the message cannot be known, so it is not re-sent: it becomes `unknown`, final,
@@ -173,7 +174,7 @@ class Sender:
         return claimed
 
     async def _claim_and_send(self, notification: Job, now: datetime) -> bool:
-        """SQLite, the usual notice: claim it and record the send's start in one UPDATE, then send.
+        """The usual notice: claim it and record the send's start in one UPDATE, then send.
 
         Only for a row that can be sent as read (its message renders, no earlier send is pending);
         the WHERE holds the row to what was read (`attempts`, no send started), so winning the claim
