@@ -1,4 +1,4 @@
-"""CPU per saga call of the inventory and payments services, in-process, for source trees side by side.
+"""CPU per saga call of inventory, payments, notifications and orders, in-process, trees side by side.
 
     git worktree add /tmp/before <commit>
     .venv/bin/python benchmarks/service_calls.py /tmp/before . [--calls 300] [--rounds 4] [--json out.json]
@@ -7,9 +7,11 @@
 drift of a shared machine (the Temporal server and the worker move by 10-20 % between two runs).
 This runs only the service's own code: each tree in a fresh process (its code first on PYTHONPATH),
 the app in-process over httpx's ASGI transport on a migrated SQLite file, and the saga's calls made
-one after another: reserve then commit (inventory), authorise then capture (payments). Then the orders
+one after another: reserve then commit (inventory), authorise then capture (payments), queue a
+notice and wait until the sender recorded it sent over SMTP (notifications); then the orders
 service, per order: POST /orders, the saga's `start` and `confirm` (`_measure_orders`). CPU time is
-the process's (every thread: aiosqlite's too) divided by the pairs made. The outbox relay is off (no
+the process's (every thread: aiosqlite's too) divided by the pairs made. The SMTP sink the
+notifications group sends to runs in the outer process, so its CPU is not counted. The outbox relay is off (no
 NATS), so the publishing of the rows is not counted; the client's side of each call is.
 The trees alternate round by round, so that a machine whose speed drifts meets both.
 """
@@ -38,7 +40,7 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _measure(calls: int) -> dict[str, float]:
+async def _measure(calls: int, smtp_port: int) -> dict[str, float]:
     import httpx
     from asgi_lifespan import LifespanManager
 
@@ -71,6 +73,7 @@ async def _measure(calls: int) -> dict[str, float]:
                     for _ in range(calls):
                         await pair()
                     results[name] = round(1000 * (_cpu() - started) / calls, 3)
+        results["notifications"] = await _notifications_measure(Path(tmp), calls, smtp_port)
     return results
 
 
@@ -117,8 +120,8 @@ async def _payments_pair(client: Any, service: dict[str, str]) -> Callable[[], A
     return pair
 
 
-async def _measure_with_orders(calls: int) -> dict[str, float]:
-    return {**await _measure(calls), **await _measure_orders(calls)}
+async def _measure_with_orders(calls: int, smtp_port: int) -> dict[str, float]:
+    return {**await _measure(calls, smtp_port), **await _measure_orders(calls)}
 
 
 async def _measure_orders(calls: int) -> dict[str, float]:
@@ -185,6 +188,71 @@ def _orders_triple(client: Any, service: dict[str, str]) -> Callable[[], Awaitab
     return order
 
 
+async def _notifications_measure(tmp: Path, calls: int, smtp_port: int) -> float:
+    """CPU ms per saga notice: the POST that queues it, and the background sender's claim, render,
+    SMTP send and record, which the call waits for (the commit of its `notification.sent` row)."""
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from services.kit.identity import identity_headers
+    from services.kit.outbox import on_outbox_commit
+    from services.registry import SERVICES
+
+    spec = SERVICES["notifications"]
+    settings = spec.settings(
+        database_url=f"sqlite+aiosqlite:///{tmp}/notifications.db",
+        internal_token=TOKEN,
+        data_dir=tmp / "data",
+        nats_url="",
+        email_backend="smtp",
+        smtp_port=smtp_port,
+    )
+    app = spec.create_app(settings)
+    async with LifespanManager(app, startup_timeout=60) as manager:
+        recorded = asyncio.Event()
+        on_outbox_commit(app.state.db.engine, recorded.set)
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://notifications") as client:
+            call = _notifications_call(client, identity_headers(TOKEN, "service"), recorded)
+            for _ in range(WARM_UP):
+                await call()
+            started = _cpu()
+            for _ in range(calls):
+                await call()
+            return round(1000 * (_cpu() - started) / calls, 3)
+
+
+def _notifications_call(
+    client: Any, service: dict[str, str], recorded: asyncio.Event
+) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        order_id = str(uuid.uuid4())
+        body = {
+            "idempotency_key": f"order:{order_id}:order_confirmed",
+            "user_id": str(uuid.uuid4()),
+            "channel": "email",
+            "to": "ada@example.com",
+            "template": "order_confirmed",
+            "data": {"order_id": order_id, "total_cents": 1250, "currency": "EUR", "username": "ada"},
+            "order_id": order_id,
+        }
+        recorded.clear()
+        queued = await client.post("/notifications", json=body, headers=service)
+        if queued.status_code != 202:
+            raise RuntimeError(f"queue {queued.status_code}")
+        await asyncio.wait_for(recorded.wait(), timeout=10)
+
+    return call
+
+
+def _notifications_smtp_sink(tmp: Path) -> Any:
+    """The SMTP sink the notices go to, in this (outer) process: its CPU is not the service's."""
+    from ordersaga.smtp_sink import start_smtp_sink
+    from tests.support.processes import free_port
+
+    return start_smtp_sink(tmp / "mail", port=free_port())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,9 +262,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--smtp-port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:  # one tree, in this process
-        print(json.dumps(asyncio.run(_measure_with_orders(args.calls))))
+        print(json.dumps(asyncio.run(_measure_with_orders(args.calls, args.smtp_port))))
         return 0
     # Only the outer process reads this tree's helpers: the inner one must import the services of
     # the tree under test, first on its PYTHONPATH.
@@ -204,14 +273,18 @@ def main() -> int:
     from benchmarks.runs import Results, alternating
 
     results = Results()
+    mail_dir = tempfile.TemporaryDirectory(prefix="service-calls-mail-")
+    sink = _notifications_smtp_sink(Path(mail_dir.name))
     for round_, tree in alternating(args.trees, args.rounds):
         env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
         done = subprocess.run(  # noqa: S603
-            [sys.executable, __file__, "--inner", "--calls", str(args.calls)],
+            [sys.executable, __file__, "--inner", "--calls", str(args.calls), "--smtp-port", str(sink.port)],
             env=env, cwd=tree, capture_output=True, text=True, check=True,
         )  # fmt: skip
         per_pair = json.loads(done.stdout.splitlines()[-1])
         results.add({"tree": str(tree), "round": round_, "cpu_ms_per_pair": per_pair})
+    sink.stop()
+    mail_dir.cleanup()
     results.write(args.json)
     return 0
 

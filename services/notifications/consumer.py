@@ -120,6 +120,7 @@ class EventConsumer:
             "payment.refunded": self._payment_refunded,
             "stock.low": self._stock_low,
         }
+        self._subjects = frozenset(self.subjects)
 
     @property
     def subjects(self) -> list[str]:
@@ -228,6 +229,11 @@ class EventConsumer:
     # -- one message: decode, handle, ack / retry / park --------------------------------------
 
     async def process(self, msg: Msg) -> str:
+        if msg.subject not in self._subjects:
+            # Only reaches here from a server older than 2.10, which drops `filter_subjects` and
+            # delivers the whole stream: acknowledged unread, at no more cost than the ack.
+            await msg.ack()
+            return "ignored"
         meta = msg.metadata
         deliveries = meta.num_delivered or 1
         event_id: str | None = None

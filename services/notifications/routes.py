@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, status
 
@@ -27,19 +28,20 @@ async def get_sender(request: Request) -> Sender:
 SenderDep = Annotated[Sender, Depends(get_sender)]
 
 
-def to_out(notification: Notification) -> NotificationOut:
+def to_out(notification: Mapping[str, Any]) -> NotificationOut:
+    """From a notifications row's columns by name (as written, or as read with Core)."""
     return NotificationOut(
-        id=notification.id,
-        user_id=notification.user_id,
-        channel=notification.channel,
-        to=notification.recipient,
-        template=notification.template,
-        status=notification.status,
-        order_id=notification.order_id,
-        attempts=notification.attempts,
-        last_error=notification.last_error,
-        created_at=notification.created_at,
-        sent_at=notification.sent_at,
+        id=notification["id"],
+        user_id=notification["user_id"],
+        channel=notification["channel"],
+        to=notification["recipient"],
+        template=notification["template"],
+        status=notification["status"],
+        order_id=notification["order_id"],
+        attempts=notification["attempts"],
+        last_error=notification["last_error"],
+        created_at=notification["created_at"],
+        sent_at=notification["sent_at"],
     )
 
 
@@ -74,7 +76,7 @@ async def create_notification(
 ) -> NotificationOut:
     notification, created = await domain.accept(session, body)
     if created:
-        sender.wake()
+        sender.wake(queued=notification)
     else:
         response.status_code = status.HTTP_200_OK
     return to_out(notification)

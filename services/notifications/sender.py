@@ -5,8 +5,9 @@ Delivery is at most once, even across crashes:
   locking the next due row `FOR UPDATE SKIP LOCKED` and leasing it in that transaction, so replicas
   take different rows), and it is finished only by the holder of that claim (its `claim_token`).
 - Just before handing the message to the channel, the holder records `send_started_at` under the
-  same claim (if its claim is gone, it does not send); on SQLite a notice whose message renders is
-  claimed and marked in one UPDATE. The outcome update clears it.
+  same claim (if its claim is gone, it does not send); a notice whose message renders is claimed and
+  marked in one UPDATE when it comes from SQLite's due query or was just accepted by this process
+  (handed over by the route as written, so it is not read first). The outcome update clears it.
 - A row found with `send_started_at` set and its lease expired had a send whose result was never
   recorded: its sender died (or was cancelled) between starting the send and recording it. Whether
   the provider took the message cannot be known, so it is not re-sent: it becomes `unknown`, final,
@@ -29,13 +30,13 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from sqlalchemy import or_, update
-from sqlmodel import col, select
+from sqlalchemy import ColumnElement, bindparam, or_, select, update
 
 from services.kit.app import LifespanHook
 from services.kit.business import NOTIFICATION_DELIVERIES
@@ -57,6 +58,28 @@ from services.notifications.templates import render
 log = structlog.get_logger(__name__)
 
 DELIVERIES = NOTIFICATION_DELIVERIES  # by channel and status (sent, retry, failed, unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What the sender needs of a notification to deliver it, as read (or as written by the route)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    channel: str
+    recipient: str
+    template: str
+    data: dict[str, Any]
+    order_id: uuid.UUID | None
+    attempts: int
+    send_started_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> Job:
+        return cls(**{name: row[name] for name in _JOB_FIELDS})
+
+
+_JOB_FIELDS = tuple(Job.__dataclass_fields__)
 
 
 def retry_delay(attempts: int, settings: Settings, rng: random.Random) -> float:
@@ -86,10 +109,28 @@ class Sender:
         # When the retries this sender scheduled fall due: it sleeps until the first of them (or a
         # wake, or the safety poll) instead of looking on a clock.
         self._retries_due: list[datetime] = []
+        # Notices this process just accepted, handed over as written: the loop claims them by id
+        # without first reading what is due. A full pass (the due query) still runs for everything
+        # else: on a wake without a notice in hand, when a retry falls due, and once per poll interval.
+        self._accepted: list[Job] = []
+        self._full_pass_wanted = True
+        self._next_full_pass = utcnow()
 
-    def wake(self) -> None:
-        """A notice was just accepted: look now instead of at the next poll."""
+    def wake(self, queued: Mapping[str, Any] | None = None) -> None:
+        """A notice was just accepted (`queued`: its row as written): look now instead of at the next poll."""
+        if queued is not None and len(self._accepted) < self.settings.batch_size:
+            self._accepted.append(Job.of(queued))
+        else:  # accepted elsewhere (the event consumer), or more than a batch in hand: the due query finds it
+            self._full_pass_wanted = True
         self._wake.set()
+
+    async def close_channels(self) -> None:
+        """Close what the channels keep open (the SMTP connection), once the loop is done."""
+        for channel in self.channels.values():
+            close = getattr(channel, "aclose", None)
+            if close is not None:
+                with suppress(Exception):  # shutting down: a channel that cannot say goodbye is dropped
+                    await close()
 
     def stop_soon(self) -> None:
         """Claim nothing more; `run` returns once the delivery in hand is recorded."""
@@ -99,35 +140,41 @@ class Sender:
     async def send_due_once(self, *, now: datetime | None = None) -> int:
         """Deliver what is due (at `now`, default the clock); returns how many notifications were claimed."""
         now = now or utcnow()
-        claimed = 0
+        self._accepted.clear()  # the due query finds them too
         if not self.db.is_sqlite:
             # Replicas on one PostgreSQL database: each claim skips the rows another sender is
             # claiming, so they share the due notices instead of all racing for the same ones.
             # Like the SQLite pass over one snapshot, each notice is tried at most once per call.
             tried: list[uuid.UUID] = []
+            claimed = 0
             while claimed < self.settings.batch_size and not self._stopping:
                 claim = await self._claim_next(now, exclude=tried)
                 if claim is None:
                     break
                 claimed += 1
-                tried.append(claim[0])
+                tried.append(claim[0].id)
                 await self._deliver(*claim)
             return claimed
-        for notification in await self._due(now):
+        return await self._send_each(await self._due(now), now)
+
+    async def _send_each(self, jobs: list[Job], now: datetime) -> int:
+        """Claim and deliver each of these notices that is still due; how many were claimed."""
+        claimed = 0
+        for job in jobs:
             if self._stopping:
                 break
-            if await self._claim_and_send(notification, now):
+            if await self._claim_and_send(job, now):
                 claimed += 1
                 continue
-            won = await self._claim(notification.id, now)
+            won = await self._claim(job.id, now)
             if won is None:
                 continue  # another sender holds it
             claimed += 1
-            await self._deliver(notification.id, won[0], loaded=won[1])
+            await self._deliver(*won)
         return claimed
 
-    async def _claim_and_send(self, notification: Notification, now: datetime) -> bool:
-        """SQLite, the usual notice: claim it and record the send's start in one UPDATE, then send.
+    async def _claim_and_send(self, notification: Job, now: datetime) -> bool:
+        """The usual notice: claim it and record the send's start in one UPDATE, then send.
 
         Only for a row that can be sent as read (its message renders, no earlier send is pending);
         the WHERE holds the row to what was read (`attempts`, no send started), so winning the claim
@@ -145,15 +192,16 @@ class Sender:
         started = utcnow()
         if lease <= started:
             return False  # a pass that began a lease ago: its claim could not cover a send now
-        statement = (
-            update(Notification)
-            .where(col(Notification.id) == notification.id, *_due_at(now))
-            .where(col(Notification.attempts) == notification.attempts)
-            .where(col(Notification.send_started_at).is_(None))
-            .values(claimed_until=lease, claim_token=token, send_started_at=started)
-        )
-        async with self.db.session() as session, session.begin():
-            won = (await session.exec(statement)).rowcount == 1
+        params = {
+            "b_id": notification.id,
+            "b_now": now,
+            "b_attempts": notification.attempts,
+            "b_lease": lease,
+            "b_token": token,
+            "b_started": started,
+        }
+        async with self.db.engine.begin() as connection:
+            won = (await connection.execute(_CLAIM_AND_MARK, params)).rowcount == 1
         if won:
             await self._send(notification, token, channel, message, self._bound(notification))
         return won
@@ -165,16 +213,29 @@ class Sender:
         while not self._stopping:
             self._wake.clear()
             now = utcnow()
+            retry_due = any(due <= now for due in self._retries_due)
             self._retries_due = [due for due in self._retries_due if due > now]  # this pass takes the rest
             try:
-                claimed = await self.send_due_once(now=now)
+                claimed = await self._pass(now, full=retry_due)
             except Exception:  # the database may be briefly away; keep the loop alive
                 log.exception("sender_iteration_failed")
+                self._full_pass_wanted = True
                 claimed = 0
             if claimed >= self.settings.batch_size or self._stopping:
                 continue  # probably more due right away, or time to leave
+            if self._accepted:
+                continue  # accepted during this pass
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._sleep_seconds())
+
+    async def _pass(self, now: datetime, *, full: bool) -> int:
+        """Only the notices in hand, unless a full pass (the due query) is wanted or its time came."""
+        accepted, self._accepted = self._accepted, []
+        if accepted and not full and not self._full_pass_wanted and now < self._next_full_pass:
+            return await self._send_each(accepted, now)
+        self._full_pass_wanted = False
+        self._next_full_pass = now + timedelta(seconds=self.settings.poll_interval_seconds)
+        return await self.send_due_once(now=now)
 
     def _sleep_seconds(self) -> float:
         wait = self.settings.poll_interval_seconds
@@ -182,70 +243,42 @@ class Sender:
             wait = min(wait, (min(self._retries_due) - utcnow()).total_seconds())
         return max(wait, 0.0)
 
-    async def _due(self, now: datetime) -> list[Notification]:
-        query = (
-            select(Notification)
-            .where(*_due_at(now))
-            .order_by(col(Notification.next_attempt_at))
-            .limit(self.settings.batch_size)
-        )
-        async with self.db.session() as session, session.begin():
-            return list((await session.exec(query)).all())
+    async def _due(self, now: datetime) -> list[Job]:
+        params = {"b_now": now, "b_limit": self.settings.batch_size}
+        async with self.db.engine.begin() as connection:
+            return [Job.of(row) for row in (await connection.execute(_DUE, params)).mappings()]
 
-    async def _claim_next(
-        self, now: datetime, *, exclude: list[uuid.UUID]
-    ) -> tuple[uuid.UUID, uuid.UUID] | None:
-        """PostgreSQL: claim the next due notification no other sender holds; (id, token) or None."""
+    async def _claim_next(self, now: datetime, *, exclude: list[uuid.UUID]) -> tuple[Job, uuid.UUID] | None:
+        """PostgreSQL: claim the next due notification no other sender holds; (the row, token) or None."""
         query = (
-            select(Notification.id)
-            .where(col(Notification.id).not_in(exclude), *_due_at(now))
-            .order_by(col(Notification.next_attempt_at))
+            select(_TABLE.c.id)
+            .where(_TABLE.c.id.not_in(exclude), *_due_at(now))
+            .order_by(_TABLE.c.next_attempt_at)
             .limit(1)
             .with_for_update(skip_locked=True)
         )
         token = uuid.uuid4()
         lease = now + timedelta(seconds=self.settings.claim_lease_seconds)
-        async with self.db.session() as session, session.begin():
-            notification_id = (await session.exec(query)).first()
+        async with self.db.engine.begin() as connection:
+            notification_id = (await connection.execute(query)).scalar()
             if notification_id is None:
                 return None
             # The row lock is held until this commits, and by then the lease makes it not due.
-            await session.exec(
-                update(Notification)
-                .where(col(Notification.id) == notification_id)
-                .values(claimed_until=lease, claim_token=token)
-            )
-        return notification_id, token
+            params = {"b_id": notification_id, "b_lease": lease, "b_token": token}
+            claimed = (await connection.execute(_LEASE, params)).mappings().one()
+        return Job.of(claimed), token
 
-    async def _claim(
-        self, notification_id: uuid.UUID, now: datetime
-    ) -> tuple[uuid.UUID, Notification | None] | None:
-        """(token, the row as claimed) if this sender won the claim, read in the same transaction."""
+    async def _claim(self, notification_id: uuid.UUID, now: datetime) -> tuple[Job, uuid.UUID] | None:
+        """(the row as claimed, token) if this sender won the claim, returned by the claiming UPDATE."""
         token = uuid.uuid4()
         lease = now + timedelta(seconds=self.settings.claim_lease_seconds)
         # The WHERE repeats the due condition: whoever updates first wins, the other matches no row.
-        statement = (
-            update(Notification)
-            .where(col(Notification.id) == notification_id, *_due_at(now))
-            .values(claimed_until=lease, claim_token=token)
-        )
-        async with self.db.session() as session, session.begin():
-            result = await session.exec(statement)
-            if result.rowcount != 1:
-                return None
-            # Read here rather than in a transaction of its own: one transaction less per notice.
-            return token, await session.get(Notification, notification_id)
+        params = {"b_id": notification_id, "b_now": now, "b_lease": lease, "b_token": token}
+        async with self.db.engine.begin() as connection:
+            claimed = (await connection.execute(_CLAIM, params)).mappings().first()
+        return None if claimed is None else (Job.of(claimed), token)
 
-    async def _deliver(
-        self, notification_id: uuid.UUID, token: uuid.UUID, *, loaded: Notification | None = None
-    ) -> None:
-        notification = loaded
-        if notification is None:
-            async with self.db.session() as session:
-                notification = await session.get(Notification, notification_id)
-                await session.commit()
-        if notification is None:
-            return
+    async def _deliver(self, notification: Job, token: uuid.UUID) -> None:
         bound = self._bound(notification)
         if notification.send_started_at is not None:
             # A previous holder began sending and never recorded how it ended: it may have been
@@ -268,7 +301,7 @@ class Sender:
             return
         await self._send(notification, token, channel, message, bound)
 
-    def _bound(self, notification: Notification) -> Any:
+    def _bound(self, notification: Job) -> Any:
         return log.bind(
             notification_id=str(notification.id),
             channel=notification.channel,
@@ -278,7 +311,7 @@ class Sender:
 
     async def _send(
         self,
-        notification: Notification,
+        notification: Job,
         token: uuid.UUID,
         channel: Channel,
         message: OutboundMessage,
@@ -296,20 +329,13 @@ class Sender:
             return
         await self._record_sent(notification, token, bound)
 
-    async def _mark_send_started(self, notification: Notification, token: uuid.UUID) -> bool:
+    async def _mark_send_started(self, notification: Job, token: uuid.UUID) -> bool:
         """Record that a send begins, only while our claim holds and its lease still runs."""
-        now = utcnow()
-        statement = (
-            update(Notification)
-            .where(col(Notification.id) == notification.id, col(Notification.claim_token) == token)
-            .where(col(Notification.status) == STATUS_QUEUED, col(Notification.claimed_until) > now)
-            .values(send_started_at=now)
-        )
-        async with self.db.session() as session, session.begin():
-            result = await session.exec(statement)
-            return bool(result.rowcount == 1)
+        params = {"b_id": notification.id, "b_token": token, "b_now": utcnow()}
+        async with self.db.engine.begin() as connection:
+            return bool((await connection.execute(_MARK_SEND_STARTED, params)).rowcount == 1)
 
-    def _message(self, notification: Notification) -> OutboundMessage:
+    def _message(self, notification: Job) -> OutboundMessage:
         order_id = str(notification.order_id) if notification.order_id else None
         rendered = render(notification.template, notification.data, order_id=order_id)
         return OutboundMessage(
@@ -323,7 +349,7 @@ class Sender:
             order_id=order_id,
         )
 
-    async def _record_sent(self, notification: Notification, token: uuid.UUID, bound: Any) -> None:
+    async def _record_sent(self, notification: Job, token: uuid.UUID, bound: Any) -> None:
         sent_at = utcnow()
         values = {
             "status": STATUS_SENT,
@@ -338,9 +364,7 @@ class Sender:
             DELIVERIES.labels(notification.channel, "sent").inc()
             bound.info("notification_sent")
 
-    async def _record_unknown(
-        self, notification: Notification, token: uuid.UUID, error: str, bound: Any
-    ) -> None:
+    async def _record_unknown(self, notification: Job, token: uuid.UUID, error: str, bound: Any) -> None:
         attempts = notification.attempts + 1
         # `send_started_at` stays: when the send whose outcome is unknown began.
         values: dict[str, Any] = {
@@ -355,9 +379,7 @@ class Sender:
             DELIVERIES.labels(notification.channel, STATUS_UNKNOWN).inc()
             bound.warning("notification_outcome_unknown", error=error)
 
-    async def _record_failure(
-        self, notification: Notification, token: uuid.UUID, error: str, bound: Any
-    ) -> None:
+    async def _record_failure(self, notification: Job, token: uuid.UUID, error: str, bound: Any) -> None:
         attempts = notification.attempts + 1
         if attempts >= self.settings.max_attempts:
             values: dict[str, Any] = {
@@ -386,20 +408,17 @@ class Sender:
 
     async def _finish(
         self,
-        notification: Notification,
+        notification: Job,
         token: uuid.UUID,
         values: dict[str, Any],
         event_type: str | None,
         event_extra: dict[str, Any],
     ) -> bool:
         """Apply the outcome only if the claim is still ours, with its event in the same transaction."""
-        statement = (
-            update(Notification)
-            .where(col(Notification.id) == notification.id, col(Notification.claim_token) == token)
-            .values(**values)
-        )
+        statement = _FINISH.values(**values)
         async with self.db.session() as session, session.begin():
-            result = await session.exec(statement)
+            connection = await session.connection()
+            result = await connection.execute(statement, {"b_id": notification.id, "b_token": token})
             if result.rowcount != 1:
                 # Another sender took the row over after our lease expired; its record stands.
                 log.warning(
@@ -426,13 +445,54 @@ class Sender:
         return True
 
 
-def _due_at(now: datetime) -> tuple[Any, ...]:
+_TABLE = Notification.__table__  # type: ignore[attr-defined]
+_JOB_COLUMNS = tuple(_TABLE.c[name] for name in _JOB_FIELDS)
+
+
+def _due_at(now: Any) -> tuple[ColumnElement[bool], ...]:
     """A queued notice whose attempt is due at `now` and that no running lease holds."""
     return (
-        col(Notification.status) == STATUS_QUEUED,
-        col(Notification.next_attempt_at) <= now,
-        or_(col(Notification.claimed_until).is_(None), col(Notification.claimed_until) <= now),
+        _TABLE.c.status == STATUS_QUEUED,
+        _TABLE.c.next_attempt_at <= now,
+        or_(_TABLE.c.claimed_until.is_(None), _TABLE.c.claimed_until <= now),
     )
+
+
+# The sender's statements, built once (Core, parameters bound per call): no statement construction
+# or ORM unit of work per notice, and a claim answers with the row it claimed (RETURNING).
+_NOW = bindparam("b_now", type_=_TABLE.c.next_attempt_at.type)
+_DUE = (
+    select(*_JOB_COLUMNS).where(*_due_at(_NOW)).order_by(_TABLE.c.next_attempt_at).limit(bindparam("b_limit"))
+)
+_CLAIM_AND_MARK = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("b_id"), *_due_at(_NOW))
+    .where(_TABLE.c.attempts == bindparam("b_attempts"), _TABLE.c.send_started_at.is_(None))
+    .values(
+        claimed_until=bindparam("b_lease"),
+        claim_token=bindparam("b_token"),
+        send_started_at=bindparam("b_started"),
+    )
+)
+_CLAIM = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("b_id"), *_due_at(_NOW))
+    .values(claimed_until=bindparam("b_lease"), claim_token=bindparam("b_token"))
+    .returning(*_JOB_COLUMNS)
+)
+_LEASE = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("b_id"))
+    .values(claimed_until=bindparam("b_lease"), claim_token=bindparam("b_token"))
+    .returning(*_JOB_COLUMNS)
+)
+_MARK_SEND_STARTED = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.claim_token == bindparam("b_token"))
+    .where(_TABLE.c.status == STATUS_QUEUED, _TABLE.c.claimed_until > _NOW)
+    .values(send_started_at=_NOW)
+)
+_FINISH = update(_TABLE).where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.claim_token == bindparam("b_token"))
 
 
 # An outcome ends the claim and the send in progress.
@@ -463,5 +523,6 @@ def sender_hook(sender: Sender, settings: Settings) -> LifespanHook:
             # Past the grace, wait_for cancels the loop: a send cut short then ends `unknown`.
             with suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=settings.shutdown_grace_seconds)
+            await sender.close_channels()
 
     return hook

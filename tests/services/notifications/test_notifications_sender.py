@@ -382,3 +382,27 @@ def test_retry_delay_doubles_with_jitter_and_is_capped() -> None:
         delays = [retry_delay(attempts, settings, rng) for _ in range(50)]
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays), (attempts, delays)
         assert len(set(delays)) > 1  # jittered, so replicas do not retry in lockstep
+
+
+async def test_background_sender_runs_its_due_retry_while_new_notices_keep_coming(
+    service_client, tmp_path: Path
+) -> None:
+    # New notices are handed to the loop as written and claimed without the due query; a retry of
+    # this sender falling due while one is in hand must still get its pass, not wait for the (long)
+    # safety poll. Notices are queued back to back, so the loop nearly always has one in hand.
+    settings = {
+        "poll_interval_seconds": 60,
+        "sms_fail_first": 1,
+        "retry_base_seconds": 0.1,
+        "retry_max_seconds": 0.1,
+    }
+    async with service_client("notifications", **settings) as client:
+        await asyncio.sleep(0.2)  # let the loop's first (empty) poll pass
+        retried = await queue(client, channel="sms", to="+14155550100")
+        deadline = asyncio.get_running_loop().time() + 3
+        while asyncio.get_running_loop().time() < deadline:
+            for _ in range(20):
+                await queue(client)
+            if sink_lines(tmp_path / "data", "sms"):
+                break
+        assert [line["message_id"] for line in sink_lines(tmp_path / "data", "sms")] == [retried["id"]]
