@@ -25,6 +25,8 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    # Not `from workflows import policies`, which re-runs policies.py per run (workflows/order.py).
+    import workflows.policies as policies
     from activities.inventory import InventoryActivities
     from activities.notifications import NotificationActivities
     from activities.orders import OrderActivities
@@ -38,9 +40,10 @@ with workflow.unsafe.imports_passed_through():
         notice_template,
     )
     from activities.users import UserActivities
-    from workflows import policies
-    from workflows.failures import STEP_ERRORS
-    from workflows.payloads import (
+
+    # From workflows.contract itself (not its alias workflows.payloads): the converter resolves a
+    # payload type's hints in the sandbox's entry for the module that declares it.
+    from workflows.contract import (
         CustomerContact,
         Notice,
         OrderCommand,
@@ -48,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         RepairResult,
         SagaFacts,
     )
+    from workflows.failures import STEP_ERRORS
 
 REPAIR_ID_PREFIX = "repair-"
 RECONCILE_WORKFLOW = "ReconcileWorkflow"
