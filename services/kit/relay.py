@@ -24,15 +24,16 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from prometheus_client import Counter
-from sqlalchemy import Row, func, update
-from sqlmodel import col, select
+from sqlalchemy import Row, bindparam, func, update
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import Select
 
 from services.kit.business import OUTBOX_LAG, OUTBOX_UNPUBLISHED
 from services.kit.db import Database
@@ -73,7 +74,30 @@ class NatsUnavailable(Exception):
 
 # Rows, not `OutboxEvent` instances: the relay only reads them, and the ORM's identity and state
 # for each would cost more than the publish's own encoding.
-_PENDING_COLUMNS = tuple(OutboxEvent.__table__.columns)  # type: ignore[attr-defined]
+_TABLE = OutboxEvent.__table__  # type: ignore[attr-defined]
+_WAITING = select(func.count(), func.min(_TABLE.c.created_at)).where(_TABLE.c.published_at.is_(None))
+_MARK_PUBLISHED = (
+    update(_TABLE)
+    .where(_TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.published_at.is_(None))
+    .values(published_at=bindparam("now"), attempts=_TABLE.c.attempts + 1, last_error=None)
+)
+_MARK_FAILED = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("row_id"))
+    .values(attempts=_TABLE.c.attempts + 1, last_error=bindparam("error"))
+)
+
+
+def _pending_rows(batch_size: int, *, lock: bool) -> Select[Any]:
+    """The oldest unpublished rows, a batch of them; `lock` skips rows another replica holds."""
+    query = (
+        select(*_TABLE.columns)
+        .where(_TABLE.c.published_at.is_(None))
+        .order_by(_TABLE.c.created_at, _TABLE.c.id)
+        .limit(batch_size)
+    )
+    # PostgreSQL: rows another replica holds are skipped, not waited for: it is publishing them.
+    return query.with_for_update(skip_locked=True) if lock else query
 
 
 def to_cloudevent(row: Row[Any]) -> CloudEvent:
@@ -95,6 +119,9 @@ class OutboxRelay:
         self._js: JetStreamContext | None = None
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Built once: a relay makes a pass per commit under load, and building and keying these
+        # statements again on each pass cost more than running them.
+        self._pending = _pending_rows(settings.outbox_batch_size, lock=not db.is_sqlite)
 
     def wake(self) -> None:
         """An event was committed: publish now rather than at the next safety poll."""
@@ -127,25 +154,14 @@ class OutboxRelay:
 
     async def publish_pending_once(self) -> int:
         """Publish up to one batch, oldest first; stops at the first failure so order is kept."""
-        query = (
-            select(*_PENDING_COLUMNS)
-            .where(col(OutboxEvent.published_at).is_(None))
-            .order_by(col(OutboxEvent.created_at), col(OutboxEvent.id))
-            .limit(self.settings.outbox_batch_size)
-        )
-        if not self.db.is_sqlite:
-            # Rows another replica holds are skipped, not waited for: it is publishing them.
-            query = query.with_for_update(skip_locked=True)
-        waiting = select(func.count(), func.min(OutboxEvent.created_at)).where(
-            col(OutboxEvent.published_at).is_(None)
-        )
         async with self.db.session() as session:
-            rows = list((await session.exec(query)).all())
+            # sqlmodel types a multi-column select's rows as tuples; they are Rows, read by name.
+            rows = cast("list[Row[Any]]", list((await session.exec(self._pending)).all()))
             if self.db.is_sqlite and len(rows) < self.settings.outbox_batch_size:
                 # The batch is every pending row: the gauges follow from it, no second query.
                 self._observe_lag(len(rows), rows[0].created_at if rows else None)
             else:  # more than a batch, or rows other replicas hold: count them all
-                count, oldest = (await session.exec(waiting)).one()
+                count, oldest = (await session.exec(_WAITING)).one()
                 self._observe_lag(int(count or 0), oldest)
             if self.db.is_sqlite:
                 await session.commit()  # no write lock across the publishes
@@ -201,23 +217,11 @@ class OutboxRelay:
         """
         try:
             if published:
-                await session.exec(
-                    update(OutboxEvent)
-                    .where(
-                        col(OutboxEvent.id).in_([row.id for row in published]),
-                        col(OutboxEvent.published_at).is_(None),
-                    )
-                    .values(published_at=utcnow(), attempts=OutboxEvent.attempts + 1, last_error=None)
-                    .execution_options(synchronize_session=False)
-                )
+                ids = [row.id for row in published]
+                await session.exec(_MARK_PUBLISHED, params={"ids": ids, "now": utcnow()})
             if failed is not None and exc is not None:
                 error = f"{type(exc).__name__}: {exc}"[:MAX_LAST_ERROR]
-                await session.exec(
-                    update(OutboxEvent)
-                    .where(col(OutboxEvent.id) == failed.id)
-                    .values(attempts=OutboxEvent.attempts + 1, last_error=error)
-                    .execution_options(synchronize_session=False)
-                )
+                await session.exec(_MARK_FAILED, params={"row_id": failed.id, "error": error})
             await session.commit()
         except Exception:
             if exc is None:
