@@ -139,17 +139,17 @@ class SmtpEmailChannel:
         # message); a non-ASCII subject is still RFC 2047-encoded, the body sent as is (7 or 8 bit).
         email = MIMENonMultipart("text", "plain")
         email.set_payload(message.body, _UTF8_AS_IS)
-        email["From"] = self.settings.mail_from
-        email["To"] = message.to
-        email["Subject"] = message.subject
-        email["Date"] = formatdate(localtime=False)
-        email["Message-ID"] = f"<{message.message_id}@ordersaga>"
-        email["X-Ordersaga-Template"] = message.template
-        email["X-Ordersaga-Notification-Id"] = message.message_id
+        self._address(email, message)
         return email
 
     def _build_international(self, message: OutboundMessage) -> EmailMessage:
         email = EmailMessage()
+        self._address(email, message)
+        email.set_content(message.body)
+        return email
+
+    def _address(self, email: Message, message: OutboundMessage) -> None:
+        """The headers every mail carries, whichever class builds it."""
         email["From"] = self.settings.mail_from
         email["To"] = message.to
         email["Subject"] = message.subject
@@ -157,8 +157,6 @@ class SmtpEmailChannel:
         email["Message-ID"] = f"<{message.message_id}@ordersaga>"
         email["X-Ordersaga-Template"] = message.template
         email["X-Ordersaga-Notification-Id"] = message.message_id
-        email.set_content(message.body)
-        return email
 
     async def send(self, message: OutboundMessage) -> None:
         email = self.build(message)
