@@ -343,12 +343,7 @@ class PaymentLedger:
             event_data={"payment_method_id": str(payment.payment_method_id)},
         )
         if settled is not None:
-            log.info(
-                "payment_captured",
-                charge_key=payment.idempotency_key,
-                payment_id=str(payment.id),
-                order_id=str(payment.order_id),
-            )
+            _log_outcome("payment_captured", payment)
             PAYMENTS_CAPTURED_CENTS.inc(payment.amount_cents or 0)
         return settled
 
@@ -367,12 +362,7 @@ class PaymentLedger:
             },
         )
         if settled is not None:
-            log.info(
-                "payment_authorized",
-                charge_key=payment.idempotency_key,
-                payment_id=str(payment.id),
-                order_id=str(payment.order_id),
-            )
+            _log_outcome("payment_authorized", payment)
         return settled
 
     async def _record_decline(self, payment: PaymentRecord, decline_code: str) -> PaymentRecord | None:
@@ -384,12 +374,7 @@ class PaymentLedger:
             event_data={"decline_code": decline_code},
         )
         if settled is not None:
-            log.info(
-                "payment_declined",
-                charge_key=payment.idempotency_key,
-                payment_id=str(payment.id),
-                decline_code=decline_code,
-            )
+            _log_outcome("payment_declined", payment, decline_code=decline_code)
         return settled
 
     async def _settle(
@@ -806,3 +791,14 @@ def _key_reused() -> Problem:
 
 def _refund_exceeds() -> Problem:
     return Problem(409, "refund_exceeds_capture", "The refund exceeds what is left of the capture.")
+
+
+def _log_outcome(event: str, payment: PaymentRecord, **extra: str) -> None:
+    """The one line an outcome this request recorded gets, with the keys to find the payment by."""
+    log.info(
+        event,
+        charge_key=payment.idempotency_key,
+        payment_id=str(payment.id),
+        order_id=str(payment.order_id),
+        **extra,
+    )
