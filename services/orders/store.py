@@ -70,10 +70,6 @@ async def load_order(session: AsyncSession, order_id: uuid.UUID) -> OrderRecord 
     return await projection.load(session, order_id)
 
 
-def order_lines(order: OrderRecord) -> list[Line]:
-    return [Line.from_json(raw) for raw in order.items]
-
-
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event about to be appended to the log (a `domain.RecordedEvent`), as its row's values."""
